@@ -1,0 +1,46 @@
+# mpcl: `make demo` and `make test` set everything up first (idempotent), then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-packages venv demo test test-fast lint clean
+
+setup: system-packages venv
+
+# Debian system libraries FFCV builds against, and Fashion-MNIST; only when apt is here and we are root.
+system-packages:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else \
+	  echo "not root or no apt-get: make sure $(APT_PACKAGES) (or their equivalents) are installed"; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) run.py demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not ray"
+
+lint: setup
+	$(PY) -m compileall -q mpcl data_prep run.py tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: raw-format readers (sources), dataset specs, loaders and on-device augmentations."""

@@ -1,0 +1,103 @@
+"""The base every method builds on: backbone, online linear probe, optimizer param groups.
+
+A method implements ``ssl_loss(batch, epoch) -> SSLOutput``; the base adds the online probe
+(a linear classifier on detached backbone features, so no gradient reaches the encoder) and
+returns a ``StepOutput`` whose metrics stay on the device until the engine logs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mpcl.config import Config
+from mpcl.data.batch import Batch
+from mpcl.models import build_backbone
+
+
+@dataclass
+class SSLOutput:
+    loss: torch.Tensor
+    features: torch.Tensor                 # backbone features of the views, (V * n, D), for the probe
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+class Method(nn.Module):
+    """Subclasses set up their heads in ``__init__`` and implement ``ssl_loss``."""
+
+    def __init__(self, cfg: Config, num_classes: int, num_samples: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_samples = num_samples
+        self.backbone, self.feature_dim = build_backbone(
+            cfg.model.backbone, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self.probe = nn.Linear(self.feature_dim, num_classes)
+
+    # -- training -----------------------------------------------------------------------
+    def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, epoch: int) -> StepOutput:
+        out = self.ssl_loss(batch, epoch)
+        labels = batch.label.repeat(out.features.shape[0] // batch.label.shape[0])
+        logits = self.probe(out.features.detach().float())
+        probe_loss = F.cross_entropy(logits, labels)
+        metrics = {
+            "train/loss": out.loss.detach(),
+            "train/probe_loss": probe_loss.detach(),
+            "train/probe_top1": (logits.argmax(1) == labels).float().mean() * 100,
+            **out.metrics,
+        }
+        return StepOutput(out.loss + probe_loss, metrics)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called by the engine after the last step of ``epoch`` (memory banks swap here)."""
+
+    # -- evaluation ---------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features (what kNN and linear evaluation use)."""
+        return self.backbone(images)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """The embedding the loss sees, from backbone features (for alignment / uniformity)."""
+        return self.projector(features)
+
+    # -- optimisation -------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Groups for the optimizer. Keys beyond torch's: ``lars`` (adapt this group's lr),
+        ``fixed_lr`` (not scheduled), ``name``. BN parameters and biases get no weight decay
+        and no LARS adaptation when ``optim.exclude_bn_bias``."""
+        o = self.cfg.optim
+        decay, no_decay, fixed = [], [], []
+        fixed_names = {f"{n}." for n in self.fixed_lr_modules()}
+        for name, p in self.named_parameters():
+            if not p.requires_grad or name.startswith("probe."):
+                continue
+            if any(name.startswith(f) for f in fixed_names):
+                fixed.append(p)
+            elif o.exclude_bn_bias and p.ndim <= 1:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [
+            {"name": "decay", "params": decay, "weight_decay": o.weight_decay, "lars": True},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "lars": False},
+            {"name": "fixed_lr", "params": fixed, "weight_decay": o.weight_decay, "lars": True,
+             "fixed_lr": True},
+            {"name": "probe", "params": list(self.probe.parameters()), "weight_decay": 0.0,
+             "lars": False, "fixed_lr": True, "lr": o.probe_lr},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def fixed_lr_modules(self) -> list[str]:
+        """Names of submodules whose lr is not scheduled (SimSiam's predictor)."""
+        return []

@@ -1,0 +1,6 @@
+"""Backbones and heads. ``BACKBONES`` maps a name to a factory returning (module, feature_dim)."""
+
+from mpcl.models.backbones import BACKBONES, build_backbone
+from mpcl.models.heads import mlp, predictor, projector
+
+__all__ = ["BACKBONES", "build_backbone", "mlp", "projector", "predictor"]

@@ -1,0 +1,54 @@
+"""Metrics tracking: ``metrics.jsonl`` in the run directory, always (one JSON object per epoch)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf: keep the fact, readable by any parser
+    return v
+
+
+class MetricsLog:
+    """Appends one line per epoch; ``truncate_after(epoch)`` drops lines of epochs a resumed
+    run will replay, so the file never holds an epoch twice."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def append(self, metrics: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash mid-write
+        return rows
+
+    def truncate_after(self, epoch: int) -> None:
+        rows = self.read()
+        keep = [r for r in rows if r.get("epoch", -1) <= epoch]
+        if len(keep) != len(rows) or (self.path.is_file() and not self.path.read_text().endswith("\n")):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            os.replace(tmp, self.path)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    return MetricsLog(Path(run_dir) / "metrics.jsonl").read()

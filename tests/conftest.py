@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fmnist_path() -> str:
+    from mpcl.data.sources import fashion_mnist_present
+
+    if not fashion_mnist_present(FMNIST):
+        pytest.skip(f"{FMNIST}: Debian's dataset-fashion-mnist is not installed (make setup installs it)")
+    return str(FMNIST)
+
+
+def tiny_overrides(out, method="simclr", **extra) -> list[str]:
+    """A run that takes a few seconds on a laptop CPU: small CNN, 512 samples, 1 epoch."""
+    base = {
+        "method.name": method, "model.backbone": "small_cnn", "data.subset": 512, "data.val_subset": 256,
+        "data.batch_size": 128, "train.epochs": 1, "optim.warmup_epochs": 0, "train.progress": "false",
+        "model.projector_hidden": 128, "model.projector_out": 64, "model.predictor_hidden": 32,
+        "out": str(out),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+os.environ.setdefault("WANDB_MODE", "disabled")

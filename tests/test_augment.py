@@ -1,0 +1,368 @@
+"""Batched on-device SSL augmentations (mpcl.data.augment) against torchvision's functional ops."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from mpcl.data import augment as A
+
+TV_JITTER = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+
+
+def _images(n: int = 12, h: int = 20, w: int = 24, seed: int = 0) -> torch.Tensor:
+    """Float images in [0, 1] with the awkward cases: gray pixels, ties, saturated pixels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, h, w, generator=g)
+    x[0, :, :4] = 0.5  # gray (max == min)
+    x[1, 0] = x[1, 1]  # r == g ties
+    x[2, 1] = x[2, 2]  # g == b ties
+    x[3, :, :, :3] = 1.0  # white
+    x[4, :, :, :3] = 0.0  # black
+    x[5] = (x[5] * 255).round() / 255  # uint8-like values
+    return x
+
+
+def _per_sample(fn, x, factors):
+    return torch.stack([fn(x[i], float(factors[i])) for i in range(x.shape[0])])
+
+
+# ---------------------------------------------------------------------------------------------
+# colour ops against torchvision, with fixed per-sample parameters
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [(A.adjust_brightness, TF.adjust_brightness), (A.adjust_contrast, TF.adjust_contrast), (A.adjust_saturation, TF.adjust_saturation)],
+)
+def test_cheap_colour_ops_match_torchvision(ours, theirs):
+    x = _images()
+    f = torch.linspace(0.0, 2.0, x.shape[0])
+    torch.testing.assert_close(ours(x, f), _per_sample(theirs, x, f), atol=1e-6, rtol=0)
+
+
+def test_hue_matches_torchvision():
+    x = _images(n=16)
+    f = torch.linspace(-0.5, 0.5, x.shape[0])
+    ours = A.adjust_hue(x, f)
+    theirs = _per_sample(TF.adjust_hue, x, f)
+    assert (ours - theirs).abs().max() < 1e-5
+    assert ours.min() >= 0 and ours.max() <= 1
+    # zero shift is the identity (to rounding) and a shift of 1/3 permutes channels r->g->b
+    torch.testing.assert_close(A.adjust_hue(x, 0.0), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(A.adjust_hue(x, 1.0 / 3.0), x[:, [2, 0, 1]], atol=1e-5, rtol=0)
+
+
+def test_grayscale_matches_torchvision():
+    x = _images()
+    torch.testing.assert_close(A.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=0, rtol=0)
+    torch.testing.assert_close(A.rgb_to_grayscale(x, 3), TF.rgb_to_grayscale(x, 3), atol=0, rtol=0)
+    torch.testing.assert_close(A.random_grayscale(x, p=1.0), TF.rgb_to_grayscale(x, 3), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("k, size", [(3, 16), (9, 24), (23, 40)])
+def test_gaussian_blur_matches_torchvision(k, size):
+    x = _images(n=6, h=size, w=size + 4)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 3.0])
+    ours = A.apply_gaussian_blur(x, sigma, k)
+    theirs = torch.stack([TF.gaussian_blur(x[i], [k, k], [float(sigma[i])] * 2) for i in range(6)])
+    torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=0)
+    # sigma <= 0 means "not blurred": exactly the input
+    assert torch.equal(A.apply_gaussian_blur(x, torch.zeros(6), k), x)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_solarize_matches_torchvision(threshold):
+    x = _images()
+    x[6, :, 0, :5] = threshold  # exactly at the threshold
+    torch.testing.assert_close(A.solarize(x, p=1.0, threshold=threshold), TF.solarize(x, threshold), atol=0, rtol=0)
+
+
+def test_normalize_matches_torchvision():
+    x = _images()
+    mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+    torch.testing.assert_close(A.normalize(x, mean, std), TF.normalize(x, list(mean), list(std)), atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused colour jitter: per-sample order, against torchvision applied op by op
+# ---------------------------------------------------------------------------------------------
+
+
+def _jitter_reference(x, params):
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i]
+        if params.apply[i]:
+            for op in params.order[i].tolist():
+                xi = TV_JITTER[op](xi, float(params.factors[i, op]))
+        out.append(xi)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    "jitter",
+    [(0.4, 0.4, 0.4, 0.1), (0.8, 0.8, 0.8, 0.2), (0.0, 0.4, 0.4, 0.1), (0.4, 0.0, 0.0, 0.5), (0.4, 0.4, 0.4, 0.0), (0.0, 0.0, 0.0, 0.3)],
+)
+@pytest.mark.parametrize("block_size", [None, 5])
+def test_color_jitter_matches_torchvision_per_sample_order(jitter, block_size):
+    x = _images(n=37, h=10, w=12)
+    params = A.sample_jitter_params(x, *jitter, p=0.8, generator=torch.Generator().manual_seed(3))
+    ours = A.apply_color_jitter(x, params, block_size=block_size)
+    assert (ours - _jitter_reference(x, params)).abs().max() < 1e-5
+    # the random wrapper draws the same parameters from the same seed
+    again = A.color_jitter(x, *jitter, p=0.8, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(again, ours, atol=1e-6, rtol=0)
+    # samples whose coin said "no" are exactly untouched
+    keep = ~params.apply
+    assert keep.any() and torch.equal(ours[keep], x[keep])
+
+
+def test_color_jitter_factor_ranges_and_orders():
+    x = torch.zeros(4000, 3, 1, 1)
+    p = A.sample_jitter_params(x, 0.4, 0.3, 0.2, 0.1, p=1.0, generator=torch.Generator().manual_seed(0))
+    f = p.factors
+    for i, s in enumerate((0.4, 0.3, 0.2)):
+        assert f[:, i].min() >= 1 - s and f[:, i].max() <= 1 + s
+        assert f[:, i].min() < 1 - 0.9 * s and f[:, i].max() > 1 + 0.9 * s
+    assert f[:, 3].min() >= -0.1 and f[:, 3].max() <= 0.1 and f[:, 3].min() < -0.09
+    # every order is a permutation, all 24 occur, roughly uniformly (hue position quotas exact)
+    assert torch.equal(p.order.sort(1).values, torch.arange(4).expand(4000, 4))
+    orders = {tuple(o) for o in p.order.tolist()}
+    assert orders == set(itertools.permutations(range(4)))
+    hue_pos = (p.order == A.HUE).float().argmax(1)
+    assert torch.equal(torch.bincount(hue_pos, minlength=4), torch.full((4,), 1000))
+    counts = torch.tensor([sum(1 for o in p.order.tolist() if tuple(o) == perm) for perm in itertools.permutations(range(4))])
+    assert counts.min() > 4000 / 24 * 0.6
+
+
+def test_color_jitter_rejects_bad_ranges():
+    x = torch.rand(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="hue"):
+        A.color_jitter(x, hue=0.7)
+    with pytest.raises(ValueError, match="brightness"):
+        A.color_jitter(x, brightness=-0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# resized crop and flip
+# ---------------------------------------------------------------------------------------------
+
+
+def _tv_resized_crop(x, boxes, size, interpolation, antialias):
+    mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[interpolation]
+    out = torch.stack([TF.resized_crop(x[i], *boxes[i].tolist(), [size, size], interpolation=mode, antialias=antialias) for i in range(x.shape[0])])
+    return out.clamp(0, 1) if interpolation == "bicubic" else out
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("size", [32, 12, 80])  # up-, down-scaling; 80 takes the grid_sample path
+def test_resized_crop_matches_torchvision(interpolation, antialias, size):
+    x = _images(n=10, h=30, w=36)
+    boxes = A.sample_crop_boxes(x, generator=torch.Generator().manual_seed(1))
+    boxes[0] = torch.tensor([0, 0, 30, 36])  # whole image
+    boxes[1] = torch.tensor([29, 35, 1, 1])  # one pixel, bottom-right corner
+    boxes[2] = torch.tensor([3, 5, 7, 20])  # wide
+    ours = A.resized_crop(x, boxes, size, interpolation=interpolation, antialias=antialias)
+    theirs = _tv_resized_crop(x, boxes, size, interpolation, antialias)
+    assert ours.shape == (10, 3, size, size)
+    assert (ours - theirs).abs().max() < 1e-5
+    # the test would catch a wrong box or a transposed axis
+    shifted = boxes.clone()
+    shifted[:, :2] = (shifted[:, :2] + 1).clamp(max=torch.stack((30 - boxes[:, 2], 36 - boxes[:, 3]), 1))
+    assert (A.resized_crop(x, shifted, size, interpolation=interpolation, antialias=antialias) - theirs).abs().max() > 0.05
+    assert (A.resized_crop(x.transpose(2, 3), boxes[:, [1, 0, 3, 2]], size, interpolation=interpolation, antialias=antialias) - theirs).abs().max() > 0.05
+
+
+def test_resized_crop_flip_and_uint8():
+    x = _images(n=8, h=16, w=16)
+    xu = (x * 255).round().to(torch.uint8)
+    boxes = A.sample_crop_boxes(x, generator=torch.Generator().manual_seed(2))
+    flip = torch.tensor([True, False] * 4)
+    ours = A.resized_crop(xu, boxes, 16, flip=flip, interpolation="bilinear", antialias=False)
+    theirs = _tv_resized_crop(xu.float() / 255, boxes, 16, "bilinear", False)
+    theirs = torch.where(flip.view(-1, 1, 1, 1), theirs.flip(3), theirs)
+    assert ours.dtype == torch.float32
+    assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_crop_boxes_follow_torchvision_rules():
+    x = torch.zeros(5000, 3, 30, 40)
+    boxes = A.sample_crop_boxes(x, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= 30).all() and (left + w <= 40).all()
+    area = (h * w).float() / (30 * 40)
+    assert area.min() > 0.05 and area.max() <= 1.0
+    ar = w.float() / h.float()
+    assert ar.min() > 0.5 and ar.max() < 2.0  # 3/4..4/3 up to rounding of tiny boxes
+    assert len({tuple(b) for b in boxes.tolist()}) > 2500  # independent per sample
+    # offsets cover the free range uniformly enough: both extremes occur
+    small = (h == 10) & (w == 10)
+    if small.sum() > 20:
+        assert top[small].min() <= 2 and top[small].max() >= 18
+    # impossible scale/ratio -> torchvision's centre-crop fallback
+    fb = A.sample_crop_boxes(torch.zeros(4, 3, 20, 20), scale=(1.0, 1.0), ratio=(2.0, 3.0))
+    assert fb.tolist() == [[5, 0, 10, 20]] * 4
+
+
+def test_random_flip_probabilities():
+    x = _images(n=6)
+    assert torch.equal(A.random_flip(x, p=0.0), x)
+    assert torch.equal(A.random_flip(x, p=1.0), x.flip(3))
+    big = torch.arange(4).float().view(1, 1, 1, 4).expand(4000, 3, 2, 4) / 3
+    flipped = (A.random_flip(big, p=0.5, generator=torch.Generator().manual_seed(0))[:, 0, 0, 0] == 1).float().mean()
+    assert abs(flipped - 0.5) < 0.04
+
+
+# ---------------------------------------------------------------------------------------------
+# probabilities, independence, reproducibility
+# ---------------------------------------------------------------------------------------------
+
+RANDOM_OPS = {
+    "jitter": lambda x, p, g: A.color_jitter(x, p=p, generator=g),
+    "grayscale": lambda x, p, g: A.random_grayscale(x, p=p, generator=g),
+    "blur": lambda x, p, g: A.gaussian_blur(x, p=p, sigma=(0.5, 2.0), kernel_size=3, generator=g),  # sigma 0.1 ~ identity
+    "solarize": lambda x, p, g: A.solarize(x, p=p, generator=g),
+    "flip": lambda x, p, g: A.random_flip(x, p=p, generator=g),
+}
+
+
+def _changed(x, y):
+    return (x - y).flatten(1).abs().amax(1) > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_OPS))
+def test_probabilities(name):
+    op = RANDOM_OPS[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3000, 3, 6, 6, generator=g)
+    assert torch.equal(op(x, 0.0, g), x)
+    assert _changed(x, op(x, 1.0, g)).all()
+    frac = _changed(x, op(x, 0.3, g)).float().mean()
+    assert abs(frac - 0.3) < 0.04, frac
+
+
+@pytest.mark.parametrize("name", sorted(RANDOM_OPS))
+def test_per_sample_parameters_and_seed(name):
+    op = RANDOM_OPS[name]
+    x = torch.rand(1, 3, 8, 8).expand(64, 3, 8, 8).contiguous()
+    a = op(x, 0.5, torch.Generator().manual_seed(7))
+    b = op(x, 0.5, torch.Generator().manual_seed(7))
+    c = op(x, 0.5, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    distinct = len({tuple(v) for v in a.flatten(1).mul(1e4).round().tolist()})
+    assert distinct >= (2 if name in ("flip", "grayscale", "solarize") else 20)
+
+
+def test_random_resized_crop_independent_and_seeded():
+    x = torch.rand(1, 3, 32, 32).expand(32, 3, 32, 32).contiguous()
+    a = A.random_resized_crop(x, 16, generator=torch.Generator().manual_seed(0))
+    b = A.random_resized_crop(x, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (32, 3, 16, 16)
+    assert len({tuple(v) for v in a.flatten(1).mul(1e4).round().tolist()}) == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# SSLAugment / EvalTransform
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ssl_augment_shapes_dtypes_range():
+    g = torch.Generator().manual_seed(0)
+    xu = torch.randint(0, 256, (20, 3, 40, 48), dtype=torch.uint8, generator=g)
+    aug = A.SSLAugment(32, blur_prob=0.5, solarize_prob=0.2)
+    y = aug(xu, g)
+    assert y.shape == (20, 3, 32, 32) and y.dtype == torch.float32
+    assert y.min() >= 0 and y.max() <= 1
+    y64 = aug(xu.double() / 255, g)
+    assert y64.dtype == torch.float64 and y64.shape == (20, 3, 32, 32)
+    # crop=False: dtype conversion + colour ops only, on an already-sized batch
+    x32 = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = A.SSLAugment(32, crop=False)(x32, g)
+    assert y.shape == (20, 3, 32, 32) and 0 <= y.min() and y.max() <= 1
+    plain = A.SSLAugment(32, crop=False, jitter=None, grayscale_prob=0.0)(x32)
+    torch.testing.assert_close(plain, TF.to_dtype(x32, torch.float32, scale=True), atol=0, rtol=0)
+
+
+def test_inputs_are_not_modified():
+    x = _images(n=10, h=16, w=16)
+    keep = x.clone()
+    A.SSLAugment(16, crop=False, blur_prob=0.5, solarize_prob=0.5, mean=(0.5,) * 3, std=(0.2,) * 3)(x)
+    A.SSLAugment(16, crop=False, jitter=(0.4, 0.4, 0.4, 0.0), block_size=3)(x)
+    A.SSLAugment(16, crop=True, blur_prob=0.5)(x)
+    for op in RANDOM_OPS.values():
+        op(x, 0.5, None)
+    A.color_jitter(x, hue=0.0, p=1.0)
+    A.adjust_contrast(x, 0.5)
+    assert torch.equal(x, keep)
+
+
+def test_ssl_augment_seeded_blocked_and_normalized():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (50, 3, 24, 24), dtype=torch.uint8, generator=g)
+    kw = dict(blur_prob=0.5, solarize_prob=0.3)
+    a = A.SSLAugment(24, **kw)(x, torch.Generator().manual_seed(5))
+    b = A.SSLAugment(24, block_size=7, **kw)(x, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # blocking does not change the result
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    n = A.SSLAugment(24, mean=mean, std=std, **kw)(x, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(n, A.normalize(a, mean, std), atol=1e-5, rtol=0)
+    c = A.SSLAugment(24, **kw)(x, torch.Generator().manual_seed(6))
+    assert not torch.equal(a, c)
+    # two calls with one generator give two different views of the same images
+    g2 = torch.Generator().manual_seed(5)
+    aug = A.SSLAugment(24, **kw)
+    assert not torch.equal(aug(x, g2), aug(x, g2))
+
+
+def test_ssl_augment_single_ops():
+    x = _images(n=8, h=16, w=16)
+    off = dict(crop=False, jitter=None, grayscale_prob=0.0)
+    torch.testing.assert_close(A.SSLAugment(16, **{**off, "grayscale_prob": 1.0})(x), TF.rgb_to_grayscale(x, 3), atol=0, rtol=0)
+    torch.testing.assert_close(A.SSLAugment(16, **{**off, "solarize_prob": 1.0})(x), TF.solarize(x, 0.5), atol=0, rtol=0)
+    blurred = A.SSLAugment(16, **{**off, "blur_prob": 1.0, "blur_sigma": (1.0, 1.0), "blur_kernel": 5})(x)
+    torch.testing.assert_close(blurred, TF.gaussian_blur(x, [5, 5], [1.0, 1.0]), atol=2e-6, rtol=0)
+
+
+def test_ssl_augment_validates_arguments():
+    with pytest.raises(ValueError, match="jitter_prob"):
+        A.SSLAugment(32, jitter_prob=1.5)
+    with pytest.raises(ValueError, match="mean and std"):
+        A.SSLAugment(32, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="interpolation"):
+        A.SSLAugment(32, interpolation="nearest")
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        A.SSLAugment(32)(torch.zeros(3, 32, 32))
+
+
+def test_eval_transform():
+    g = torch.Generator().manual_seed(0)
+    xu = torch.randint(0, 256, (4, 3, 40, 50), dtype=torch.uint8, generator=g)
+    y = A.EvalTransform()(xu)
+    torch.testing.assert_close(y, TF.to_dtype(xu, torch.float32, scale=True), atol=0, rtol=0)
+    y = A.EvalTransform(size=32, resize=36, mean=(0.5,) * 3, std=(0.25,) * 3)(xu)
+    ref = TF.center_crop(TF.resize(xu.float() / 255, [36], antialias=True), [32, 32])
+    assert y.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(y, TF.normalize(ref.clamp(0, 1), [0.5] * 3, [0.25] * 3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_given_parameters():
+    x = _images(n=16)
+    params = A.sample_jitter_params(x, generator=torch.Generator().manual_seed(0))
+    xc = x.cuda()
+    pc = A.JitterParams(params.apply.cuda(), params.factors.cuda(), params.order.cuda(), params.perm.cuda(), params.cheap, params.hue)
+    torch.testing.assert_close(A.apply_color_jitter(xc, pc).cpu(), A.apply_color_jitter(x, params), atol=1e-5, rtol=0)
+    boxes = A.sample_crop_boxes(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(A.resized_crop(xc, boxes.cuda(), 32).cpu(), A.resized_crop(x, boxes, 32), atol=1e-5, rtol=0)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    y = A.SSLAugment(16, blur_prob=0.5, solarize_prob=0.2)((xc * 255).to(torch.uint8), g)
+    assert y.device.type == "cuda" and y.shape == (16, 3, 16, 16)

@@ -1,0 +1,120 @@
+"""The engine through the CLI on real Fashion-MNIST: every method trains, checkpoints resume
+exactly, divergence stops the run and keeps the last good checkpoint, eval reads a checkpoint."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import run
+from mpcl.config import load
+from mpcl.engine.checkpoint import load as load_checkpoint
+from mpcl.engine.local import LocalReporter
+from mpcl.engine.loop import DivergedError, fit
+from tests.conftest import tiny_overrides
+
+REQUIRED = {"epoch", "train/loss", "val/knn_top1", "val/online_top1", "lr", "val/align", "val/uniform"}
+
+
+@pytest.mark.parametrize("method", ["simclr", "simclr_attn", "simsiam", "simsiam_multi"])
+def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_path, capsys):
+    out = tmp_path / method
+    extra = {"method.bank_warmup_epochs": 0} if method == "simsiam_multi" else {}
+    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray",
+              *tiny_overrides(out, method, **{"data.path": fmnist_path, "train.epochs": 2, **extra})])
+    assert (out / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert REQUIRED <= rows[-1].keys()
+    assert all(math.isfinite(r["train/loss"]) for r in rows)
+    assert 10 < rows[-1]["val/knn_top1"] <= 100            # far above chance (10%) on real data
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and state["config"]["method"]["name"] == method
+    if method == "simsiam_multi":
+        assert int(state["model"]["bank.snapshot_epoch"]) == 1
+        assert state["model"]["bank.snapshot_valid"].sum() == 512   # 4 batches of 128 cover the subset
+    assert "run directory" in capsys.readouterr().out
+
+
+def _cfg(out, fmnist_path, **extra):
+    return load(None, tiny_overrides(out, "simsiam_multi", **{
+        "data.path": fmnist_path, "method.bank_warmup_epochs": 1, "data.subset": 256, "data.batch_size": 64,
+        **extra}))
+
+
+def test_resume_gives_the_same_next_epoch(tmp_path, fmnist_path):
+    whole = _cfg(tmp_path / "whole", fmnist_path, **{"train.epochs": 3})
+    fit(whole, LocalReporter(whole, echo=False))
+    split = _cfg(tmp_path / "split", fmnist_path, **{"train.epochs": 3})
+    with pytest.raises(KeyboardInterrupt):      # one epoch, then the process "dies"
+        fit(split, _StopAfter(split, stop_after=1))
+    fit(split, LocalReporter(split, echo=False))  # the same out: resumes after epoch 0
+    a = [json.loads(x) for x in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in b] == [0, 1, 2]                  # no epoch twice, none lost
+    for ra, rb in zip(a, b):
+        assert ra["train/loss"] == rb["train/loss"], ra["epoch"]  # bit-identical on CPU
+        assert ra["val/knn_top1"] == rb["val/knn_top1"]
+    sa = load_checkpoint(tmp_path / "whole/checkpoints/last.pt")["model"]
+    sb = load_checkpoint(tmp_path / "split/checkpoints/last.pt")["model"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k                       # bank buffers included
+
+
+class _StopAfter(LocalReporter):
+    def __init__(self, cfg, stop_after):
+        super().__init__(cfg, echo=False)
+        self.stop_after = stop_after
+
+    def report(self, metrics, state):
+        super().report(metrics, state)
+        if metrics["epoch"] + 1 >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnist_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_overrides(out, "simclr", **{"data.path": fmnist_path, "optim.name": "sgd"})
+    run.main(["train", "--no-ray", *args])
+    good = load_checkpoint(out / "checkpoints/last.pt")
+    with pytest.raises(SystemExit) as e:
+        run.main(["train", "--no-ray", *args, "train.epochs=2", "optim.lr=1e30"])
+    assert e.value.code == 1
+    assert "diverged at epoch 1 step" in capsys.readouterr().err
+    kept = load_checkpoint(out / "checkpoints/last.pt")
+    assert kept["epoch"] == 0
+    assert all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_diverged_error_type(tmp_path, fmnist_path):
+    cfg = load(None, tiny_overrides(tmp_path, "simclr", **{"data.path": fmnist_path, "optim.lr": 1e30,
+                                                           "optim.name": "sgd"}))
+    with pytest.raises(DivergedError, match=r"diverged at epoch 0 step \d+"):
+        fit(cfg, LocalReporter(cfg, echo=False))
+    assert not (tmp_path / "checkpoints/last.pt").exists()
+
+
+def test_eval_reads_a_checkpoint(tmp_path, fmnist_path, capsys):
+    out = tmp_path / "run"
+    run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{"data.path": fmnist_path})])
+    capsys.readouterr()
+    run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "5"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["epoch"] == 0 and result["method"] == "simclr"
+    assert 10 < result["knn_top1"] <= 100 and 10 < result["linear_top1"] <= 100
+
+
+def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run.main(["eval", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert e.value.code == 2 and "nope.pt" in capsys.readouterr().err
+
+
+def test_a_torn_checkpoint_is_named(tmp_path):
+    p = Path(tmp_path) / "last.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="last.pt: not a readable mpcl checkpoint"):
+        load_checkpoint(p)

@@ -1,0 +1,140 @@
+"""Losses against direct reference computations on fixed tensors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpcl.losses import (
+    attention_weighted_nt_xent,
+    attention_weights,
+    bank_target,
+    contrastive_terms,
+    negative_cosine,
+    nt_xent,
+    pair_indices,
+    symmetric_negative_cosine,
+)
+
+
+def fixed(n=6, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(2 * n, d, generator=g, dtype=torch.float64), dim=1)
+    h = torch.randn(2 * n, 7, generator=g, dtype=torch.float64)
+    return z, h
+
+
+def reference_infonce_terms(z, T):
+    """Loop over anchors: -log exp(s_ip/T) / sum_{k != i} exp(s_ik/T), views [z1; z2]."""
+    N = z.shape[0]
+    n = N // 2
+    pos_terms, lse_terms = [], []
+    for i in range(N):
+        p = (i + n) % N
+        sims = [float(z[i] @ z[k]) / T for k in range(N) if k != i]
+        pos_terms.append(float(z[i] @ z[p]) / T)
+        lse_terms.append(math.log(sum(math.exp(s) for s in sims)))
+    return torch.tensor(pos_terms, dtype=z.dtype), torch.tensor(lse_terms, dtype=z.dtype)
+
+
+@pytest.mark.parametrize("T", [0.1, 0.5, 1.0])
+def test_nt_xent_matches_reference(T):
+    z, _ = fixed()
+    self_idx, pos_idx = pair_indices(z.shape[0] // 2, rank=0)
+    pos, lse = reference_infonce_terms(z, T)
+    expected = (lse - pos).mean()
+    assert torch.allclose(nt_xent(z, z, self_idx, pos_idx, T), expected, atol=1e-10)
+
+
+def test_pair_indices_for_rank_blocks():
+    self_idx, pos_idx = pair_indices(3, rank=2)
+    assert self_idx.tolist() == [12, 13, 14, 15, 16, 17]
+    assert pos_idx.tolist() == [15, 16, 17, 12, 13, 14]
+
+
+def test_gathered_keys_give_the_single_worker_loss():
+    """Two workers' local anchors against gathered keys average to the one-worker loss."""
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = (F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=1) for _ in range(2))
+    T = 0.3
+    whole = torch.cat([z1, z2])
+    s, p = pair_indices(8, 0)
+    single = nt_xent(whole, whole, s, p, T)
+    local = [torch.cat([z1[:4], z2[:4]]), torch.cat([z1[4:], z2[4:]])]
+    keys = torch.cat(local)
+    per_rank = [nt_xent(local[r], keys, *pair_indices(4, r), T) for r in range(2)]
+    assert torch.allclose(sum(per_rank) / 2, single, atol=1e-12)
+
+
+def test_attention_weights_reference():
+    z, h = fixed()
+    n = h.shape[0] // 2
+    h_pos = torch.cat([h[n:], h[:n]])
+    tau = 0.7
+    cos = torch.tensor([float(F.cosine_similarity(h[i:i + 1], h_pos[i:i + 1])) for i in range(2 * n)])
+    expected = torch.exp(cos / tau) / torch.exp(cos / tau).sum() * 2 * n
+    w = attention_weights(h, h_pos, tau)
+    assert torch.allclose(w.double(), expected.double(), atol=1e-6)
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_attention_weight_zero_is_exactly_nt_xent():
+    z, h = fixed()
+    n = z.shape[0] // 2
+    s, p = pair_indices(n, 0)
+    pos, lse = contrastive_terms(z, z, s, p, 0.5)
+    w = attention_weights(h, torch.cat([h[n:], h[:n]]), 1.0).double()
+    assert torch.equal(attention_weighted_nt_xent(pos, lse, w, 0.0), nt_xent(z, z, s, p, 0.5))
+
+
+def test_attention_weights_only_the_positive_term():
+    z, h = fixed()
+    n = z.shape[0] // 2
+    s, p = pair_indices(n, 0)
+    pos_ref, lse_ref = reference_infonce_terms(z, 0.5)
+    w = attention_weights(h, torch.cat([h[n:], h[:n]]), 1.0).double()
+    a = 0.6
+    expected = (lse_ref - ((1 - a) + a * w) * pos_ref).mean()
+    pos, lse = contrastive_terms(z, z, s, p, 0.5)
+    got = attention_weighted_nt_xent(pos, lse, w, a)
+    assert torch.allclose(got, expected, atol=1e-10)
+    # weighting the whole InfoNCE term instead would give a different value
+    assert not torch.allclose(got, (((1 - a) + a * w) * (lse_ref - pos_ref)).mean(), atol=1e-6)
+
+
+def test_attention_weights_carry_no_gradient():
+    h = torch.randn(8, 3, requires_grad=True)
+    w = attention_weights(h, h.roll(4, 0), 1.0)
+    assert not w.requires_grad
+
+
+def test_negative_cosine_reference_and_stop_gradient():
+    g = torch.Generator().manual_seed(2)
+    p, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g, requires_grad=True)
+    expected = -torch.stack([p[i] @ t[i] / (p[i].norm() * t[i].norm()) for i in range(5)]).mean()
+    loss = negative_cosine(p.requires_grad_(), t)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert t.grad is None and p.grad is not None
+
+
+def test_symmetric_negative_cosine():
+    g = torch.Generator().manual_seed(3)
+    p1, p2, z1, z2 = (torch.randn(4, 6, generator=g) for _ in range(4))
+    expected = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
+    assert torch.equal(symmetric_negative_cosine(p1, p2, z2, z1), expected)
+
+
+def test_bank_target_at_zero_mix_is_exactly_plain_simsiam():
+    g = torch.Generator().manual_seed(4)
+    z, bank = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    assert torch.equal(bank_target(z, bank, 0.0), z)
+
+
+def test_bank_target_mixes_and_respects_validity():
+    z, bank = torch.ones(3, 2), torch.full((3, 2), 3.0)
+    valid = torch.tensor([True, False, True])
+    t = bank_target(z.requires_grad_(), bank, 0.5, valid)
+    assert t.tolist() == [[2.0, 2.0], [1.0, 1.0], [2.0, 2.0]]
+    assert not t.requires_grad
