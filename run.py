@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEMO_CONFIG = ROOT / "configs" / "fmnist_simclr_attn.yaml"
+DEMO_SWEEP = ROOT / "sweeps" / "fmnist_demo.yaml"
 EXIT_USAGE = 2
 
 
@@ -34,21 +35,64 @@ def load_config(path: str | None, overrides: list[str]):
 def cmd_train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     if not args.no_ray:
-        fail("training through Ray Train arrives with issue #4; run with --no-ray for the "
-             "single-process engine")
-    from mpcl.data.sources import SourceError
+        return train_with_ray(cfg, args.address)
+    from mpcl.config import ConfigError
     from mpcl.engine.local import LocalReporter
     from mpcl.engine.loop import DivergedError, fit
 
     try:
         metrics = fit(cfg, LocalReporter(cfg))
-    except (SourceError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError) as e:  # includes SourceError: a missing dataset
         fail(str(e))
     except DivergedError as e:
         fail(str(e), code=1)
     print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
                       if k in metrics}))
     print(f"run directory: {cfg.out}")
+
+
+def train_with_ray(cfg, address: str | None) -> None:
+    from mpcl.launch import LaunchError
+    from mpcl.launch.train import train
+    from mpcl.engine.loop import DivergedError
+
+    try:
+        metrics = train(cfg, address)
+    except LaunchError as e:
+        fail(str(e))
+    except DivergedError as e:
+        fail(str(e), code=1)
+    except Exception as e:  # ray.train.TrainingFailedError: the worker traceback is above
+        fail(f"training failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+             code=1)
+    print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
+                      if k in metrics}))
+    print(f"run directory: {cfg.out}")
+
+
+def cmd_sweep(args) -> None:
+    from mpcl.launch import LaunchError
+    from mpcl.launch.sweep import format_table, run_sweep
+
+    try:
+        rows, spec, sweep_dir = run_sweep(args.sweep_file, address=args.address, resume=args.resume,
+                                          out=args.out)
+    except LaunchError as e:
+        fail(str(e))
+    print(format_table(rows, spec.metric))
+    print(f"sweep directory: {sweep_dir}")
+    print(f"optuna study:    optuna-dashboard sqlite:///{sweep_dir / 'optuna.db'}")
+    print(f"report:          python run.py report {sweep_dir}")
+
+
+def cmd_report(args) -> None:
+    from mpcl.report import ReportError, write_report
+
+    try:
+        path = write_report(args.directory, args.out)
+    except ReportError as e:
+        fail(str(e))
+    print(f"report: {path}")
 
 
 def cmd_eval(args) -> None:
@@ -62,11 +106,49 @@ def cmd_eval(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    out = args.out
-    argv = ["--config", str(DEMO_CONFIG), "--no-ray", "model.backbone=small_cnn", "train.epochs=2",
-            "data.subset=4096", "data.val_subset=2000", "data.batch_size=256", f"out={out}"]
-    print("demo: SimCLR-Attn, small CNN, 4,096 Fashion-MNIST images, 2 epochs, CPU-friendly")
-    cmd_train(build_parser().parse_args(["train", *argv]))
+    """Fashion-MNIST .beton files (once), then the demo sweep on a local Ray, its table and report."""
+    import time
+
+    from mpcl.data.datasets import get_dataset
+
+    t0 = time.perf_counter()
+    spec = get_dataset("fashion_mnist")
+    beton_dir = ROOT / spec.beton_dir
+    if not all((beton_dir / f).is_file() for f in ("train.beton", "val.beton")):
+        print(f"demo: writing Fashion-MNIST .beton files into {beton_dir}")
+        try:
+            from data_prep import prepare
+
+            prepare("fashion_mnist", spec.raw_path, beton_dir)
+        except Exception as e:  # the sweep itself reads the raw files (data.loader=torch)
+            print(f"demo: could not write the .beton files ({type(e).__name__}: {e}); going on", file=sys.stderr)
+    print("demo: sweep sweeps/fmnist_demo.yaml: SimCLR-Attn, temperature x attention weight, "
+          "Optuna TPE + ASHA on a local Ray")
+    sweep_args = build_parser().parse_args(["sweep", str(DEMO_SWEEP), "--out", args.out])
+    sweep_args.resume = (Path(args.out) / "tune").is_dir()  # a second `make demo` continues / reprints
+    cmd_sweep(sweep_args)
+    cmd_report(build_parser().parse_args(["report", args.out]))
+    print(f"demo: done in {time.perf_counter() - t0:.0f} s")
+
+
+def cmd_bench(args) -> None:
+    import os
+    import shlex
+
+    # before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning, so
+    # they do not starve FFCV's decoding threads on a busy CPU (measured: 6x on 2 cores)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from mpcl.bench import bench_loader
+    from mpcl.data.sources import SourceError
+
+    command = (f"python run.py bench loader --dataset {args.dataset} --workers {args.workers} "
+               f"--batch-size {args.batch_size} --epochs {args.epochs} --samples {args.samples} "
+               f"--device {args.device}" + (f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""))
+    try:
+        bench_loader(args.dataset, args.workers, args.batch_size, args.epochs, args.samples,
+                     args.device, args.data_dir, args.out_file, command=command)
+    except (SourceError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
 
 
 def not_yet(issue: int, what: str):
@@ -83,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one config (section.key=value overrides)")
     t.add_argument("--config", help="YAML preset, e.g. configs/fmnist_simclr.yaml")
     t.add_argument("--no-ray", action="store_true", help="run the engine in this process, without Ray")
+    t.add_argument("--address", help="join this Ray cluster (host:port, 'auto', ray://...; default: "
+                   "RAY_ADDRESS, else start a local Ray)")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.temperature=0.2 out=/tmp/r")
     t.set_defaults(func=cmd_train)
 
@@ -94,21 +178,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over a sweeps/*.yaml file")
     s.add_argument("sweep_file")
-    s.add_argument("--address")
-    s.add_argument("--resume", action="store_true")
-    s.set_defaults(func=not_yet(4, "run.py sweep"))
+    s.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted sweep in its directory")
+    s.add_argument("--out", help="sweep directory (default: the sweep file's out)")
+    s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="HTML results dashboard of a run or sweep directory")
-    r.add_argument("directory")
-    r.add_argument("--out")
-    r.set_defaults(func=not_yet(4, "run.py report"))
+    r.add_argument("directory", help="a sweep directory (results.json / optuna.db) or a run directory")
+    r.add_argument("--out", help="the HTML file (default: DIRECTORY/report/index.html)")
+    r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="benchmarks (loader, step)")
     b.add_argument("what", choices=["loader"])
-    b.set_defaults(func=not_yet(3, "run.py bench loader"))
+    b.add_argument("--dataset", default="fashion_mnist")
+    b.add_argument("--workers", type=int, default=0, help="loader workers, both pipelines (0 = all cores)")
+    b.add_argument("--batch-size", type=int, default=512)
+    b.add_argument("--epochs", type=int, default=2, help="passes per pipeline; the first is a warm-up")
+    b.add_argument("--samples", type=int, default=20_000, help="first N training samples (0 = all)")
+    b.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    b.add_argument("--data-dir", default="", help="folder of train.beton (default: the dataset's)")
+    b.add_argument("--out-file", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('' = none)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default="runs/demo", help="the sweep directory")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"
-    path: str = ""              # "" = the dataset's default (raw files for loader=torch)
-    loader: str = "torch"       # torch | ffcv
+    path: str = ""              # "" = the dataset's default: the .beton folder (loader=ffcv) or raw files (torch)
+    loader: str = "ffcv"        # ffcv (.beton files from python -m data_prep) | torch (fallback, raw arrays)
     subset: int = 0             # train on the first N training samples (0 = all)
     val_subset: int = 0         # evaluate on the first N validation samples (0 = all)
     batch_size: int = 256       # global batch (samples, not views), split over workers
@@ -37,6 +37,10 @@ class DataConfig:
     blur_prob: float = 0.0
     solarize_prob: float = 0.0
     normalize: bool = False     # mean/std normalisation after the colour ops
+    num_small_crops: int = 0    # multi-crop (SwAV-style): extra low-resolution views (simclr, simclr_attn, supcon)
+    small_crop_size: int = 0    # side of the small crops (0 = image_size * 96 / 224, at least 8)
+    min_per_class: int = 0      # >= 2: batches built from groups of this many same-class samples
+                                # (mcl supervised; 0 = plain shuffling)
 
 
 @dataclass
@@ -59,6 +63,34 @@ class MethodConfig:
     bank_mix: float = 0.5               # simsiam_multi: b in (1-b)*z + b*bank[index]
     bank_warmup_epochs: int = 50        # simsiam_multi: epochs before the bank mixes in
     bank_dtype: str = "float32"         # simsiam_multi: float32 | bfloat16 storage
+    # barlow_twins (``method.lambda`` is accepted as an alias of barlow_lambda)
+    barlow_lambda: float = 5e-3         # weight of the off-diagonal terms
+    scale_loss: float = 1.0             # multiplies the whole Barlow Twins loss
+    # moco / mcl (unsupervised)
+    momentum: float = 0.99              # EMA of the key encoder
+    momentum_schedule: str = "constant" # constant | cosine (towards 1 over training, BYOL-style)
+    queue_size: int = 4096              # rounded down to a multiple of the keys enqueued per step
+    symmetric: bool = False             # moco: both views as queries, mean of the two losses
+    mlp: bool = True                    # moco / mcl: MLP projection head (MoCo v2) or linear (v1)
+    # mcl
+    mode: str = "unsupervised"          # unsupervised (MoCo-based) | supervised (CE + in-batch contrast)
+    num_networks: int = 2
+    alpha: float = 0.1                  # weight of VCL (vanilla contrastive, within a network)
+    beta: float = 0.1                   # weight of ICL (inter-network contrastive)
+    gamma: float = 1.0                  # weight of soft VCL (KL between networks' VCL distributions)
+    lam: float = 1.0                    # weight of soft ICL (KL between the ICL distribution pairs)
+    kd_temperature: float = 3.0         # T of the soft (KL) terms and of logit distillation
+    logit_distill: bool = False         # mcl supervised: KL of each network towards the mean logits
+    embed_dim: int = 128                # mcl supervised: embedding head d-128-128
+    eval_network: int = 0               # mcl: the network kNN / probe / checkpoints' encoder use
+    report_networks: bool = False       # mcl: also report kNN top-1 of every network
+    # spcl
+    num_prototypes: int = 10            # k-means clusters = classifier outputs
+    reassign: int = 1                   # epochs between re-clusterings
+    cluster_weight: float = 1.0         # weight of CE(classifier(h), pseudo_label[index])
+    metric_weight: float = 1.0          # weight of the siamese metric BCE
+    pca_dim: int = 128                  # PCA-whitening dimension before k-means (0 = feature dim)
+    kmeans_iters: int = 20
 
 
 @dataclass
@@ -134,6 +166,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scale.use_gpu": ("auto", "true", "false"),
     "tracking.wandb": ("auto", "online", "offline", "disabled"),
     "method.bank_dtype": ("float32", "bfloat16"),
+    "method.momentum_schedule": ("constant", "cosine"),
+    "method.mode": ("unsupervised", "supervised"),
 }
 
 # (key, lower, upper, lower inclusive, upper inclusive)
@@ -143,6 +177,26 @@ RANGES = [
     ("method.attention_weight", 0.0, 1.0, True, True),
     ("method.bank_mix", 0.0, 1.0, True, True),
     ("method.bank_warmup_epochs", 0, None, True, True),
+    ("method.barlow_lambda", 0.0, None, True, True),
+    ("method.scale_loss", 0.0, None, False, True),
+    ("method.momentum", 0.0, 1.0, True, True),
+    ("method.queue_size", 1, None, True, True),
+    ("method.num_networks", 1, None, True, True),
+    ("method.alpha", 0.0, None, True, True),
+    ("method.beta", 0.0, None, True, True),
+    ("method.gamma", 0.0, None, True, True),
+    ("method.lam", 0.0, None, True, True),
+    ("method.kd_temperature", 0.0, None, False, True),
+    ("method.embed_dim", 1, None, True, True),
+    ("method.eval_network", 0, None, True, True),
+    ("method.num_prototypes", 2, None, True, True),
+    ("method.reassign", 1, None, True, True),
+    ("method.cluster_weight", 0.0, None, True, True),
+    ("method.metric_weight", 0.0, None, True, True),
+    ("method.pca_dim", 0, None, True, True),
+    ("method.kmeans_iters", 1, None, True, True),
+    ("data.num_small_crops", 0, None, True, True),
+    ("data.small_crop_size", 0, None, True, True),
     ("data.subset", 0, None, True, True),
     ("data.val_subset", 0, None, True, True),
     ("data.batch_size", 1, None, True, True),
@@ -211,7 +265,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{key}={value!r}: expected {name}, got {type(value).__name__}")
 
 
+# other spellings accepted for a key (``lambda`` is a Python keyword, so not a field name)
+ALIASES = {"method.lambda": "method.barlow_lambda"}
+
+
 def _apply(cfg: Config, key: str, value: Any) -> None:
+    key = ALIASES.get(key, key)
     parts = key.split(".")
     if parts == ["out"]:
         cfg.out = _coerce("out", value, str)
@@ -310,6 +369,31 @@ def validate(cfg: Config) -> None:
     if cfg.data.batch_size % cfg.scale.workers:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size}: must be a multiple of "
                           f"scale.workers={cfg.scale.workers}")
+    _validate_methods(cfg, METHODS)
+
+
+def _validate_methods(cfg: Config, methods: dict) -> None:
+    """Cross-key rules of the issue-5 methods and of multi-crop / class-grouped batches."""
+    m, d = cfg.method, cfg.data
+    if d.num_small_crops:
+        if not getattr(methods[m.name], "supports_multi_crop", False):
+            allowed = sorted(k for k, v in methods.items() if getattr(v, "supports_multi_crop", False))
+            raise ConfigError(f"data.num_small_crops={d.num_small_crops}: multi-crop is supported by "
+                              f"{', '.join(allowed)}, not method.name={m.name!r}")
+        if d.loader == "ffcv":
+            raise ConfigError(f"data.num_small_crops={d.num_small_crops}: multi-crop needs data.loader=torch "
+                              "(the ffcv loader yields two views)")
+    if d.min_per_class == 1 or d.min_per_class < 0:
+        raise ConfigError(f"data.min_per_class={d.min_per_class}: must be 0 (off) or >= 2")
+    if d.min_per_class:
+        if d.loader == "ffcv":
+            raise ConfigError(f"data.min_per_class={d.min_per_class}: class-grouped batches need data.loader=torch")
+        local = d.batch_size // cfg.scale.workers
+        if local % d.min_per_class:
+            raise ConfigError(f"data.min_per_class={d.min_per_class}: must divide the per-worker batch "
+                              f"data.batch_size / scale.workers = {local}")
+    if m.name == "mcl" and m.eval_network >= m.num_networks:
+        raise ConfigError(f"method.eval_network={m.eval_network}: must be < method.num_networks={m.num_networks}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

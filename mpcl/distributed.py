@@ -96,6 +96,16 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``x`` of rank ``src`` on every worker (same shape and dtype everywhere)."""
+    if not is_distributed():
+        return x
+    x = x.contiguous().clone()
+    dist.broadcast(x, src=src)
+    return x
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

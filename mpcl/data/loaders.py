@@ -17,7 +17,7 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from mpcl.config import Config
+from mpcl.config import Config, ConfigError
 from mpcl.data.augment import EvalTransform, SSLAugment
 from mpcl.data.batch import Batch
 from mpcl.data.datasets import DatasetSpec, get_dataset
@@ -45,6 +45,26 @@ def ssl_augment(cfg: Config, spec: DatasetSpec, crop: bool = True) -> SSLAugment
     s = d.jitter_strength
     return SSLAugment(
         spec.image_size, crop=crop, crop_scale=(d.crop_scale_min, 1.0),
+        jitter=(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s), jitter_prob=d.jitter_prob,
+        grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob, solarize_prob=d.solarize_prob,
+        mean=spec.mean if d.normalize else None, std=spec.std if d.normalize else None,
+    )
+
+
+SMALL_CROP_SCALE = (0.05, 0.14)   # SwAV's small crops
+
+
+def small_crop_size(cfg: Config, spec: DatasetSpec) -> int:
+    """data.small_crop_size, or 96/224 of the image side (SwAV's ratio), at least 8 pixels."""
+    return cfg.data.small_crop_size or max(8, round(spec.image_size * 96 / 224))
+
+
+def small_crop_augment(cfg: Config, spec: DatasetSpec) -> SSLAugment:
+    """Multi-crop's low-resolution views: the same colour pipeline, crops of 5-14% of the image."""
+    d = cfg.data
+    s = d.jitter_strength
+    return SSLAugment(
+        small_crop_size(cfg, spec), crop=True, crop_scale=SMALL_CROP_SCALE,
         jitter=(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s), jitter_prob=d.jitter_prob,
         grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob, solarize_prob=d.solarize_prob,
         mean=spec.mean if d.normalize else None, std=spec.std if d.normalize else None,
@@ -110,28 +130,49 @@ class TensorTrainLoader:
     W workers with the same global batch see the same samples), workers see disjoint
     samples, and a resumed epoch replays exactly (the permutation and the augmentation
     generator are seeded by (seed, epoch, rank)). The last incomplete global batch is dropped.
+
+    ``num_small_crops`` more views come from ``small_augment`` (multi-crop) after the
+    ``num_views`` full-size ones. ``min_per_class`` >= 2 builds each epoch's order from groups
+    of that many same-class samples (the local batch must be a multiple of it), so every class
+    present in a batch has at least that many samples there (MCL's supervised form).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, global_batch: int, rank: int,
-                 world: int, seed: int, augment: SSLAugment, device: torch.device, num_views: int = 2):
+                 world: int, seed: int, augment: SSLAugment, device: torch.device, num_views: int = 2,
+                 small_augment: SSLAugment | None = None, num_small_crops: int = 0, min_per_class: int = 0):
         if len(images) < global_batch:
-            raise ValueError(f"data.batch_size={global_batch}: larger than the training set ({len(images)} samples)")
+            raise ConfigError(f"data.batch_size={global_batch}: larger than the training set ({len(images)} samples)")
         self.images = _default_device_copy(images, device)
         self.labels = labels
         self.global_batch, self.local_batch = global_batch, global_batch // world
         self.rank, self.world, self.seed = rank, world, seed
         self.augment, self.device, self.num_views = augment, device, num_views
+        self.small_augment, self.num_small_crops = small_augment, num_small_crops
+        if num_small_crops and small_augment is None:
+            raise ValueError("num_small_crops > 0 needs small_augment")
+        self.min_per_class = min_per_class
+        if min_per_class and self.local_batch % min_per_class:
+            raise ConfigError(f"data.min_per_class={min_per_class}: must divide the per-worker batch {self.local_batch}")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _num_ordered(self) -> int:
+        if not self.min_per_class:
+            return len(self.images)
+        counts = torch.bincount(self.labels.cpu())
+        return int((counts // self.min_per_class).sum()) * self.min_per_class
+
     def __len__(self) -> int:
-        return len(self.images) // self.global_batch
+        return self._num_ordered() // self.global_batch
 
     def __iter__(self) -> Iterator[Batch]:
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(
-            self.seed * 1_000_003 + self.epoch))
+        perm_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.min_per_class:
+            order = class_grouped_order(self.labels.cpu(), self.min_per_class, perm_gen)
+        else:
+            order = torch.randperm(len(self.images), generator=perm_gen)
         gen = torch.Generator(device=self.device).manual_seed(
             (self.seed * 1_000_003 + self.epoch) * 1024 + self.rank)
         for b in range(len(self)):
@@ -139,8 +180,25 @@ class TensorTrainLoader:
             index = order[start:start + self.local_batch]
             x = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
             views = [self.augment(x, generator=gen) for _ in range(self.num_views)]
+            views += [self.small_augment(x, generator=gen) for _ in range(self.num_small_crops)]
             yield Batch(views, index.to(self.device, non_blocking=True),
                         self.labels[index].to(self.device, non_blocking=True))
+
+
+def class_grouped_order(labels: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation made of shuffled groups of ``m`` same-class sample indices; each class's
+    last ``count % m`` samples (a random few each epoch) sit the epoch out."""
+    groups = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        usable = len(idx) // m * m
+        if usable:
+            groups.append(idx[:usable].view(-1, m))
+    if not groups:
+        return torch.zeros(0, dtype=torch.long)
+    groups = torch.cat(groups)
+    return groups[torch.randperm(len(groups), generator=generator)].flatten()
 
 
 class EvalLoader:
@@ -161,6 +219,14 @@ class EvalLoader:
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             x = self.images[sl].to(self.device, non_blocking=True)
             yield self.transform(x), self.labels[sl].to(self.device, non_blocking=True)
+
+    def sample_indices(self) -> torch.Tensor:
+        """Dataset indices of the samples this rank yields, in order (to line gathered
+        features up with dataset indices)."""
+        n_batches = -(-len(self.images) // self.batch_size)
+        parts = [torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.images)))
+                 for b in range(self.rank, n_batches, self.world)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 def _as_nchw(images: np.ndarray) -> torch.Tensor:
@@ -189,7 +255,9 @@ def build_loaders(cfg: Config, rank: int, world: int, device: torch.device) -> L
     tx, ty = _as_nchw(train_x), torch.from_numpy(train_y)
     vx, vy = _as_nchw(val_x), torch.from_numpy(val_y)
     train = TensorTrainLoader(tx, ty, cfg.data.batch_size, rank, world, cfg.train.seed,
-                              ssl_augment(cfg, spec), device)
+                              ssl_augment(cfg, spec), device,
+                              small_augment=small_crop_augment(cfg, spec) if cfg.data.num_small_crops else None,
+                              num_small_crops=cfg.data.num_small_crops, min_per_class=cfg.data.min_per_class)
     evaluate = eval_transform(cfg, spec)
     bs = eval_batch_size(cfg)
     n_pairs = min(VAL_PAIRS, len(vx)) // world * world

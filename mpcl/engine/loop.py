@@ -88,7 +88,10 @@ def build(cfg: Config, rt: Runtime, loaders: Loaders) -> tuple[Method, torch.opt
     torch.manual_seed(cfg.train.seed)  # same initial weights on every worker
     method = build_method(cfg, loaders.spec.num_classes, loaders.num_train)
     if cfg.scale.sync_bn and dist.is_distributed():
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        if rt.device.type == "cuda":
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        elif dist.rank() == 0:  # torch's SyncBatchNorm (and DDP with it) is GPU-only
+            print("scale.sync_bn=true ignored on CPU workers: SyncBatchNorm needs GPUs", file=sys.stderr)
     method = method.to(rt.device)
     if cfg.model.channels_last and rt.device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
@@ -126,6 +129,7 @@ def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict
         z1, z2 = dist.gather_uneven(torch.cat(z1s)), dist.gather_uneven(torch.cat(z2s))
         metrics["val/align"] = ev.alignment(z1, z2)
         metrics["val/uniform"] = ev.uniformity(z1)
+    metrics.update(method.extra_metrics(loaders, rt.autocast))
     method.train(was_training)
     return metrics
 
@@ -163,6 +167,8 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
 
     for epoch in range(start_epoch, cfg.train.epochs):
         method.train()
+        for p in method.on_epoch_start(epoch, loaders, rt.autocast):
+            optimizer.state.pop(p, None)  # re-initialised parameters restart their momentum
         loaders.train.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
@@ -180,6 +186,7 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
             else:
                 out.loss.backward()
                 optimizer.step()
+            method.after_optimizer_step(step, total_steps)
             bad = ~torch.isfinite(out.loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
             for k, v in out.metrics.items():

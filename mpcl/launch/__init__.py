@@ -1,0 +1,7 @@
+"""Orchestration: Ray Train (``train``) and Ray Tune + Optuna (``sweep``). The training loop
+itself lives in ``mpcl.engine`` and knows nothing of Ray; importing this package does not
+import Ray either (the heavy imports happen inside the functions)."""
+
+
+class LaunchError(RuntimeError):
+    """A problem the user can fix (a wrong cluster address, a bad sweep file): one line."""

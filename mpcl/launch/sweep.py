@@ -1,0 +1,465 @@
+"""Sweeps: Ray Tune + Optuna over any config key, one ``TorchTrainer`` per trial.
+
+A sweep file (``sweeps/*.yaml``)::
+
+    name: fmnist_demo
+    base: configs/fmnist_simclr_attn.yaml      # preset the trials start from
+    overrides: {model.backbone: small_cnn}      # fixed for every trial
+    space:                                      # searched: uniform | loguniform | int | choice
+      method.temperature: {type: loguniform, low: 0.05, high: 1.0}
+      method.attention_weight: {type: uniform, low: 0.0, high: 1.0}
+    points: [{method.temperature: 0.5, method.attention_weight: 1.0}]   # optional: tried first
+    objective: {metric: val/knn_top1, mode: max}
+    num_samples: 8
+    max_concurrent: 2
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # per trial (scale.*)
+    sampler: {type: tpe, seed: 0, multivariate: true}               # tpe | random | cmaes
+    out: runs/sweeps/fmnist_demo
+
+Layout of the sweep directory ``out``: ``sweep.yaml`` (the file as run), ``optuna.db`` (the
+study: ``optuna-dashboard sqlite:///<out>/optuna.db``), ``tune/`` (Tune's experiment state,
+what ``--resume`` restores), ``trials/<trial_id>/`` (each trial's run directory: config.yaml,
+metrics.jsonl, Ray Train checkpoints), ``results.json`` (the table).
+
+The objective is measured every epoch (``train.eval_every=1``) and reported as ``objective``
+with ``epochs_done``: ASHA's rungs and Optuna's intermediate values compare the same
+measurement at the same epoch. Trials that ASHA stops reach Optuna as PRUNED (their
+intermediate values kept), never as COMPLETE with a partial value; a trial that diverges or
+crashes is FAIL in the study and ``failed`` with its reason in the results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mpcl.config import ConfigError, load
+from mpcl.launch import LaunchError
+
+OBJECTIVE_KEY = "objective"
+EPOCHS_KEY = "epochs_done"
+SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
+SAMPLERS = ("tpe", "random", "cmaes")
+SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_samples", "max_concurrent",
+              "scheduler", "resources", "sampler", "out", "description"}
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: str | None
+    overrides: dict[str, Any]
+    space: dict[str, dict[str, Any]]
+    points: list[dict[str, Any]] = field(default_factory=list)
+    metric: str = "val/knn_top1"
+    mode: str = "max"
+    num_samples: int = 8
+    max_concurrent: int = 1
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha"})
+    resources: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0, "multivariate": True})
+    out: str = "runs/sweeps/default"
+    source: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived ---------------------------------------------------------------------------
+    def trial_overrides(self, params: dict[str, Any], out: str | None = None) -> dict[str, Any]:
+        o = dict(self.overrides)
+        for k, v in self.resources.items():
+            o[f"scale.{k}"] = v
+        if self.metric.startswith("val/"):
+            o["train.eval_every"] = 1
+        o.update(params)
+        if out is not None:
+            o["out"] = out
+        return o
+
+    def config(self, params: dict[str, Any], out: str | None = None):
+        return load(self.base, self.trial_overrides(params, out))
+
+    @property
+    def epochs(self) -> int:
+        return self.config(self.example_params()).train.epochs
+
+    def example_params(self) -> dict[str, Any]:
+        ex = {}
+        for k, d in self.space.items():
+            if d["type"] == "choice":
+                ex[k] = d["values"][0]
+            elif d["type"] == "int":
+                ex[k] = int(d["low"])
+            elif d["type"] == "loguniform":
+                ex[k] = math.sqrt(float(d["low"]) * float(d["high"]))
+            else:
+                ex[k] = (float(d["low"]) + float(d["high"])) / 2
+        return ex
+
+
+def _fail(path, msg: str) -> LaunchError:
+    return LaunchError(f"{path}: {msg}")
+
+
+def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
+    """Read and validate a sweep file (every error one line, before any work)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LaunchError(f"{path}: no such sweep file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise _fail(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise _fail(path, "expected a mapping")
+    unknown = set(tree) - SWEEP_KEYS
+    if unknown:
+        raise _fail(path, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
+    base = tree.get("base")
+    if base is not None:
+        base_path = Path(base)
+        if not base_path.is_file() and (path.parent.parent / base).is_file():
+            base_path = path.parent.parent / base  # relative to the repository root
+        base = str(base_path)
+    space = tree.get("space") or {}
+    if not isinstance(space, dict) or not space:
+        raise _fail(path, "space: at least one searched key (key: {type, low, high} or {type: choice, values})")
+    for key, d in space.items():
+        if not isinstance(d, dict) or d.get("type") not in SPACE_TYPES:
+            raise _fail(path, f"space.{key}: type must be one of {', '.join(SPACE_TYPES)}")
+        if d["type"] == "choice":
+            if not isinstance(d.get("values"), list) or not d["values"]:
+                raise _fail(path, f"space.{key}: choice needs a non-empty list 'values'")
+        else:
+            try:
+                lo, hi = float(d["low"]), float(d["high"])
+            except (KeyError, TypeError, ValueError):
+                raise _fail(path, f"space.{key}: {d['type']} needs numeric 'low' and 'high'") from None
+            if not lo < hi or (d["type"] == "loguniform" and lo <= 0):
+                raise _fail(path, f"space.{key}: need 0 < low < high for loguniform, low < high otherwise "
+                                  f"(got {lo}, {hi})")
+    objective = tree.get("objective") or {}
+    mode = objective.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise _fail(path, f"objective.mode={mode!r}: allowed: max, min")
+    scheduler = tree.get("scheduler") or {"type": "asha"}
+    if scheduler.get("type") not in ("asha", "none"):
+        raise _fail(path, f"scheduler.type={scheduler.get('type')!r}: allowed: asha, none")
+    sampler = {"type": "tpe", "seed": 0, "multivariate": True, **(tree.get("sampler") or {})}
+    if sampler["type"] not in SAMPLERS:
+        raise _fail(path, f"sampler.type={sampler['type']!r}: allowed: {', '.join(SAMPLERS)}")
+    spec = SweepSpec(
+        name=str(tree.get("name") or path.stem), base=base, overrides=dict(tree.get("overrides") or {}),
+        space=space, points=list(tree.get("points") or []), metric=objective.get("metric", "val/knn_top1"),
+        mode=mode, num_samples=int(tree.get("num_samples", 8)), max_concurrent=int(tree.get("max_concurrent", 1)),
+        scheduler=scheduler, resources=dict(tree.get("resources") or {}), sampler=sampler,
+        out=out or tree.get("out") or f"runs/sweeps/{path.stem}", source=tree,
+    )
+    if spec.num_samples < 1 or spec.max_concurrent < 1:
+        raise _fail(path, "num_samples and max_concurrent must be >= 1")
+    for point in spec.points:
+        if set(point) - set(space):
+            raise _fail(path, f"points: keys {sorted(set(point) - set(space))} are not in space")
+    try:  # every key and the extremes of the space make a valid config
+        spec.config(spec.example_params(), out="/tmp/x")
+        for key, d in space.items():
+            for v in (d["values"] if d["type"] == "choice" else [d["low"], d["high"]]):
+                spec.config({**spec.example_params(), key: int(v) if d["type"] == "int" else v}, out="/tmp/x")
+    except ConfigError as e:
+        raise _fail(path, str(e)) from None
+    return spec
+
+
+# -- Optuna ---------------------------------------------------------------------------------
+
+def optuna_space(spec: SweepSpec) -> dict[str, Any]:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, d in spec.space.items():
+        t = d["type"]
+        if t == "choice":
+            out[key] = CategoricalDistribution(d["values"])
+        elif t == "int":
+            out[key] = IntDistribution(int(d["low"]), int(d["high"]), log=bool(d.get("log", False)))
+        else:
+            out[key] = FloatDistribution(float(d["low"]), float(d["high"]), log=t == "loguniform")
+    return out
+
+
+def optuna_sampler(spec: SweepSpec):
+    import optuna
+
+    s = spec.sampler
+    seed = s.get("seed")
+    if s["type"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s["type"] == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise LaunchError("sampler.type=cmaes needs the 'cmaes' package (pip install cmaes)") from None
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    kwargs = {"seed": seed, "multivariate": bool(s.get("multivariate", True))}
+    if "n_startup_trials" in s:
+        kwargs["n_startup_trials"] = int(s["n_startup_trials"])
+    import warnings
+
+    with warnings.catch_warnings():  # multivariate is "experimental" in Optuna's words
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(**kwargs)
+
+
+def storage_url(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+
+
+def make_searcher(spec: SweepSpec, sweep_dir: Path, epochs: int):
+    """``OptunaSearch`` (Ray's) with the study in SQLite and the trial states fixed."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearch(OptunaSearch):
+        """Ray's ``OptunaSearch`` tells Optuna COMPLETE with the last value for any trial that
+        ends without error, ASHA-stopped ones included, and COMPLETE for an errored trial that
+        had reported. Here: error -> FAIL, stopped before ``epochs`` -> PRUNED (Optuna keeps its
+        intermediate values), finished -> COMPLETE with the final objective. Intermediate
+        values are keyed by epochs done, not by Tune's iteration count (which restarts when a
+        trial is restored)."""
+
+        total_epochs = epochs
+
+        def suggest(self, trial_id):
+            params = super().suggest(trial_id)
+            ot = self._ot_trials.get(trial_id)
+            if ot is not None and "ray_trial_id" not in ot.user_attrs:
+                ot.set_user_attr("ray_trial_id", trial_id)
+            return params
+
+        def on_trial_result(self, trial_id, result):
+            ot = self._ot_trials.get(trial_id)
+            if ot is None or trial_id in self._completed_trials or self.metric not in result:
+                return
+            value, step = result[self.metric], int(result.get(EPOCHS_KEY, 0))
+            if value is not None and math.isfinite(value) and step not in ot.storage.get_trial(
+                    ot._trial_id).intermediate_values:
+                ot.report(float(value), step)
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot = self._ot_trials[trial_id]
+            result = result or {}
+            value = result.get(self.metric)
+            done = int(result.get(EPOCHS_KEY, 0) or 0)
+            if not error:  # the last epoch's value reaches the study as an intermediate too
+                self.on_trial_result(trial_id, result)
+            if error or value is None or not math.isfinite(value):
+                state, value = TrialState.FAIL, None
+            elif done < self.total_epochs:
+                state, value = TrialState.PRUNED, None
+            else:
+                state = TrialState.COMPLETE
+            try:
+                self._ot_study.tell(ot, value, state=state)
+            except Exception as e:  # already finished in the study (a resumed sweep)
+                print(f"optuna: trial {trial_id}: {e}", file=sys.stderr)
+            self._completed_trials.add(trial_id)
+
+        def restore(self, checkpoint_path):
+            super().restore(checkpoint_path)
+            # Trials the study holds as RUNNING that the restored searcher does not know were
+            # asked after Tune's last save of the searcher: they will never report.
+            known = {ot.number for ot in self._ot_trials.values()}
+            for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.number not in known:
+                    self._ot_study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted before Tune saved it")
+                    self._ot_study.tell(t.number, state=TrialState.FAIL)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(storage_url(sweep_dir))
+    searcher = StudySearch(space=optuna_space(spec), metric=OBJECTIVE_KEY, mode=spec.mode,
+                           sampler=optuna_sampler(spec), study_name=spec.name, storage=storage,
+                           points_to_evaluate=spec.points or None)
+    return searcher
+
+
+def make_scheduler(spec: SweepSpec, epochs: int):
+    if spec.scheduler.get("type", "asha") == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = spec.scheduler
+    return ASHAScheduler(time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,
+                         max_t=int(s.get("max_t", epochs)), grace_period=int(s.get("grace_period", 1)),
+                         reduction_factor=float(s.get("reduction_factor", 2)))
+
+
+# -- the trainable --------------------------------------------------------------------------
+
+def make_trainable(spec: SweepSpec, sweep_dir: Path):
+    """A Tune function trainable that runs one ``TorchTrainer`` named after the trial id (so a
+    restored trial resumes from its Ray Train checkpoints). The base config travels as a flat
+    dict: the node a trial lands on needs the code and the data, not the sweep files."""
+    from mpcl.config import flatten, to_dict
+
+    trials_dir = str((sweep_dir / "trials").resolve())
+    base = flatten(to_dict(spec.config(spec.example_params(), out=trials_dir)))
+    metric = spec.metric
+
+    def trial(params: dict[str, Any]) -> None:
+        from ray import tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from mpcl.engine.loop import DivergedError
+        from mpcl.launch.train import failure_reason, make_trainer
+
+        trial_id = tune.get_context().get_trial_id()
+        cfg = load(None, {**base, **params, "out": f"{trials_dir}/{trial_id}"})
+        make_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()]).fit()
+        reason = failure_reason(cfg.out)
+        if reason:
+            raise DivergedError(reason)
+
+    return trial
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool = False,
+              out: str | None = None):
+    """``run.py sweep``: writes ``results.json``; returns (rows best first, spec, sweep dir)."""
+    from ray import tune
+
+    from mpcl.launch.train import init_ray
+
+    spec = load_sweep(path, out=out)
+    sweep_dir = Path(spec.out).resolve()
+    tune_dir = sweep_dir / "tune"
+    if resume:
+        if not tune_dir.is_dir():
+            raise LaunchError(f"--resume: {sweep_dir} holds no sweep to resume (no tune/ directory)")
+        spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
+    elif tune_dir.exists():
+        raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
+    else:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        base = str(Path(spec.base).resolve()) if spec.base else None
+        (sweep_dir / "sweep.yaml").write_text(
+            yaml.safe_dump({**spec.source, "base": base, "out": str(sweep_dir)}, sort_keys=False))
+        spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))
+    epochs = spec.epochs
+    where = init_ray(address)
+    print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
+          f"{epochs} epochs each; directory {sweep_dir}", file=sys.stderr)
+    # The trial function only waits on its TorchTrainer: it reserves no CPU (Ray refuses an
+    # empty request, hence a token byte of memory); the trainer's workers take scale.*.
+    trainable = tune.with_resources(make_trainable(spec, sweep_dir), {"cpu": 0, "memory": 1})
+    if resume:
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(spec, sweep_dir, epochs), scheduler=make_scheduler(spec, epochs),
+                num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
+                reuse_actors=False),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir),
+                                      failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                      verbose=int(os.environ.get("MPCL_TUNE_VERBOSE", "1"))),
+        )
+    grid = tuner.fit()
+    rows = collect_results(spec, sweep_dir, grid, epochs)
+    return rows, spec, sweep_dir
+
+
+def _first_line(text: str) -> str:
+    for line in str(text).splitlines():
+        line = line.strip()
+        if "DivergedError" in line or "diverged at" in line:
+            return line.split("DivergedError: ")[-1]
+    lines = [l.strip() for l in str(text).splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def _error_reason(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    text = f"{type(error).__name__}: {error}"
+    cause = error
+    while getattr(cause, "__cause__", None) is not None:
+        cause = cause.__cause__
+        text += f"\n{type(cause).__name__}: {cause}"
+    return _first_line(text)[:300]
+
+
+def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list[dict[str, Any]]:
+    rows = []
+    try:  # Tune's own trial status (private, hence the fallback): tells interrupted from stopped
+        tune_trials = {t.trial_id: t for t in grid._experiment_analysis.trials}
+    except AttributeError:
+        tune_trials = {}
+    status = {k: t.status for k, t in tune_trials.items()}
+    for result in grid:
+        m = dict(result.metrics or {})
+        trial_id = m.get("trial_id")
+        params = dict(result.config or (tune_trials[trial_id].config if trial_id in tune_trials else {}))
+        done = int(m.get(EPOCHS_KEY, 0) or 0)
+        run_dir = sweep_dir / "trials" / str(trial_id)
+        reason = ""
+        if result.error is not None:
+            state = "failed"
+            from mpcl.launch.train import failure_reason
+
+            reason = failure_reason(run_dir) or _error_reason(result.error)
+        elif status.get(trial_id, "TERMINATED") != "TERMINATED":
+            state = "unfinished"
+            reason = f"{status[trial_id].lower()} after {done} of {epochs} epochs (run.py sweep --resume continues it)"
+        elif done < epochs:
+            state = "pruned"
+            reason = f"stopped by ASHA after {done} of {epochs} epochs"
+        else:
+            state = "complete"
+        value = m.get(OBJECTIVE_KEY)
+        rows.append({"trial_id": trial_id, "state": state, "reason": reason, "params": params,
+                     "objective": value if isinstance(value, (int, float)) and math.isfinite(value) else None,
+                     "epochs_done": done, "run_dir": str(run_dir)})
+    rows = sort_rows(rows, spec.mode)
+    summary = {"name": spec.name, "metric": spec.metric, "mode": spec.mode, "epochs": epochs,
+               "storage": storage_url(sweep_dir), "study_name": spec.name, "trials": rows}
+    tmp = sweep_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, sweep_dir / "results.json")
+    return rows
+
+
+STATE_ORDER = {"complete": 0, "pruned": 1, "unfinished": 2, "failed": 3}
+
+
+def sort_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    sign = -1 if mode == "max" else 1
+    return sorted(rows, key=lambda r: (STATE_ORDER.get(r["state"], 4),
+                                       sign * r["objective"] if r["objective"] is not None else math.inf,
+                                       str(r["trial_id"])))
+
+
+def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+    keys = sorted({k for r in rows for k in r["params"]})
+    head = ["trial", "state", metric, "epochs", *keys, "reason"]
+    body = []
+    for r in rows:
+        obj = "" if r["objective"] is None else f"{r['objective']:.4g}"
+        vals = [f"{r['params'].get(k):.4g}" if isinstance(r["params"].get(k), float) else str(r["params"].get(k, ""))
+                for k in keys]
+        body.append([str(r["trial_id"]), r["state"], obj, str(r["epochs_done"]), *vals, r["reason"][:60]])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(b) for b in body)])

@@ -1,0 +1,177 @@
+"""Several workers are correct, not just running; Ray Train resumes a killed worker group.
+
+The 2-vs-1 equivalence runs without Ray (two processes, gloo): each rank takes its half of a
+fixed global batch through the method's ``training_step``; the loss averaged over ranks and
+the DDP-averaged gradients must equal the one-process run on the whole batch. torch's
+SyncBatchNorm is GPU-only, so BatchNorm layers run on their (equal) running statistics here:
+what is compared is everything the methods gather (negatives, attention features, the bank).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from mpcl.config import load
+from mpcl.data.batch import Batch
+from mpcl.methods import build_method
+from tests.conftest import tiny_overrides
+
+METHODS = ["simclr", "simclr_attn", "simsiam_multi"]
+N, CLASSES, SAMPLES = 16, 10, 64
+
+
+def _cfg(method: str):
+    return load(None, tiny_overrides("/tmp/unused", method, **{
+        "method.bank_warmup_epochs": 1, "method.attention_weight": 0.7, "scale.sync_bn": True}))
+
+
+def _batch(rank: int = 0, world: int = 1) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    views = [torch.rand(N, 3, 32, 32, generator=g) for _ in range(2)]
+    index = torch.randperm(SAMPLES, generator=g)[:N]
+    label = torch.randint(0, CLASSES, (N,), generator=g)
+    n = N // world
+    sl = slice(rank * n, (rank + 1) * n)
+    return Batch([v[sl] for v in views], index[sl], label[sl])
+
+
+def _step(method_name: str, rank: int, world: int) -> dict:
+    cfg = _cfg(method_name)
+    torch.manual_seed(0)
+    method = build_method(cfg, CLASSES, SAMPLES)
+    method.train()
+    for m in method.modules():  # equal BN statistics on every worker (see the docstring)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    epoch = 0
+    if method_name == "simsiam_multi":  # a filled bank from a previous epoch, then read it
+        g = torch.Generator().manual_seed(2)
+        method.bank.snapshot.copy_(torch.randn(method.bank.snapshot.shape, generator=g))
+        method.bank.snapshot_valid[: SAMPLES // 2] = True
+        epoch = 1
+    out = method.training_step(_batch(rank, world), epoch)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
+    loss = out.loss.detach().clone()
+    if world > 1:
+        for g_ in grads.values():
+            tdist.all_reduce(g_)
+            g_ /= world
+        tdist.all_reduce(loss)
+        loss /= world
+    result = {"loss": loss, "grads": grads}
+    if method_name == "simsiam_multi":
+        result["pending"] = method.bank.pending.clone()
+        result["pending_valid"] = method.bank.pending_valid.clone()
+    return result
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results = {m: _step(m, rank, world) for m in METHODS}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_worker_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_workers_match_one_worker(method, two_worker_results):
+    torch.set_num_threads(1)
+    ref = _step(method, 0, 1)
+    for rank, results in enumerate(two_worker_results):
+        got = results[method]
+        torch.testing.assert_close(got["loss"], ref["loss"], atol=1e-5, rtol=1e-5)
+        assert got["grads"].keys() == ref["grads"].keys()
+        for name, g in ref["grads"].items():
+            torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=f"{method} {name} rank {rank}")
+        if method == "simsiam_multi":  # every worker's bank got every sample's update
+            torch.testing.assert_close(got["pending"], ref["pending"], atol=1e-6, rtol=1e-5)
+            assert torch.equal(got["pending_valid"], ref["pending_valid"])
+            assert int(got["pending_valid"].sum()) == N
+
+
+# -- through Ray Train ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    from mpcl.launch.train import init_ray
+
+    os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_ray, monkeypatch):
+    """The worker process exits hard during epoch 2; Ray Train restarts the group
+    (max_failures=1), which resumes from the epoch-1 checkpoint: the finished run equals an
+    uninterrupted one, which it can only if the memory bank came back as it was saved
+    (epoch 2 reads the bank of epoch 1)."""
+    from mpcl.engine.checkpoint import load as load_checkpoint
+    from mpcl.engine.local import LocalReporter
+    from mpcl.engine.loop import fit
+    from mpcl.launch.train import FAULT_ENV, STATE_FILE, train
+
+    extra = {"data.path": fmnist_path, "train.epochs": 3, "method.bank_warmup_epochs": 1,
+             "data.subset": 256, "data.batch_size": 64, "scale.max_failures": 1, "scale.num_to_keep": 3,
+             "tracking.wandb": "disabled"}
+    ref_cfg = load(None, tiny_overrides(tmp_path / "ref", "simsiam_multi", **extra))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a 1-CPU Ray worker: the same float reductions
+    try:
+        fit(ref_cfg, LocalReporter(ref_cfg, echo=False))
+    finally:
+        torch.set_num_threads(threads)
+
+    cfg = load(None, tiny_overrides(tmp_path / "ray", "simsiam_multi", **extra))
+    monkeypatch.setenv(FAULT_ENV, "1")
+    train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "ray/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]          # epoch 2 once, none lost
+    ref_rows = [json.loads(x) for x in (tmp_path / "ref/metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(ref_rows, rows):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4, abs=1e-5), a["epoch"]
+    checkpoints = sorted((tmp_path / "ray").glob("checkpoint_*/" + STATE_FILE))
+    assert len(checkpoints) == 3
+    saved = load_checkpoint(checkpoints[1])                  # what the killed attempt left
+    final = load_checkpoint(checkpoints[2])
+    ref = load_checkpoint(tmp_path / "ref/checkpoints/last.pt")
+    assert saved["epoch"] == 1 and final["epoch"] == 2
+    assert int(saved["model"]["bank.snapshot_epoch"]) == 1
+    for key in ("bank.snapshot", "bank.snapshot_valid"):
+        torch.testing.assert_close(final["model"][key], ref["model"][key], atol=1e-4, rtol=1e-3)
+
+
+def test_wrong_address_is_one_line(capsys):
+    import run
+
+    with pytest.raises(SystemExit) as e:
+        run.main(["train", "--address", "127.0.0.1:1", "--config", "configs/fmnist_simclr.yaml"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "127.0.0.1:1" in err
