@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-DEMO_CONFIG = ROOT / "configs" / "fmnist_simclr_attn.yaml"
 DEMO_SWEEP = ROOT / "sweeps" / "fmnist_demo.yaml"
 EXIT_USAGE = 2
 

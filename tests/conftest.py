@@ -15,10 +15,21 @@ def fmnist_path() -> str:
     return str(FMNIST)
 
 
+@pytest.fixture(scope="session")
+def fmnist_betons(fmnist_path, tmp_path_factory) -> str:
+    """A directory with the full Fashion-MNIST train.beton / val.beton (written once, ~15 s)."""
+    from data_prep import prepare
+
+    out = tmp_path_factory.mktemp("fmnist_beton")
+    prepare("fashion_mnist", fmnist_path, out, quiet=True)
+    return str(out)
+
+
 def tiny_overrides(out, method="simclr", **extra) -> list[str]:
     """A run that takes a few seconds on a laptop CPU: small CNN, 512 samples, 1 epoch."""
     base = {
         "method.name": method, "model.backbone": "small_cnn", "data.subset": 512, "data.val_subset": 256,
+        "data.loader": "torch",  # the raw idx files (fmnist_path); the ffcv loader: test_ffcv_loader.py
         "data.batch_size": 128, "train.epochs": 1, "optim.warmup_epochs": 0, "train.progress": "false",
         "model.projector_hidden": 128, "model.projector_out": 64, "model.predictor_hidden": 32,
         "out": str(out),

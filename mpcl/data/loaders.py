@@ -78,12 +78,6 @@ def eval_transform(cfg: Config, spec: DatasetSpec) -> EvalTransform:
 
 # -- raw arrays -------------------------------------------------------------------------------
 
-def fashion_mnist_rgb32(images: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) grey -> (N, 32, 32, 3) RGB: 2 pixels of zero padding per side, grey replicated."""
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    return np.repeat(padded[..., None], 3, axis=-1)
-
-
 def _download_fashion_mnist(root: Path) -> Path:
     """torchvision's downloader into ``root`` (used only when the idx files are absent)."""
     import torchvision
@@ -105,12 +99,16 @@ def load_arrays(dataset: str, path: str, split: str) -> tuple[np.ndarray, np.nda
                     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)")
             root = _download_fashion_mnist(Path("data"))
         images, labels = sources.read_fashion_mnist(root, split)
-        return fashion_mnist_rgb32(images), labels
-    readers = getattr(sources, "ARRAY_READERS", {})
+        return sources.gray_to_rgb_padded(images, 32), labels
+    readers = {
+        "cifar10": lambda r, s: sources.read_cifar(r, s, "cifar10"),
+        "cifar100": lambda r, s: sources.read_cifar(r, s, "cifar100"),
+        "stl10": sources.read_stl10,
+    }
     if dataset not in readers:
         raise sources.SourceError(
             f"data.dataset={dataset!r}: the torch loader reads array datasets "
-            f"({', '.join(['fashion_mnist', *readers])}); use data.loader=ffcv for {dataset}")
+            f"(fashion_mnist, {', '.join(readers)}); use data.loader=ffcv for {dataset}")
     return readers[dataset](root, split)
 
 
