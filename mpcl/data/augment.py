@@ -18,24 +18,29 @@ it means in the papers:
   (torchvision's kernel, reflect padding), solarize (``x >= t -> 1 - x``), normalize.
 
 Every random parameter, including each "apply with probability p" coin, is drawn
-independently per sample. Randomness comes from ``generator`` (a ``torch.Generator`` on any
-device; parameters are drawn on the generator's device and moved to ``x``'s device) or, when it
-is ``None``, from torch's default generator of ``x``'s device. The same seed gives the same
-output. Nothing in here reads a tensor value back to the host (no ``.item()``, no data-dependent
-shapes), so the transforms never synchronise a CUDA stream.
+independently per sample. Randomness comes from ``generator`` (a ``torch.Generator``; best on
+``x``'s device; a CPU generator also works for CUDA batches: parameters are then drawn on the
+CPU and copied through pinned memory) or, when it is ``None``, from torch's default generator
+of ``x``'s device. The same seed gives the same output, whatever the block size. On
+accelerators nothing here reads a tensor value back to the host (no ``.item()``, no
+data-dependent shapes, no blocking host->device copies), so the transforms never synchronise
+the stream; only the CPU path uses data-dependent shapes (blur of the selected samples only).
 
 How the colour jitter stays cheap with a per-sample order: brightness, contrast and saturation
 are all ``clamp(a * x + c * gray(x) + m * mean(gray(x)))`` with per-sample ``(a, c, m)``, so one
-"cheap step" kernel runs any of them per sample. Only the hue rotation is expensive, so it runs
+"cheap step" runs any of them per sample. Only the hue rotation is expensive, so it runs
 exactly once over the batch: the batch is visited in a random permutation whose rank decides the
 hue position (first quarter of ranks: hue first, ...; exact quotas), hence the samples that need
-``k`` cheap steps before the hue are a contiguous suffix of the permuted batch and the rest are
-slices too. The hue itself is the exact HSV rotation written with a handful of elementwise ops
-(``out_c = max - (max - min) * clamp(min(k_c, 4 - k_c), 0, 1)``, ``k_c = (n_c + 6 h) mod 6``),
-equal to torchvision's ``adjust_hue`` to float rounding (~1e-6).
+``k`` cheap steps before the hue are a contiguous suffix of the visiting order and those that
+need them after it a prefix: slices, no masks. The result is scattered back to the input order
+with one gather. The hue itself is torchvision's HSV rotation rewritten with a dozen
+elementwise ops (``out_c = max - (max - min) * clamp(2 - circdist(6 h, a_c), 0, 1)``), equal to
+``adjust_hue`` to float rounding (~1e-6). Per-sample "apply" decisions are exact 0/1 ``lerp``
+blends (``torch.where`` and bool comparisons are several times slower on CPU).
 
 On CPU the fused pipeline (``SSLAugment``, ``color_jitter``) works through the batch in blocks
-that fit in the L2 cache; on accelerators the whole batch is one block.
+of about 1.5 MB (cache-sized, at least 8 samples); on accelerators the whole batch is one block.
+See :func:`tune_cpu_malloc` for the allocator setting that matters on CPU.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ __all__ = [
     "sample_jitter_params",
     "solarize",
     "to_float",
+    "tune_cpu_malloc",
 ]
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
@@ -79,8 +85,10 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 6
 # Op ids used by JitterParams.order (torchvision's ColorJitter fn_idx numbering).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
-# CPU block size (bytes of float32 per block) for the fused pipelines; ~L2-sized.
-_CPU_BLOCK_BYTES = 384 * 1024
+# CPU block size for the fused pipelines: ~bytes of one float32 block tensor (about L2), and
+# the fewest samples per block (below that Python overhead per op dominates).
+_CPU_BLOCK_BYTES = 1536 * 1024
+_CPU_MIN_BLOCK = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,11 +112,24 @@ def to_float(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return x.to(dtype or torch.float32).mul_(1.0 / 255.0)
 
 
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Move a small tensor to ``device`` without blocking the host on a CUDA stream."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _rand(shape: Sequence[int] | int, x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform [0, 1) float32 on x's device, drawn on the generator's device."""
     dev = generator.device if generator is not None else x.device
-    r = torch.rand(shape, generator=generator, device=dev)
-    return r.to(x.device, non_blocking=True) if r.device != x.device else r
+    return _to_device(torch.rand(shape, generator=generator, device=dev), x.device)
+
+
+def _randperm(n: int, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    dev = generator.device if generator is not None else x.device
+    return _to_device(torch.randperm(n, generator=generator, device=dev), x.device)
 
 
 def _coin(x: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
@@ -116,9 +137,28 @@ def _coin(x: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
     return _rand(x.shape[0], x, generator) < p
 
 
-def _per_sample(v: Tensor | float | Sequence[float], x: Tensor) -> Tensor:
+_CONSTS: dict[tuple, Tensor] = {}
+
+
+def _const(values: Sequence[float], shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small constant tensor on ``device``, built with fills (no host->device copy), cached."""
+    key = (tuple(float(v) for v in values), tuple(shape), str(device), dtype)
+    t = _CONSTS.get(key)
+    if t is None:
+        t = torch.empty(len(values), device=device, dtype=dtype)
+        for i, v in enumerate(values):
+            t[i] = float(v)
+        t = t.view(*shape)
+        if len(_CONSTS) < 256:
+            _CONSTS[key] = t
+    return t
+
+
+def _per_sample(v: Tensor | float, x: Tensor) -> Tensor:
     """A per-sample parameter as a float32 tensor (B,) on x's device."""
-    t = torch.as_tensor(v, dtype=torch.float32, device=x.device)
+    if not isinstance(v, Tensor):
+        return torch.full((x.shape[0],), float(v), device=x.device)
+    t = _to_device(v.to(torch.float32), x.device)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
@@ -136,7 +176,29 @@ def _block_len(n: int, per_sample_elems: int, device: torch.device, block_size: 
         return max(1, int(block_size))
     if device.type != "cpu":
         return max(1, n)
-    return max(1, _CPU_BLOCK_BYTES // (4 * max(1, per_sample_elems)))
+    return max(_CPU_MIN_BLOCK, _CPU_BLOCK_BYTES // (4 * max(1, per_sample_elems)))
+
+
+def tune_cpu_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """glibc only, opt-in, process-wide: keep freed memory in the process instead of handing it
+    back to the OS after every large tensor is freed.
+
+    Eager CPU tensor code allocates and frees many MB-sized buffers per batch; glibc returns
+    them to the OS (mmap/trim) and every new buffer then page-faults on first touch, which in
+    VMs can cost as much as the arithmetic (measured 2-5x on the blur and the crop here).
+    Call once from a CPU training/benchmark entry point. Returns True if applied.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(libc.mallopt(m_trim_threshold, int(trim_threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +289,7 @@ def _hue(x: Tensor, hue6: Tensor) -> Tensor:
     mx = x.amax(dim=1, keepdim=True)  # (n,1,H,W)
     cr = mx - x.amin(dim=1, keepdim=True)
     # torchvision divides by 1 where max == min; there every numerator below is 0 anyway
-    inv = cr.clamp_min(1e-30).reciprocal_()
+    inv = cr.clamp_min(torch.finfo(x.dtype).tiny).reciprocal_()
     r, g, b = x.unbind(1)
     mx1, cr1 = mx.squeeze(1), cr.squeeze(1)
     # H6 * (max - min) per sector, torchvision's branch order: max == r wins, then max == g,
@@ -236,7 +298,7 @@ def _hue(x: Tensor, hue6: Tensor) -> Tensor:
     h = h.lerp_(g - b, _cmp(torch.eq, mx1, r)).unsqueeze(1).mul_(inv)
     h.add_(hue6)  # H6 + 6 f in [-4, 8): wrap to [0, 6)
     h.sub_((h * (1.0 / 6.0)).floor_(), alpha=6.0)
-    center = torch.tensor(_HUE_CENTER, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    center = _const(_HUE_CENTER, (1, 3, 1, 1), x.device, x.dtype)
     # out = mx - cr * clamp(|w| - 1, 0, 1) = (mx + cr) - cr * clamp(|w|, 1, 2), w = |h - a| - 3
     t = (h - center).abs_().sub_(3.0).abs_().clamp_(1.0, 2.0)  # (n,3,H,W)
     return torch.addcmul(mx.add_(cr), cr, t, value=-1.0, out=t)
@@ -320,8 +382,7 @@ def sample_jitter_params(
     factors = torch.stack(cols, 1)
     # per-sample random order of the cheap ops: argsort of uniforms is a uniform permutation
     cheap_order = _rand((B, 3), x, generator).argsort(dim=1)  # (B,3) values 0..2, all three ops
-    perm = torch.randperm(B, generator=generator, device=generator.device if generator is not None else x.device)
-    perm = perm.to(x.device)
+    perm = _randperm(B, x, generator)
     if not hue_on or not cheap:  # the hue position only matters relative to cheap ops
         perm = None
     # full per-sample order (for the record and for reference implementations): hue is inserted
@@ -330,7 +391,8 @@ def sample_jitter_params(
     if cheap and len(cheap) < 3:
         # keep only enabled ops first (their relative order random), disabled ones at the end
         en = torch.zeros(3, dtype=torch.bool, device=x.device)
-        en[list(cheap)] = True
+        for i in cheap:
+            en[i] = True
         key = (~en[cheap_order]).to(torch.long)
         cheap_order = cheap_order.gather(1, torch.sort(key, dim=1, stable=True).indices)
     if perm is not None:
@@ -362,8 +424,8 @@ def _cheap_coefs(params: JitterParams, dtype: torch.dtype) -> list[tuple[Tensor,
     for q in range(len(params.cheap)):
         op = cheap_ops[:, q]
         fq = f.gather(1, op.view(B, 1)).squeeze(1)
-        # disabled samples (apply False) keep identity coefficients; the final select restores
-        # them exactly anyway, but identity keeps the values finite and cheap.
+        # samples whose coin said no get identity coefficients: exact, so they go through the
+        # cheap steps bit-identical (the hue is undone for them by an exact 0/1 lerp)
         fq = torch.where(params.apply, fq, 1.0)
         a = _bcast(fq, dtype)
         c = _bcast(torch.where(op == SATURATION, 1.0 - fq, 0.0), dtype) if has_c else None
@@ -417,36 +479,35 @@ def _jitter_block_(
 
 
 class _JitterPlan:
-    """Pre-computed, batch-level pieces of a JitterParams for block-wise application."""
+    """Batch-level pieces of a JitterParams, in visiting order (``params.perm``), so that a
+    block of ranks ``s:e`` only slices them."""
 
     def __init__(self, params: JitterParams, dtype: torch.dtype, p_is_one: bool):
-        self.params = params
+        perm = params.perm
         self.B = params.factors.shape[0]
         self.nq = len(params.cheap)
-        self.coefs = _cheap_coefs(params, dtype)
-        self.hue6 = _bcast(torch.where(params.apply, params.factors[:, HUE], 0.0) * 6.0, dtype) if params.hue else None
-        self.apply_w = None if p_is_one else _bcast(params.apply, dtype)
 
-    def block_(self, y: Tensor, idx: Tensor | slice, s: int, e: int) -> Tensor:
-        """Jitter block ``y`` (owned float) = samples ``idx`` (ranks s..e of the visiting order)."""
-        coefs = [(a[idx], None if c is None else c[idx], None if m is None else m[idx]) for a, c, m in self.coefs]
-        hue6 = None if self.hue6 is None else self.hue6[idx]
-        apply_w = None if self.apply_w is None else self.apply_w[idx]
-        bounds = []
+        def vis(t: Tensor) -> Tensor:
+            return t if perm is None else t.index_select(0, perm)
+
+        self.coefs = [(vis(a), None if c is None else vis(c), None if m is None else vis(m)) for a, c, m in _cheap_coefs(params, dtype)]
+        self.hue6 = vis(_bcast(torch.where(params.apply, params.factors[:, HUE], 0.0) * 6.0, dtype)) if params.hue else None
+        self.apply_w = None if p_is_one or not params.hue else vis(_bcast(params.apply, dtype))
+
+    def block_(self, y: Tensor, s: int, e: int) -> Tensor:
+        """Jitter block ``y`` (owned float) = the samples of ranks s..e of the visiting order."""
+        coefs = [(a[s:e], None if c is None else c[s:e], None if m is None else m[s:e]) for a, c, m in self.coefs]
+        hue6 = None if self.hue6 is None else self.hue6[s:e]
+        apply_w = None if self.apply_w is None else self.apply_w[s:e]
         K = self.nq + 1
-        for k in range(K + 1):
-            first_rank = -(-k * self.B // K)  # ceil(k*B/K): first rank with r*K//B >= k
-            bounds.append(min(max(first_rank - s, 0), e - s))
+        bounds = [min(max(-(-k * self.B // K) - s, 0), e - s) for k in range(K + 1)]  # ceil(k*B/K)
         return _jitter_block_(y, coefs, hue6, apply_w, bounds)
 
 
-def _float_block(xb: Tensor, owned: bool, dtype: torch.dtype) -> Tensor:
-    """Block -> float ``dtype`` tensor the caller may modify in place."""
-    if not xb.is_floating_point():
-        return xb.to(dtype).mul_(1.0 / 255.0)
-    if xb.dtype != dtype:
-        return xb.to(dtype)
-    return xb if owned else xb.clone()
+def _float_block(xb: Tensor, dst: Tensor) -> Tensor:
+    """Block -> float in [0, 1], written into ``dst`` (the block's slice of the output)."""
+    dst.copy_(xb)
+    return dst if xb.is_floating_point() else dst.mul_(1.0 / 255.0)
 
 
 def apply_color_jitter(x: Tensor, params: JitterParams, block_size: int | None = None) -> Tensor:
@@ -454,36 +515,30 @@ def apply_color_jitter(x: Tensor, params: JitterParams, block_size: int | None =
     _check_batch(x)
     dtype = _float_dtype(x)
     plan = _JitterPlan(params, dtype, p_is_one=False)
-    return _run_blocks(x, params.perm, block_size, lambda xb, idx, s, e, owned: plan.block_(_float_block(xb, owned, dtype), idx, s, e), x.shape[1:])
+    return _run_blocks(x, params.perm, block_size, lambda xb, s, e, dst: plan.block_(_float_block(xb, dst), s, e), x.shape[1:], dtype)
 
 
-def _run_blocks(x: Tensor, perm: Tensor | None, block_size: int | None, fn, out_chw) -> Tensor:
-    """Run ``fn(x_block, idx, s, e)`` over blocks of the (perm-ordered) batch; scatter back."""
+def _run_blocks(x: Tensor, perm: Tensor | None, block_size: int | None, fn, out_chw, dtype: torch.dtype) -> Tensor:
+    """Run ``y = fn(x_block, s, e, dst)`` over blocks of ranks ``s:e`` of the batch visited in
+    ``perm`` order (None: identity); ``dst`` is the block's slice of the output (in visiting
+    order), which fn may use as its working buffer. Returns the output in input order."""
     B = x.shape[0]
-    per = int(math.prod(out_chw))
-    L = _block_len(B, max(per, int(math.prod(x.shape[1:]))), x.device, block_size)
-    if L >= B:
-        idx = perm if perm is not None else slice(None)
-        y = fn(x if perm is None else x.index_select(0, perm), idx, 0, B, perm is not None)
-        if perm is None:
-            return y
-        return torch.empty_like(y).index_copy_(0, perm, y)
-    out = None
+    out = torch.empty((B,) + tuple(out_chw), dtype=dtype, device=x.device)
+    per = max(int(math.prod(out_chw)), int(math.prod(x.shape[1:])))
+    L = _block_len(B, per, x.device, block_size)
     for s in range(0, B, L):
         e = min(B, s + L)
-        if perm is not None:
-            idx = perm[s:e]
-            yb = fn(x.index_select(0, idx), idx, s, e, True)
-        else:
-            idx = slice(s, e)
-            yb = fn(x[s:e], idx, s, e, False)
-        if out is None:
-            out = torch.empty((B,) + tuple(yb.shape[1:]), dtype=yb.dtype, device=yb.device)
-        if perm is not None:
-            out.index_copy_(0, idx, yb)
-        else:
-            out[s:e] = yb
-    return out
+        dst = out[s:e]
+        xb = x[s:e] if perm is None else x.index_select(0, perm[s:e])
+        yb = fn(xb, s, e, dst)
+        if yb.data_ptr() != dst.data_ptr():
+            dst.copy_(yb)
+    if perm is None:
+        return out
+    # scatter back with a gather (index_select is ~5x faster than index_copy_ on CPU)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(B, device=perm.device)
+    return out.index_select(0, inv)
 
 
 def color_jitter(
@@ -498,11 +553,11 @@ def color_jitter(
     """``RandomApply([ColorJitter(b, c, s, h)], p)`` per sample, random op order per sample."""
     _check_batch(x)
     if p <= 0:
-        return to_float(x).clone() if x.is_floating_point() else to_float(x)
+        return _owned_float(x)
     params = sample_jitter_params(x, brightness, contrast, saturation, hue, p, generator)
     dtype = _float_dtype(x)
     plan = _JitterPlan(params, dtype, p_is_one=p >= 1)
-    return _run_blocks(x, params.perm, None, lambda xb, idx, s, e, owned: plan.block_(_float_block(xb, owned, dtype), idx, s, e), x.shape[1:])
+    return _run_blocks(x, params.perm, None, lambda xb, s, e, dst: plan.block_(_float_block(xb, dst), s, e), x.shape[1:], dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,18 +596,35 @@ def _gauss_kernels(sigma: Tensor, kernel_size: int, dtype: torch.dtype) -> Tenso
     return torch.where(s > 0, ker, delta)
 
 
-def _blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Separable per-sample gaussian blur (reflect padding) via grouped convolution."""
-    if kernel_size <= 1:
-        return x.clone()
+def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     n, C, H, W = x.shape
     pad = kernel_size // 2
-    ker = _gauss_kernels(sigma, kernel_size, x.dtype)  # (n,k)
-    ker = ker.repeat_interleave(C, dim=0)  # (n*C,k)
+    ker = _gauss_kernels(sigma, kernel_size, x.dtype).repeat_interleave(C, dim=0)  # (n*C, k)
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, n * C, H + 2 * pad, W + 2 * pad)
     y = F.conv2d(xp, ker.view(n * C, 1, kernel_size, 1), groups=n * C)
     y = F.conv2d(y, ker.view(n * C, 1, 1, kernel_size), groups=n * C)
     return y.view(n, C, H, W)
+
+
+def _blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Separable per-sample gaussian blur (reflect padding) via grouped convolution; samples
+    with sigma <= 0 are left as they are. May return ``x`` itself (modified in place).
+
+    On accelerators every sample is convolved (identity kernels for the others: no
+    data-dependent shapes, no sync). On CPU, where reading the mask costs nothing, only the
+    blurred samples are convolved.
+    """
+    if kernel_size <= 1:
+        return x
+    if x.device.type != "cpu":
+        return _blur_all(x, sigma, kernel_size)
+    sel = (sigma > 0).nonzero().squeeze(1)
+    k = sel.numel()
+    if k == x.shape[0]:
+        return _blur_all(x, sigma, kernel_size)
+    if k > 0:
+        x[sel] = _blur_all(x.index_select(0, sel), sigma.index_select(0, sel), kernel_size)
+    return x
 
 
 def apply_gaussian_blur(x: Tensor, sigma: Tensor | float, kernel_size: int) -> Tensor:
@@ -560,8 +632,8 @@ def apply_gaussian_blur(x: Tensor, sigma: Tensor | float, kernel_size: int) -> T
     _check_batch(x)
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f"gaussian_blur: kernel_size={kernel_size} must be odd and positive")
-    x = to_float(x)
-    return _blur(x, _per_sample(sigma, x), kernel_size)
+    y = _owned_float(x)
+    return _blur(y, _per_sample(sigma, y), kernel_size)
 
 
 def _blur_sigma(x: Tensor, p: float, sigma: tuple[float, float], generator) -> Tensor:
@@ -579,11 +651,11 @@ def gaussian_blur(
 ) -> Tensor:
     """``RandomApply([GaussianBlur(k, sigma)], p)`` per sample; sigma ~ U(sigma) per sample."""
     _check_batch(x)
-    x = to_float(x)
-    k = kernel_size or blur_kernel_size(min(x.shape[-2:]))
+    y = _owned_float(x)
+    k = kernel_size or blur_kernel_size(min(y.shape[-2:]))
     if p <= 0 or k <= 1:
-        return x.clone()
-    return _blur(x, _blur_sigma(x, p, sigma, generator), k)
+        return y
+    return _blur(y, _blur_sigma(y, p, sigma, generator), k)
 
 
 def _solarize_(y: Tensor, w: Tensor, threshold: float) -> Tensor:
@@ -606,11 +678,12 @@ def solarize(x: Tensor, p: float = 0.2, threshold: float = 0.5, generator: torch
 
 
 def _norm_consts(mean, std, dtype, device) -> tuple[Tensor, Tensor]:
-    m = torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-    if (s <= 0).any():
-        raise ValueError(f"normalize: std must be positive, got {std}")
-    return (1.0 / s).to(dtype=dtype, device=device), (-m / s).to(dtype=dtype, device=device)
+    if len(mean) != len(std) or min(std) <= 0:
+        raise ValueError(f"normalize: mean={mean} and std={std} must have equal lengths and std > 0")
+    scale = [1.0 / s for s in std]
+    shift = [-m / s for m, s in zip(mean, std)]
+    n = len(std)
+    return _const(scale, (1, n, 1, 1), device, dtype), _const(shift, (1, n, 1, 1), device, dtype)
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -765,7 +838,8 @@ def _crop_block(
     n, _, H, W = xb.shape
     u8 = not xb.is_floating_point()
     xf = xb.to(dtype) if u8 else xb
-    if interpolation == "bilinear" and (not antialias or (H <= size and W <= size)) and H > 1 and W > 1 and _use_grid(xb, size):
+    # bilinear without downscaling: one grid_sample, exact (antialias only matters downscaling)
+    if interpolation == "bilinear" and (not antialias or (H <= size and W <= size)) and H > 1 and W > 1:
         y = _grid_crop(xf, boxes, size, flip)
         return y.mul_(1.0 / 255.0) if u8 else y
     my = _resample_matrix(boxes[:, 0], boxes[:, 2], H, size, interpolation, antialias)
@@ -773,19 +847,11 @@ def _crop_block(
     if u8:
         my = my * (1.0 / 255.0)
     my, mx = my.to(xf.dtype), mx.to(xf.dtype)
-    # (n,3,H,W) @ (n,1,W,S) -> (n,3,H,S); (n,1,S,H) @ that -> (n,3,S,S)
-    y = torch.matmul(my.unsqueeze(1), torch.matmul(xf, mx.transpose(1, 2).unsqueeze(1)))
+    t = torch.bmm(xf.reshape(n, 3 * H, W), mx.transpose(1, 2)).view(n, 3, H, size)  # along W
+    y = torch.matmul(my.unsqueeze(1), t)  # along H: (n,1,S,H) @ (n,3,H,S) -> (n,3,S,S)
     if interpolation == "bicubic":
         y.clamp_(0.0, 1.0)
     return y
-
-
-def _use_grid(xb: Tensor, size: int) -> bool:
-    """grid_sample beats the two dense matmuls once images get large (measured on CPU)."""
-    return max(xb.shape[-2:]) > _GRID_MIN_SIDE or size > _GRID_MIN_SIDE
-
-
-_GRID_MIN_SIDE = 64
 
 
 def resized_crop(
@@ -941,25 +1007,27 @@ class SSLAugment(nn.Module):
             sigma = _blur_sigma(x, self.blur_prob, self.blur_sigma, generator)
         sol = _bcast(_coin(x, self.solarize_prob, generator), dtype) if self.solarize_prob > 0 else None
         norm = _norm_consts(self.mean, self.std, dtype, x.device) if self.mean is not None else None
+        if perm is not None:  # per-sample parameters in visiting order; blocks slice them
+            boxes, flips, gray, sigma, sol = (None if t is None else t.index_select(0, perm) for t in (boxes, flips, gray, sigma, sol))
 
-        def block(xb: Tensor, idx, s: int, e: int, owned: bool) -> Tensor:
+        def block(xb: Tensor, s: int, e: int, dst: Tensor) -> Tensor:
             if self.crop:
-                y = _crop_block(xb, boxes[idx], None if flips is None else flips[idx], S, self.interpolation, self.antialias, dtype)
+                y = _crop_block(xb, boxes[s:e], None if flips is None else flips[s:e], S, self.interpolation, self.antialias, dtype)
             else:
-                y = _float_block(xb, owned, dtype)
+                y = _float_block(xb, dst)
             if plan is not None:
-                y = plan.block_(y, idx, s, e)
+                y = plan.block_(y, s, e)
             if gray is not None:
-                y = _grayscale_(y, gray[idx])
+                y = _grayscale_(y, gray[s:e])
             if sigma is not None:
-                y = _blur(y, sigma[idx], self.blur_kernel)
+                y = _blur(y, sigma[s:e], self.blur_kernel)
             if sol is not None:
-                y = _solarize_(y, sol[idx], self.solarize_threshold)
+                y = _solarize_(y, sol[s:e], self.solarize_threshold)
             if norm is not None:
                 y = torch.addcmul(norm[1], y, norm[0], out=y)
             return y
 
-        return _run_blocks(x, perm, self.block_size, block, (3, S, S))
+        return _run_blocks(x, perm, self.block_size, block, (3, S, S), dtype)
 
 
 class EvalTransform(nn.Module):
@@ -1010,31 +1078,47 @@ class EvalTransform(nn.Module):
 
 def _bench() -> None:  # pragma: no cover - manual tool
     import argparse
+    import statistics
     import time
 
-    ap = argparse.ArgumentParser(description="SSLAugment throughput")
+    ap = argparse.ArgumentParser(description="SSLAugment throughput (uint8 input, one view per call)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--block-size", type=int, default=None)
+    ap.add_argument("--no-malloc-tune", action="store_true", help="leave glibc malloc as is")
+    ap.add_argument("--only", type=int, default=None, help="only this image size")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if not a.no_malloc_tune and a.device == "cpu":
+        print("tune_cpu_malloc:", tune_cpu_malloc())
     dev = torch.device(a.device)
     cases = [(32, 512, False, 0.0), (32, 512, True, 0.0), (96, 128, False, 0.5), (96, 128, True, 0.5), (224, 128, False, 0.5), (224, 128, True, 0.5)]
+    print(f"torch {torch.__version__}, {a.threads} threads, device {dev}; recipe: jitter (0.4,0.4,0.4,0.1) p=0.8, gray p=0.2")
     for size, B, crop, blur in cases:
-        aug = SSLAugment(size, crop=crop, blur_prob=blur)
+        if a.only is not None and size != a.only:
+            continue
+        aug = SSLAugment(size, crop=crop, blur_prob=blur, block_size=a.block_size)
         x = torch.randint(0, 256, (B, 3, size, size), dtype=torch.uint8, device=dev)
         g = torch.Generator(device=dev).manual_seed(0)
         for _ in range(2):
             aug(x, g)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+        times, cpu = [], []
         for _ in range(a.reps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t, c = time.perf_counter(), time.process_time()
             aug(x, g)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / a.reps
-        print(f"size={size:3d} batch={B:3d} crop={crop!s:5} blur_p={blur}: {B / dt:9.0f} samples/s ({dt * 1e3:.1f} ms/batch)")
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        best, med = min(times), statistics.median(times)
+        print(
+            f"size={size:3d} batch={B:3d} crop={crop!s:5} blur_p={blur}: "
+            f"median {B / med:9.0f} samples/s ({med * 1e3:6.1f} ms/batch), best {B / best:9.0f} samples/s, "
+            f"per CPU-second {B / statistics.median(cpu):9.0f}"
+        )
 
 
 if __name__ == "__main__":

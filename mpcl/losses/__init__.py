@@ -9,8 +9,18 @@ from mpcl.losses.contrastive import (
     pair_indices,
 )
 from mpcl.losses.siamese import bank_target, negative_cosine, symmetric_negative_cosine
+from mpcl.losses.barlow import barlow_twins_loss, cross_correlation, standardize
+from mpcl.losses.mcl import mcl_queue_terms, mcl_supervised_terms, mcl_weighted
+from mpcl.losses.moco import infonce_queue, queue_logits, soft_kl
+from mpcl.losses.spcl import metric_pairs, prototype_ce, siamese_metric_loss
+from mpcl.losses.supcon import multi_positive_cosine, multi_positive_terms, supcon_loss
 
 __all__ = [
     "contrastive_terms", "nt_xent", "pair_indices", "attention_weights", "attention_weighted_nt_xent",
     "negative_cosine", "symmetric_negative_cosine", "bank_target",
+    "barlow_twins_loss", "cross_correlation", "standardize",
+    "supcon_loss", "multi_positive_terms", "multi_positive_cosine",
+    "queue_logits", "infonce_queue", "soft_kl",
+    "mcl_queue_terms", "mcl_supervised_terms", "mcl_weighted",
+    "metric_pairs", "siamese_metric_loss", "prototype_ce",
 ]

@@ -1,14 +1,23 @@
 """Methods registry: ``METHODS[name](cfg, num_classes, num_samples)`` builds one."""
 
 from mpcl.methods.base import Method, SSLOutput, StepOutput
-from mpcl.methods.simclr import SimCLR, SimCLRAttn
+from mpcl.methods.barlow import BarlowTwins
+from mpcl.methods.mcl import MCL
+from mpcl.methods.moco import MoCo
+from mpcl.methods.simclr import SimCLR, SimCLRAttn, SupCon
 from mpcl.methods.simsiam import SimSiam, SimSiamMulti
+from mpcl.methods.spcl import SPCL
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "simclr_attn": SimCLRAttn,
     "simsiam": SimSiam,
     "simsiam_multi": SimSiamMulti,
+    "barlow_twins": BarlowTwins,
+    "supcon": SupCon,
+    "moco": MoCo,
+    "mcl": MCL,
+    "spcl": SPCL,
 }
 
 

@@ -34,6 +34,8 @@ class StepOutput:
 class Method(nn.Module):
     """Subclasses set up their heads in ``__init__`` and implement ``ssl_loss``."""
 
+    supports_multi_crop = False   # True: ssl_loss uses every view of batch.views (data.num_small_crops)
+
     def __init__(self, cfg: Config, num_classes: int, num_samples: int):
         super().__init__()
         self.cfg = cfg
@@ -61,6 +63,21 @@ class Method(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the engine after the last step of ``epoch`` (memory banks swap here)."""
+
+    def on_epoch_start(self, epoch: int, loaders, autocast) -> list[nn.Parameter]:
+        """Called by the engine before the first step of ``epoch`` on every worker, with the
+        loaders (``loaders.train_eval``: the training split without augmentation) and the
+        autocast context. Returns the parameters it re-initialised; the engine drops their
+        optimizer state (momentum). SPCL re-clusters here."""
+        return []
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the engine right after each ``optimizer.step()``; ``step`` counts from 0
+        over the whole run (momentum encoders update here)."""
+
+    def extra_metrics(self, loaders, autocast) -> dict[str, float]:
+        """More validation metrics, merged into the epoch's evaluation (e.g. per-network)."""
+        return {}
 
     # -- evaluation ---------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""SimCLR (NT-Xent) and SimCLR-Attn (graph attention over positive pairs)."""
+"""SimCLR (NT-Xent), SimCLR-Attn (graph attention over positive pairs) and SupCon.
+
+With multi-crop (``data.num_small_crops``) every crop is an anchor and the positives of an
+anchor are the other crops of the same sample (equal dataset index), in the SupCon "L_out"
+form; with two views this is exactly NT-Xent.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,52 @@ import torch.nn.functional as F
 
 from mpcl import distributed as dist
 from mpcl.data.batch import Batch
-from mpcl.losses import attention_weighted_nt_xent, attention_weights, contrastive_terms, pair_indices
+from mpcl.losses import (attention_weighted_nt_xent, attention_weights, contrastive_terms, multi_positive_cosine,
+                         multi_positive_terms, pair_indices)
 from mpcl.methods.base import Method, SSLOutput
 from mpcl.models import projector
 
 
 class SimCLR(Method):
+    supports_multi_crop = True
+    multi_positive = False  # True: always the multi-positive path (SupCon)
+
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.model
         self.projector = projector("simclr", self.feature_dim, m.projector_hidden, m.projector_out)
 
     def encode_views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features h and normalised projections z of [view1; view2] in one pass."""
+        """Backbone features h and normalised projections z of [view1; view2] in one pass
+        (then of the small crops, one more backbone pass, when there are any)."""
         h = self.backbone(torch.cat(batch.views[:2]))
+        if len(batch.views) > 2:
+            h = torch.cat([h, self.backbone(torch.cat(batch.views[2:]))])
         z = F.normalize(self.projector(h).float(), dim=1)
         return h, z
 
-    def contrast(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-anchor (pos, lse) of the local anchors against the keys of every worker."""
-        n = z.shape[0] // 2
-        self_idx, pos_idx = pair_indices(n, dist.rank(), z.device)
-        return contrastive_terms(z, dist.gather_with_grad(z), self_idx, pos_idx, self.cfg.method.temperature)
+    def positive_ids(self, batch: Batch) -> torch.Tensor:
+        """What makes two rows positives (multi-positive path): the dataset index."""
+        return batch.index
+
+    def contrast(self, z: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor (pos, lse) of the local anchors against the keys of every worker; with
+        more than two views (or ``multi_positive``) pos is the mean over the anchor's positives."""
+        n_views = 2 if batch is None else len(batch.views)
+        if n_views == 2 and not self.multi_positive:
+            n = z.shape[0] // 2
+            self_idx, pos_idx = pair_indices(n, dist.rank(), z.device)
+            return contrastive_terms(z, dist.gather_with_grad(z), self_idx, pos_idx, self.cfg.method.temperature)
+        ids = self.positive_ids(batch).repeat(n_views)
+        self_idx = dist.rank() * z.shape[0] + torch.arange(z.shape[0], device=z.device)
+        pos, lse, _ = multi_positive_terms(z, dist.gather_with_grad(z), ids, dist.gather(ids), self_idx,
+                                           self.cfg.method.temperature)
+        return pos, lse
 
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         h, z = self.encode_views(batch)
-        pos, lse = self.contrast(z)
-        return SSLOutput((lse - pos).mean(), h)
+        pos, lse = self.contrast(z, batch)
+        return SSLOutput((lse - pos).mean(), h[:2 * batch.index.shape[0]])
 
 
 class SimCLRAttn(SimCLR):
@@ -44,14 +68,30 @@ class SimCLRAttn(SimCLR):
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         m = self.cfg.method
         h, z = self.encode_views(batch)
-        pos, lse = self.contrast(z)
+        pos, lse = self.contrast(z, batch)
         h_all = dist.gather(h.detach())
         n_local = h.shape[0]
-        world = h_all.shape[0] // n_local
-        # positive of every global anchor: swap the two view halves inside each worker's block
-        blocks = h_all.view(world, 2, n_local // 2, -1)
-        h_pos = blocks.flip(1).reshape_as(h_all)
-        w_all = attention_weights(h_all, h_pos, m.attention_temperature)
+        if len(batch.views) == 2:
+            world = h_all.shape[0] // n_local
+            # positive of every global anchor: swap the two view halves inside each worker's block
+            blocks = h_all.view(world, 2, n_local // 2, -1)
+            h_pos = blocks.flip(1).reshape_as(h_all)
+            w_all = attention_weights(h_all, h_pos, m.attention_temperature)
+        else:  # multi-crop: the mean cosine to the anchor's positives (= cos(h_i, h_p(i)) for two views)
+            cos = multi_positive_cosine(h_all, dist.gather(batch.index.repeat(len(batch.views))))
+            w_all = torch.softmax(cos / m.attention_temperature, dim=0) * cos.shape[0]
         w = w_all[dist.rank() * n_local:(dist.rank() + 1) * n_local]
         loss = attention_weighted_nt_xent(pos, lse, w, m.attention_weight)
-        return SSLOutput(loss, h, {"train/attn_weight_max": w.max(), "train/attn_weight_min": w.min()})
+        return SSLOutput(loss, h[:2 * batch.index.shape[0]],
+                         {"train/attn_weight_max": w.max(), "train/attn_weight_min": w.min()})
+
+
+class SupCon(SimCLR):
+    """Supervised contrastive learning (Khosla et al. 2020, "L_out"): every sample of the
+    gathered batch with the anchor's label is a positive (the anchor's own row excluded),
+    loss = -mean_i mean_{p in P(i)} log softmax_i(p). Uses the labels the loader provides."""
+
+    multi_positive = True
+
+    def positive_ids(self, batch: Batch) -> torch.Tensor:
+        return batch.label
