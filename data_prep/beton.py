@@ -19,19 +19,14 @@ from time import sleep
 
 import numpy as np
 
+from mpcl.data import available_cpus
+
 FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}
 MIN_PAGE_SIZE = 8 << 20  # ffcv's default (4 x 2 MiB)
 
 
 class WriteError(RuntimeError):
     """Writing a .beton failed (a writer worker died); the partial file is not kept."""
-
-
-def available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def page_size_for(max_sample_bytes: int) -> int:

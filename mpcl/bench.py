@@ -182,7 +182,7 @@ def versions() -> dict[str, str]:
 
 
 def render_section(result: BenchResult, command: str, load_before: tuple, load_after: tuple) -> str:
-    from mpcl.data.ffcv_loader import available_cores
+    from mpcl.data import available_cpus
 
     v = versions()
     gpu = ""
@@ -194,10 +194,10 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- command: `{command}`",
-        f"- machine: {cpu_model()}, {available_cores()} cores available to the process "
+        f"- machine: {cpu_model()}, {available_cpus()} cores available to the process "
         f"({os.cpu_count()} online){gpu}; load average before/after: "
         f"{'/'.join(f'{x:.2f}' for x in load_before)} -> {'/'.join(f'{x:.2f}' for x in load_after)}",
-        f"- libraries: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- libraries: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- threads: torch intra-op {torch.get_num_threads()}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}",
         f"- setup: {result.dataset}, first {result.samples:,} training samples per epoch, batch "
@@ -214,10 +214,10 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
         "The reference is the seed repositories' pipeline: RandomResizedCrop(scale 0.08-1), "
         "RandomHorizontalFlip, RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), p=0.8), "
         "RandomGrayscale(0.2), ToTensor, per sample on PIL images, twice.",
-        *([""] + [f"Note: the load average ({load_before[0]:.1f}) exceeded the {available_cores()} "
+        *([""] + [f"Note: the load average ({load_before[0]:.1f}) exceeded the {available_cpus()} "
                   "cores, i.e. other jobs shared the machine; the pipelines were timed alternately "
                   "under the same conditions, but absolute numbers are below an idle machine's and "
-                  "the ratio can differ from it."] if load_before[0] > available_cores() else []),
+                  "the ratio can differ from it."] if load_before[0] > available_cpus() else []),
         SECTION_END,
     ])
 
@@ -257,7 +257,7 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
                  out_file: str | os.PathLike = "BENCHMARKS.md", command: str | None = None,
                  say=None) -> BenchResult:
     from mpcl.data.datasets import get_dataset
-    from mpcl.data.ffcv_loader import available_cores
+    from mpcl.data import available_cpus
 
     say = say or (lambda *a: print(*a, flush=True))
     spec = get_dataset(dataset)
@@ -266,7 +266,7 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    workers = min(workers or available_cores(), available_cores())
+    workers = min(workers or available_cpus(), available_cpus())
     path = ensure_betons(dataset, Path(data_dir or spec.beton_dir), say)
     from data_prep.beton import BetonReader
 

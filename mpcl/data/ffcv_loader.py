@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from mpcl.config import Config, ConfigError
+from mpcl.data import available_cpus
 from mpcl.data.batch import Batch
 from mpcl.data.datasets import DatasetSpec
-from mpcl.data.loaders import (VAL_PAIRS, EvalLoader, Loaders, TensorTrainLoader,
+from mpcl.data.loaders import (VAL_PAIRS, Loaders, TensorTrainLoader,
                                eval_batch_size, eval_transform, ssl_augment)
 from mpcl.data.sources import SourceError
 
@@ -80,19 +81,12 @@ def check_beton(path: Path, spec: DatasetSpec) -> "object":
 
 # -- resources --------------------------------------------------------------------------------
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def loader_workers(requested: int) -> int:
     """FFCV decoding threads: ``requested`` (0 = all) capped by the cores this process may use
     and by numba's thread pool (ffcv raises above either)."""
     import numba
 
-    cap = min(available_cores(), int(numba.config.NUMBA_NUM_THREADS))
+    cap = min(available_cpus(), int(numba.config.NUMBA_NUM_THREADS))
     return max(1, min(requested or cap, cap))
 
 
