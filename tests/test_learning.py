@@ -10,11 +10,11 @@ from mpcl.data.loaders import build_loaders
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import build, evaluate, fit, runtime
 
-LEARNING_RUN = {
-    "model.backbone": "small_cnn", "data.subset": 4096, "data.val_subset": 2000, "data.batch_size": 256,
-    "data.crop_scale_min": 0.2, "train.epochs": 6, "optim.name": "sgd", "optim.lr": 0.4,
-    "optim.weight_decay": 1e-4, "optim.warmup_epochs": 0.5, "method.temperature": 0.2,
-    "train.eval_every": 6, "train.progress": "false",
+LEARNING_RUN = {  # about 1,300 steps: ~3 minutes on a 2-core laptop CPU
+    "model.backbone": "small_cnn", "data.subset": 4096, "data.val_subset": 2000, "data.batch_size": 64,
+    "data.crop_scale_min": 0.3, "train.epochs": 20, "optim.name": "sgd", "optim.lr": 0.3,
+    "optim.scale_lr": False, "optim.weight_decay": 1e-4, "optim.warmup_epochs": 0.5,
+    "method.temperature": 0.2, "train.eval_every": 20, "train.progress": "false",
 }
 
 
@@ -29,4 +29,4 @@ def test_simclr_learns_beyond_random_init(tmp_path, fmnist_path):
     trained = fit(cfg, LocalReporter(cfg, echo=False))["val/knn_top1"]
     (tmp_path / "learning.json").write_text(json.dumps({"random_init": random_init, "trained": trained}))
     print(f"kNN top-1: random init {random_init:.2f}% -> trained {trained:.2f}%")
-    assert trained >= random_init + 4.0
+    assert trained >= random_init + 3.5  # measured: 73.95 -> 79.1 (2,000 val images: 1 SE ~ 0.9)
