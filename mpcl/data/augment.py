@@ -179,7 +179,7 @@ def _block_len(n: int, per_sample_elems: int, device: torch.device, block_size: 
     return max(_CPU_MIN_BLOCK, _CPU_BLOCK_BYTES // (4 * max(1, per_sample_elems)))
 
 
-def tune_cpu_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
+def tune_cpu_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30, large_from_heap: bool = True) -> bool:
     """glibc only, opt-in, process-wide: keep freed memory in the process instead of handing it
     back to the OS after every large tensor is freed.
 
@@ -195,8 +195,12 @@ def tune_cpu_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 3
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(libc.mallopt(m_trim_threshold, int(trim_threshold)))
+        m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+        ok = bool(libc.mallopt(m_mmap_threshold, int(mmap_threshold)))
+        ok = bool(libc.mallopt(m_trim_threshold, int(trim_threshold))) and ok
+        if large_from_heap:  # above the 32 MB mmap ceiling too (batches of large images)
+            ok = bool(libc.mallopt(m_mmap_max, 0)) and ok
+        return ok
     except (OSError, AttributeError):
         return False
 

@@ -1,0 +1,53 @@
+"""A two-node Ray cluster on this machine (`ray start --head` plus a second `ray start
+--address` with its own resources) runs a 2-trial sweep submitted with --address."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from tests.test_sweep import ROOT, _env, _sweep_file
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_path):
+    env = _env()
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                "--resources={\"head_node\": 1}", "--include-dashboard=false",
+                f"--temp-dir={tempfile.mkdtemp(prefix='ray-head-')}", env=env)
+    try:
+        assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+        worker = _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                      "--resources={\"second_node\": 1}", env=env)
+        assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+        status = _ray("status", f"--address={address}", env=env)
+        assert "second_node" in status.stdout and "head_node" in status.stdout, status.stdout + status.stderr
+
+        path = _sweep_file(tmp_path, fmnist_path, num_samples=2, points=[
+            {"method.temperature": 0.5, "optim.lr": 0.3}, {"method.temperature": 0.2, "optim.lr": 0.3}])
+        run = subprocess.run([sys.executable, "run.py", "sweep", str(path), "--address", address], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        summary = json.loads((tmp_path / "sweep" / "results.json").read_text())
+        assert sorted(t["state"] for t in summary["trials"]) == ["complete", "complete"]
+    finally:
+        _ray("stop", "--force", env=env)
