@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -28,7 +30,8 @@ def _ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProce
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_path):
-    env = _env()
+    # token authentication stays on: every node and the client share one token, as on a real cluster
+    env = dict(_env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     port = _free_port()
     address = f"127.0.0.1:{port}"
     head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -39,7 +42,11 @@ def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_p
         worker = _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                       "--resources={\"second_node\": 1}", env=env)
         assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
-        status = _ray("status", f"--address={address}", env=env)
+        for _ in range(30):  # the second raylet takes a few seconds to register
+            status = _ray("status", f"--address={address}", env=env)
+            if "second_node" in status.stdout:
+                break
+            time.sleep(2)
         assert "second_node" in status.stdout and "head_node" in status.stdout, status.stdout + status.stderr
 
         path = _sweep_file(tmp_path, fmnist_path, num_samples=2, points=[
