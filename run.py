@@ -138,6 +138,9 @@ def cmd_bench(args) -> None:
     # they do not starve FFCV's decoding threads on a busy CPU (measured: 6x on 2 cores)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mpcl.bench import bench_loader
+    from mpcl.data.augment import tune_cpu_malloc
+
+    tune_cpu_malloc()  # freed batch buffers stay in the process: no page faults per batch
     from mpcl.data.sources import SourceError
 
     command = (f"python run.py bench loader --dataset {args.dataset} --workers {args.workers} "
