@@ -312,19 +312,25 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_yaml_mapping(path: str | Path, error: type[Exception], missing: str, expected: str) -> dict:
+    """A YAML file whose top level is a mapping; every problem is one ``error`` line naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise error(f"{path}: expected {expected}")
+    return tree
+
+
 def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """Defaults <- YAML file <- overrides; validated. Raises ConfigError."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
+        tree = read_yaml_mapping(path, ConfigError, f"--config {path}: no such file", "a mapping of sections")
         for key, value in flatten(tree).items():
             _apply(cfg, key, value)
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from mpcl.config import ConfigError, load
+from mpcl.config import ConfigError, load, read_yaml_mapping
 from mpcl.launch import LaunchError
 
 OBJECTIVE_KEY = "objective"
@@ -109,14 +109,7 @@ def _fail(path, msg: str) -> LaunchError:
 def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
     """Read and validate a sweep file (every error one line, before any work)."""
     path = Path(path)
-    if not path.is_file():
-        raise LaunchError(f"{path}: no such sweep file")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise _fail(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise _fail(path, "expected a mapping")
+    tree = read_yaml_mapping(path, LaunchError, f"{path}: no such sweep file", "a mapping")
     unknown = set(tree) - SWEEP_KEYS
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
