@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ FAILED_FILE = "FAILED.json"
 STATE_FILE = "state.pt"
 # Test-only fault injection: in an attempt that did not resume from a checkpoint, the worker
 # process of rank 0 exits hard during the epoch after this one (before reporting it), so the
-# restarted worker group resumes from this epoch's checkpoint.
+# restarted worker group resumes from this epoch's checkpoint. Ray Train's controller collects
+# reports by polling the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a worker that
+# dies sooner after its last report loses that report, and the restart resumes one epoch
+# earlier. The injected fault first waits out two polls so the test is deterministic.
 FAULT_ENV = "MPCL_FAULT_AFTER_EPOCH"
 
 
@@ -204,6 +208,7 @@ class RayReporter:
                 and metrics["epoch"] == self.fault_after_epoch + 1):
             print(f"{FAULT_ENV}: the worker exits during epoch {metrics['epoch']} (fault injection)",
                   file=sys.stderr, flush=True)
+            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
             os._exit(1)
         self.reported += 1
         metrics = dict(metrics)
