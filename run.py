@@ -131,12 +131,11 @@ def cmd_demo(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    import os
     import shlex
 
-    # before torch loads its OpenMP runtime: idle OpenMP threads sleep instead of spinning, so
-    # they do not starve FFCV's decoding threads on a busy CPU (measured: 6x on 2 cores)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's default wait policy (spin briefly, then sleep) is left alone: PASSIVE halves the
+    # FFCV pipeline (every small colour op then wakes sleeping threads; 17.8k -> 8.3k samples/s
+    # on 2 cores) and ACTIVE slows the reference (its main thread spins while workers decode)
     from mpcl.bench import bench_loader
     from mpcl.data.augment import tune_cpu_malloc
 

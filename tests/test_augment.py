@@ -123,6 +123,53 @@ def test_color_jitter_matches_torchvision_per_sample_order(jitter, block_size):
     assert keep.any() and torch.equal(ours[keep], x[keep])
 
 
+@pytest.mark.parametrize(
+    "jitter",
+    [(0.4, 0.4, 0.4, 0.1), (0.8, 0.8, 0.8, 0.5), (0.0, 0.4, 0.0, 0.1), (0.4, 0.4, 0.4, 0.0)],
+)
+def test_cpu_colour_kernel_matches_torchvision(jitter):
+    """The compiled CPU colour stage against torchvision, op by op in each sample's order,
+    on the awkward pixels (gray, ties, saturated), then the grayscale coin."""
+    from mpcl.data import colour_cpu
+
+    x = _images(n=37, h=10, w=12)
+    g = torch.Generator().manual_seed(4)
+    params = A.sample_jitter_params(x, *jitter, p=0.8, generator=g)
+    gray = torch.rand(37, generator=g) < 0.3
+    expected = _jitter_reference(x, params)
+    expected = torch.where(gray.view(-1, 1, 1, 1), TF.rgb_to_grayscale(expected, 3), expected)
+    ours = colour_cpu.colour_(x.clone(), params.apply, params.factors, params.order, gray.float())
+    assert (ours - expected).abs().max() < 2e-6
+    assert torch.equal(ours[~params.apply & ~gray], x[~params.apply & ~gray])  # untouched exactly
+    # float64 batches and a non-contiguous input give the same views
+    ours64 = colour_cpu.colour_(x.double(), params.apply, params.factors, params.order, gray.double())
+    assert (ours64 - expected.double()).abs().max() < 2e-6
+    xt = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    torch.testing.assert_close(colour_cpu.colour_(xt, params.apply, params.factors, params.order, gray.float()), ours, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_ssl_augment_cpu_kernel_equals_eager_ops(crop):
+    """One seed, the compiled colour stage or the eager one: the same views to float rounding,
+    whatever the block size, the input dtype and the number of threads."""
+    g = torch.Generator().manual_seed(2)
+    xu = torch.randint(0, 256, (45, 3, 24, 24), dtype=torch.uint8, generator=g)
+    kw = dict(crop=crop, blur_prob=0.5, solarize_prob=0.3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    for x in (xu, xu.double() / 255, xu.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):
+        eager = A.SSLAugment(24, cpu_kernel=False, **kw)(x, torch.Generator().manual_seed(7))
+        compiled = A.SSLAugment(24, block_size=8, **kw)(x, torch.Generator().manual_seed(7))
+        assert (compiled - eager).abs().max() < 2e-5
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = A.SSLAugment(24, **kw)(xu, torch.Generator().manual_seed(7))
+        torch.set_num_threads(3)
+        three = A.SSLAugment(24, **kw)(xu, torch.Generator().manual_seed(7))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(one, three, atol=1e-6, rtol=0)
+
+
 def test_color_jitter_factor_ranges_and_orders():
     x = torch.zeros(4000, 3, 1, 1)
     p = A.sample_jitter_params(x, 0.4, 0.3, 0.2, 0.1, p=1.0, generator=torch.Generator().manual_seed(0))
@@ -326,7 +373,10 @@ def test_ssl_augment_seeded_blocked_and_normalized():
 def test_ssl_augment_single_ops():
     x = _images(n=8, h=16, w=16)
     off = dict(crop=False, jitter=None, grayscale_prob=0.0)
-    torch.testing.assert_close(A.SSLAugment(16, **{**off, "grayscale_prob": 1.0})(x), TF.rgb_to_grayscale(x, 3), atol=0, rtol=0)
+    gray = TF.rgb_to_grayscale(x, 3)
+    torch.testing.assert_close(A.SSLAugment(16, cpu_kernel=False, **{**off, "grayscale_prob": 1.0})(x), gray, atol=0, rtol=0)
+    # the compiled CPU kernel sums the luma without fused multiply-adds: within one float32 ulp
+    torch.testing.assert_close(A.SSLAugment(16, **{**off, "grayscale_prob": 1.0})(x), gray, atol=1.2e-7, rtol=0)
     torch.testing.assert_close(A.SSLAugment(16, **{**off, "solarize_prob": 1.0})(x), TF.solarize(x, 0.5), atol=0, rtol=0)
     blurred = A.SSLAugment(16, **{**off, "blur_prob": 1.0, "blur_sigma": (1.0, 1.0), "blur_kernel": 5})(x)
     torch.testing.assert_close(blurred, TF.gaussian_blur(x, [5, 5], [1.0, 1.0]), atol=2e-6, rtol=0)
