@@ -117,22 +117,54 @@ def test_subset_limits_indices(betons):
     assert sum(len(y) for _, y in ls.train_eval) == 64
 
 
-def test_two_ranks_see_disjoint_shards_covering_the_epoch(betons):
+def _rank_main(rank: int, world: int, beton_dir: str, rendezvous: str, out_dir: str) -> None:
+    """One process of a gloo group: its loaders from the process group's rank and size."""
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        ls = build_loaders(_cfg(beton_dir), dist.get_rank(), dist.get_world_size(), CPU)
+        epochs = {}
+        for epoch in (1, 2):
+            ls.train.set_epoch(epoch)
+            epochs[epoch] = [b.index.tolist() for b in ls.train]
+        val_labels = torch.cat([y for _, y in ls.val]).tolist()
+        gathered = [None] * world
+        dist.all_gather_object(gathered, {"epochs": epochs, "val": val_labels, "len": len(ls.train)})
+        if rank == 0:
+            Path(out_dir, "shards.json").write_text(json.dumps(gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_see_disjoint_shards_covering_the_epoch(betons, tmp_path):
+    """Two processes in a gloo process group (as under Ray Train or torchrun on CPU): per
+    epoch their training shards are disjoint, full batches, and cover all but the dropped
+    remainder; each epoch reshuffles; validation yields every sample once over the ranks."""
+    import json
+
+    import torch.multiprocessing as mp
+
     world = 2
-    ranks = [build_loaders(_cfg(betons[0]), r, world, CPU) for r in range(world)]
+    mp.start_processes(_rank_main, args=(world, str(betons[0]), str(tmp_path / "rendezvous"), str(tmp_path)),
+                       nprocs=world, start_method="spawn")
+    ranks = json.loads((tmp_path / "shards.json").read_text())
     local = BATCH // world
     per_rank = N_TRAIN // world // local * local
-    shards = []
-    for ls in ranks:
-        assert len(ls.train) == per_rank // local
-        batches = _epoch(ls.train, 1)
-        assert all(b.index.shape == (local,) for b in batches)
-        shards.append(set(torch.cat([b.index for b in batches]).tolist()))
-    assert not shards[0] & shards[1]
-    assert len(shards[0] | shards[1]) == world * per_rank
-    # evaluation: every validation sample exactly once over the ranks
-    val = torch.cat([y for ls in ranks for _, y in ls.val])
-    assert len(val) == N_VAL
+    for epoch in ("1", "2"):
+        shards = []
+        for r in ranks:
+            assert r["len"] == per_rank // local
+            assert all(len(batch) == local for batch in r["epochs"][epoch])
+            shards.append({i for batch in r["epochs"][epoch] for i in batch})
+        assert not shards[0] & shards[1], epoch
+        assert len(shards[0] | shards[1]) == world * per_rank
+        assert shards[0] | shards[1] <= set(range(N_TRAIN))
+    assert ranks[0]["epochs"]["1"] != ranks[0]["epochs"]["2"]
+    _, data = betons
+    assert sorted(ranks[0]["val"] + ranks[1]["val"]) == sorted(data["val"][1].tolist())
 
 
 def test_missing_beton_names_path_and_command(tmp_path):
