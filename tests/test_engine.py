@@ -107,6 +107,18 @@ def test_eval_reads_a_checkpoint(tmp_path, fmnist_path, capsys):
     assert 10 < result["knn_top1"] <= 100 and 10 < result["linear_top1"] <= 100
 
 
+def test_eval_reports_every_mcl_network(tmp_path, fmnist_path, capsys):
+    out = tmp_path / "run"
+    run.main(["train", "--no-ray", *tiny_overrides(out, "mcl", **{"data.path": fmnist_path})])
+    capsys.readouterr()
+    run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "1",
+              "method.report_networks=true"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == "mcl"
+    assert result["val/knn_top1_net0"] == pytest.approx(result["knn_top1"])  # network 0 is evaluated
+    assert 10 < result["val/knn_top1_net1"] <= 100
+
+
 def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run.main(["eval", "--checkpoint", str(tmp_path / "nope.pt")])

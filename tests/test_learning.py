@@ -12,7 +12,7 @@ from mpcl.engine.loop import build, evaluate, fit, runtime
 
 LEARNING_RUN = {  # about 1,300 steps: ~3 minutes on a 2-core laptop CPU
     "model.backbone": "small_cnn", "data.subset": 4096, "data.val_subset": 2000, "data.batch_size": 64,
-    "data.crop_scale_min": 0.3, "train.epochs": 20, "optim.name": "sgd", "optim.lr": 0.3,
+    "data.crop_scale_min": 0.3, "train.epochs": 20, "optim.name": "sgd", "optim.lr": 1.0,
     "optim.scale_lr": False, "optim.weight_decay": 1e-4, "optim.warmup_epochs": 0.5,
     "method.temperature": 0.2, "train.eval_every": 20, "train.progress": "false",
 }
@@ -29,4 +29,6 @@ def test_simclr_learns_beyond_random_init(tmp_path, fmnist_path):
     trained = fit(cfg, LocalReporter(cfg, echo=False))["val/knn_top1"]
     (tmp_path / "learning.json").write_text(json.dumps({"random_init": random_init, "trained": trained}))
     print(f"kNN top-1: random init {random_init:.2f}% -> trained {trained:.2f}%")
-    assert trained >= random_init + 2.5  # measured: 75.75 -> 79.0 (2,000 val images: 1 SE ~ 0.9)
+    # measured alone: 75.75 -> 80.35 (lr 1.0; lr 0.3 gave 78.5 alone and 77.15 inside the full
+    # suite, whose earlier tests shift the float rounding); 2,000 val images: 1 SE ~ 0.9
+    assert trained >= random_init + 2.5

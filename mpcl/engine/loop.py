@@ -243,4 +243,5 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, linear_ep
         "knn_top1": ev.knn_top1(train_f, train_y, val_f, val_y, n, cfg.train.knn_k, cfg.train.knn_temperature),
         "linear_top1": ev.linear_probe(train_f, train_y, val_f, val_y, n, epochs=linear_epochs),
         "online_top1": ev.probe_top1(method.probe, val_f, val_y),
+        **method.extra_metrics(loaders, rt.autocast),  # e.g. mcl's per-network metrics
     }
