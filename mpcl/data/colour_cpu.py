@@ -33,6 +33,10 @@ def _kernel():
         import numba
     except ImportError:  # pragma: no cover - numba comes with ffcv
         return None
+    from mpcl.data.augment import _HUE_CENTER, GRAY_WEIGHTS  # compile-time constants below
+
+    luma_r, luma_g, luma_b = GRAY_WEIGHTS
+    hue_r, hue_g, hue_b = _HUE_CENTER
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def clamp01(v):
@@ -42,7 +46,7 @@ def _kernel():
     def colour_(y, apply, factors, order, gray, start, stop):  # pragma: no cover - compiled
         # y: (B, 3, N) C-contiguous float, in place. Samples start..stop-1.
         # factors (B, 4) [brightness, contrast, saturation, hue]; order (B, 4) op ids 0..3
-        wr, wg, wb = y.dtype.type(0.2989), y.dtype.type(0.587), y.dtype.type(0.114)
+        wr, wg, wb = y.dtype.type(luma_r), y.dtype.type(luma_g), y.dtype.type(luma_b)
         one, six = y.dtype.type(1.0), y.dtype.type(6.0)
         n = y.shape[2]
         for b in range(start, stop):
@@ -86,10 +90,11 @@ def _kernel():
                                 h = (cr_ - cg) / c + 4.0
                             h += f * six
                             h -= np.floor(h / six) * six
-                            # channel = max - c * clamp(| |h - a| - 3 | - 1, 0, 1), a = 3, 5, 1
-                            r[i] = mx - c * min(max(abs(abs(h - 3.0) - 3.0) - 1.0, 0.0), 1.0)
-                            g[i] = mx - c * min(max(abs(abs(h - 5.0) - 3.0) - 1.0, 0.0), 1.0)
-                            bl[i] = mx - c * min(max(abs(abs(h - 1.0) - 3.0) - 1.0, 0.0), 1.0)
+                            # channel = max - c * clamp(| |h - a| - 3 | - 1, 0, 1), a = the
+                            # hue at which the channel is the minimum (augment._hue)
+                            r[i] = mx - c * min(max(abs(abs(h - hue_r) - 3.0) - 1.0, 0.0), 1.0)
+                            g[i] = mx - c * min(max(abs(abs(h - hue_g) - 3.0) - 1.0, 0.0), 1.0)
+                            bl[i] = mx - c * min(max(abs(abs(h - hue_b) - 3.0) - 1.0, 0.0), 1.0)
             if gray[b] > 0.5:
                 for i in range(n):
                     q = r[i] * wr + g[i] * wg + bl[i] * wb
