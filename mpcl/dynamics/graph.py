@@ -93,7 +93,7 @@ def synthetic_graph(classes: int = 4, naturals: int = 8, views: int = 4, p_intra
                              f"p_intra={p_intra}, p_inter={p_inter}, seed={seed}")
 
 
-def fashion_mnist_graph(root: str | Path, images: int = 80, views: int = 3, overlap_k: int = 3,
+def fashion_mnist_graph(root: str | Path, images: int = 80, views: int = 4, overlap_k: int = 3,
                         seed: int = 0) -> AugmentationGraph:
     """``images`` Fashion-MNIST training images (class-balanced), ``views`` augmented views each
     (mpcl's SSLAugment, the SimCLR recipe at 32x32), edges between views of the same image.
