@@ -22,12 +22,16 @@ SMALL = dict(classes=3, naturals=5, views=3, p_intra=0.2, p_inter=0.02, seed=0)
 @pytest.fixture(scope="module")
 def runs():
     """Every default variant for 300 steps on a 45-view graph, 8-d features, from one start."""
-    torch.set_num_threads(1)
     g = synthetic_graph(**SMALL)
     assert g.components() == 1  # otherwise alignment collapses each component to its own point
     st = Settings(steps=300, lr=0.1, dim=8, knn_k=5, check_gradient=False)
     f0 = initial_features(g.n, st.dim, 0)
-    return {v.name: simulate(g, v, st, f0)["history"] for v in default_variants(stage_steps=10)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 45 x 45 matrices: threads only wait on each other
+    try:
+        return {v.name: simulate(g, v, st, f0)["history"] for v in default_variants(stage_steps=10)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def reference_loss(f, a_hat, snapshot, v: Variant, t: float):
