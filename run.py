@@ -167,6 +167,8 @@ def cmd_dynamics(args) -> None:
             graph = fashion_mnist_graph(args.data, args.images, args.views, args.overlap_k, args.seed)
     except (GraphError, ValueError, SourceError) as e:
         fail(str(e))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        fail(f"--out {args.out}: exists and is not a directory")
     summary = run_dynamics(graph, variants, settings, args.out, command="python run.py " + " ".join(sys.argv[1:]))
     print(f"{'variant':18s} {'eff. rank':>9s} {'kNN':>6s} {'equilibrium':>11s} {'alignment':>9s} {'uniformity':>10s}")
     for name, v in summary["variants"].items():

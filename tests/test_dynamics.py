@@ -241,3 +241,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_cli_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        run.main(["dynamics", "--out", str(out), "--steps", "2"])
+    assert e.value.code == 2 and str(out) in capsys.readouterr().err
+    assert out.read_text() == "mine"
