@@ -60,8 +60,11 @@ class MethodConfig:
     temperature: float = 0.5
     attention_weight: float = 1.0       # simclr_attn: a in ((1-a) + a*w_i)
     attention_temperature: float = 1.0  # simclr_attn: softmax temperature of the weights
+    attention_target: str = "loss"      # simclr_attn: loss (each anchor's whole InfoNCE term, the
+                                        # released form) | alignment (only the positive logit)
     bank_mix: float = 0.5               # simsiam_multi: b in (1-b)*z + b*bank[index]
-    bank_warmup_epochs: int = 50        # simsiam_multi: epochs before the bank mixes in
+    bank_warmup_epochs: int = 50        # simsiam_multi: last plain-target epoch (0-based); the
+                                        # first mixed epoch is bank_warmup_epochs + 1 (released: 51)
     bank_dtype: str = "float32"         # simsiam_multi: float32 | bfloat16 storage
     # barlow_twins (``method.lambda`` is accepted as an alias of barlow_lambda)
     barlow_lambda: float = 5e-3         # weight of the off-diagonal terms
@@ -168,6 +171,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.bank_dtype": ("float32", "bfloat16"),
     "method.momentum_schedule": ("constant", "cosine"),
     "method.mode": ("unsupervised", "supervised"),
+    "method.attention_target": ("loss", "alignment"),
 }
 
 # (key, lower, upper, lower inclusive, upper inclusive)

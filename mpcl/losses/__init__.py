@@ -2,9 +2,11 @@
 inputs explicitly (see ``mpcl.distributed``); nothing here talks to a process group."""
 
 from mpcl.losses.contrastive import (
+    ATTENTION_TARGETS,
     attention_weighted_nt_xent,
     attention_weights,
     contrastive_terms,
+    graph_attention_nt_xent,
     nt_xent,
     pair_indices,
 )
@@ -17,6 +19,7 @@ from mpcl.losses.supcon import multi_positive_cosine, multi_positive_terms, supc
 
 __all__ = [
     "contrastive_terms", "nt_xent", "pair_indices", "attention_weights", "attention_weighted_nt_xent",
+    "graph_attention_nt_xent", "ATTENTION_TARGETS",
     "negative_cosine", "symmetric_negative_cosine", "bank_target",
     "barlow_twins_loss", "cross_correlation", "standardize",
     "supcon_loss", "multi_positive_terms", "multi_positive_cosine",
