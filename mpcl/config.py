@@ -94,6 +94,10 @@ class MethodConfig:
     metric_weight: float = 1.0          # weight of the siamese metric BCE
     pca_dim: int = 128                  # PCA-whitening dimension before k-means (0 = feature dim)
     kmeans_iters: int = 20
+    # spcl: the released code's defects, fixed by default; the other position reproduces them
+    classifier_outputs: str = "prototypes"  # prototypes | classes (released: num_classes outputs)
+    pseudo_label_order: str = "index"       # index | loader (released: labels in its sampler's draw order)
+    pair_labels: str = "pseudo"             # pseudo | true (released: metric pairs from ground-truth classes)
 
 
 @dataclass
@@ -172,6 +176,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.momentum_schedule": ("constant", "cosine"),
     "method.mode": ("unsupervised", "supervised"),
     "method.attention_target": ("loss", "alignment"),
+    "method.classifier_outputs": ("prototypes", "classes"),
+    "method.pseudo_label_order": ("index", "loader"),
+    "method.pair_labels": ("pseudo", "true"),
 }
 
 # (key, lower, upper, lower inclusive, upper inclusive)
@@ -402,6 +409,13 @@ def _validate_methods(cfg: Config, methods: dict) -> None:
         if local % d.min_per_class:
             raise ConfigError(f"data.min_per_class={d.min_per_class}: must divide the per-worker batch "
                               f"data.batch_size / scale.workers = {local}")
+    if m.name == "spcl" and m.classifier_outputs == "classes":
+        from mpcl.data.datasets import DATASETS
+
+        classes = DATASETS[d.dataset].num_classes
+        if m.num_prototypes > classes:
+            raise ConfigError(f"method.classifier_outputs='classes': method.num_prototypes={m.num_prototypes} "
+                              f"needs at most {d.dataset}'s {classes} classifier outputs (or prototypes)")
     if m.name == "mcl" and m.eval_network >= m.num_networks:
         raise ConfigError(f"method.eval_network={m.eval_network}: must be < method.num_networks={m.num_networks}")
 
