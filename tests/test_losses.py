@@ -102,7 +102,7 @@ def released_attention_loss(u, h, T, a=1.0, attention_temperature=1.0):
     if a == 1.0 and attention_temperature == 1.0:
         c = [math.exp(cs + 1.0) for cs in cos]
     else:
-        e = [math.exp(cs / attention_temperature) for cs in cos]
+        e = [math.exp((cs - max(cos)) / attention_temperature) for cs in cos]   # softmax, shifted
         c = [(1 - a) + a * N * ei / sum(e) for ei in e]
     total = 0.0
     for i in range(N):
