@@ -164,3 +164,19 @@ def test_the_bank_holds_view_twos_normalised_projection_of_the_epoch():
 def test_multi_crop_is_refused():
     with pytest.raises(ConfigError, match="data.num_small_crops=2.*simclr_attn_multi"):
         load(None, ["method.name=simclr_attn_multi", "data.loader=torch", "data.num_small_crops=2"])
+
+
+def test_the_three_knob_sweep_searches_all_knobs_from_simclr_and_simclr_attn():
+    from pathlib import Path
+
+    from mpcl.launch.sweep import load_sweep
+
+    spec = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "fmnist_simclr_attn_multi.yaml")
+    assert {"method.temperature", "method.attention_weight", "method.bank_mix"} <= spec.space.keys()
+    knobs = {(spec.config(p).method.attention_weight, spec.config(p).method.bank_mix) for p in spec.points}
+    assert {(0.0, 0.0), (1.0, 0.0)} <= knobs                     # plain SimCLR, the released SimCLR-Attn
+    m = spec.config(spec.points[0]).method
+    assert (m.name, m.attention_temperature, m.attention_target, spec.config(spec.points[0]).data.dataset) == \
+        ("simclr_attn_multi", 1.0, "loss", "fashion_mnist")
+    # the bank mixes before ASHA first compares trials, so b acts in every comparison
+    assert m.bank_warmup_epochs + 1 < spec.scheduler["grace_period"] <= spec.epochs
