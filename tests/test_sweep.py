@@ -162,3 +162,73 @@ def test_bad_sweep_file_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "method.temprature" in err
+
+
+BAD_SWEEPS = [  # (change to a valid sweep file, the key the one-line error names)
+    ({"objective": {"metric": "val/knn_top5", "mode": "max"}}, "objective.metric='val/knn_top5'"),
+    ({"objective": {"metric": "val/net0_top1", "mode": "max"}}, "objective.metric='val/net0_top1'"),  # mcl's
+    ({"objective": "val/knn_top1"}, "objective="),
+    ({"objective": {"metric": "val/knn_top1", "mode": "maximum"}}, "objective.mode"),
+    ({"points": [{"method.temperature": 5.0, "optim.lr": 0.3}]}, "points[0].method.temperature=5.0"),
+    ({"points": [{"method.temperature": 0.5, "optim.lr": 0.5}]}, "points[0].optim.lr=0.5"),
+    ({"points": [{"method.temperature": "hot"}]}, "points[0].method.temperature='hot'"),
+    ({"points": {"method.temperature": 0.5}}, "points="),
+    ({"base": None}, "base: missing"),
+    ({"base": "configs/nope.yaml"}, "base='configs/nope.yaml'"),
+    ({"num_samples": "many"}, "num_samples='many'"),
+    ({"num_samples": 2.5}, "num_samples=2.5"),
+    ({"max_concurrent": 0}, "max_concurrent=0"),
+    ({"scheduler": "asha"}, "scheduler='asha'"),
+    ({"scheduler": {"type": "asha", "grace_period": "1"}}, "scheduler.grace_period='1'"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type='hyperband'"),
+    ({"sampler": ["tpe"]}, "sampler=['tpe']"),
+    ({"sampler": {"type": "tpe", "seed": "zero"}}, "sampler.seed='zero'"),
+    ({"overrides": ["model.backbone=small_cnn"]}, "overrides=["),
+    ({"resources": 2}, "resources=2"),
+]
+
+
+@pytest.mark.parametrize("change,named", BAD_SWEEPS)
+def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, capsys):
+    import ray
+
+    import run
+
+    tree = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
+    tree.update(change)
+    if tree["base"] is None:
+        del tree["base"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    with pytest.raises(SystemExit) as e:
+        run.main(["sweep", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
+    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
+
+
+def test_objective_is_checked_against_the_methods_metrics(tmp_path):
+    from mpcl.launch.sweep import load_sweep
+
+    base = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
+    mcl = {**base, "base": str(ROOT / "configs/fmnist_mcl.yaml"),
+           "overrides": {**base["overrides"], "method.mode": "supervised", "data.min_per_class": 2},
+           "objective": {"metric": "val/net1_top1", "mode": "max"},
+           "space": {"method.alpha": {"type": "uniform", "low": 0.0, "high": 1.0}}, "points": []}
+    path = tmp_path / "mcl.yaml"
+    path.write_text(yaml.safe_dump(mcl))
+    assert load_sweep(path).metric == "val/net1_top1"              # mcl's per-network metric
+    for metric in ("train/attn_weight_max", "val/net2_top1"):      # simclr_attn's; a third network
+        path.write_text(yaml.safe_dump({**mcl, "objective": {"metric": metric}}))
+        with pytest.raises(Exception, match=f"objective.metric='{metric}': method mcl does not report it"):
+            load_sweep(path)
+
+
+def test_every_shipped_sweep_file_is_valid():
+    from mpcl.launch.sweep import load_sweep
+
+    files = sorted((ROOT / "sweeps").glob("*.yaml"))
+    assert len(files) >= 5
+    for f in files:
+        assert load_sweep(f).num_samples >= 1, f

@@ -24,6 +24,18 @@ from mpcl.engine.optim import base_lr, build_optimizer, lr_factor, set_lr
 from mpcl.methods import Method, StepOutput, build_method
 
 
+# the keys of every epoch's metrics; evaluation epochs add EVAL_METRICS, the method its own
+EPOCH_METRICS = ("epoch", "step", "lr", "time/epoch_s", "time/samples_per_s")
+EVAL_METRICS = ("val/knn_top1", "val/online_top1", "val/align", "val/uniform")
+
+
+def reported_metrics(cfg: Config) -> tuple[str, ...]:
+    """Every metric name an epoch can report under ``cfg`` (what a sweep's objective may be)."""
+    from mpcl.methods import METHODS
+
+    return (*EPOCH_METRICS, *EVAL_METRICS, *METHODS[cfg.method.name].metric_names(cfg))
+
+
 class DivergedError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
 

@@ -65,6 +65,8 @@ class SimCLRAttn(SimCLR):
     weights: a softmax over every anchor of the global batch of cos(h_i, h_p(i)), computed on
     the gathered (detached) backbone features, so weights and logits cover the same anchors."""
 
+    loss_metrics = ("train/attn_weight_max", "train/attn_weight_min")
+
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         m = self.cfg.method
         h, z = self.encode_views(batch)

@@ -43,6 +43,7 @@ def dataset_order(features: torch.Tensor, indices: torch.Tensor, num_samples: in
 
 class SPCL(SimCLR):
     supports_multi_crop = False
+    loss_metrics = ("train/nce", "train/cluster_ce", "train/metric_bce")
 
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
