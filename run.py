@@ -36,12 +36,13 @@ def cmd_train(args) -> None:
     if not args.no_ray:
         return train_with_ray(cfg, args.address)
     from mpcl.config import ConfigError
+    from mpcl.engine.checkpoint import CheckpointError
     from mpcl.engine.local import LocalReporter
     from mpcl.engine.loop import DivergedError, fit
 
     try:
         metrics = fit(cfg, LocalReporter(cfg))
-    except (ConfigError, FileNotFoundError) as e:  # includes SourceError: a missing dataset
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # SourceError: a missing dataset
         fail(str(e))
     except DivergedError as e:
         fail(str(e), code=1)

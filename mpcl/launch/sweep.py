@@ -411,11 +411,14 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        from mpcl.engine.local import start_over
         from mpcl.engine.loop import DivergedError
         from mpcl.launch.train import failure_reason, make_trainer
 
         trial_id = tune.get_context().get_trial_id()
         cfg = load(None, {**base, **params, "out": f"{trials_dir}/{trial_id}"})
+        if not cfg.train.resume:
+            start_over(cfg.out)
         make_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()]).fit()
         reason = failure_reason(cfg.out)
         if reason:

@@ -137,8 +137,11 @@ def failure_reason(out: str | os.PathLike) -> str | None:
 def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
     """``run.py train`` through Ray Train. Returns the last reported metrics; raises
     ``DivergedError`` (NaN/inf loss) or ``LaunchError``."""
+    from mpcl.engine.local import start_over
     from mpcl.engine.loop import DivergedError
 
+    if not cfg.train.resume:
+        start_over(cfg.out)
     where = init_ray(address)
     print(f"ray: {where}; {cfg.scale.workers} worker(s), run directory {cfg.out}", file=sys.stderr)
     result = make_trainer(cfg).fit()
@@ -172,7 +175,6 @@ class RayReporter:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / FAILED_FILE).unlink(missing_ok=True)
-            dump(cfg, self.out / "config.yaml")
             from mpcl.tracking.wandb_run import WandbRun
 
             self.tracker = WandbRun.start(cfg, self.out)
@@ -193,11 +195,15 @@ class RayReporter:
             self.resumed = True
             self.resumed_metrics = dict(state.get("metrics", {}))
             self.last_objective = state.get("metrics", {}).get(self.objective) if self.objective else None
-            if self.rank == 0:
-                print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
-        if self.rank == 0:
-            self.log.truncate_after(state["epoch"] if state is not None else -1)
         return state
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        if self.rank != 0:
+            return
+        self.log.truncate_after(state["epoch"] if state is not None else -1)
+        dump(self.cfg, self.out / "config.yaml")
+        if state is not None:
+            print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.train
