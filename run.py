@@ -205,11 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo", help="the sweep directory")
     d.set_defaults(func=cmd_demo)
+    p.commands = sub.choices  # name -> subparser, for the intermixed parsing in main
     return p
 
 
+# commands whose options and key=value overrides may come in any order (a=1 --no-ray b=2)
+INTERMIXED = ("train", "eval")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in INTERMIXED:
+        args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
     args.func(args)
 
 

@@ -124,3 +124,32 @@ def test_empty_or_duplicate_yaml_is_one_line(text, expect, tmp_path, capsys):
     assert err.splitlines() == [f"error: {path}: {expect}"] or (len(err.splitlines()) == 1 and expect in err
                                                                  and str(path) in err)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "c.yaml", "a.b=1", "--no-ray", "c.d=2"],
+    ["a.b=1", "--config", "c.yaml", "c.d=2", "--no-ray"],
+    ["--no-ray", "a.b=1", "c.d=2", "--config", "c.yaml"],
+])
+def test_train_options_and_overrides_in_any_order(argv, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(run, "cmd_train", lambda args: seen.update(vars(args)))
+    run.main(["train", *argv])
+    assert seen["overrides"] == ["a.b=1", "c.d=2"] and seen["no_ray"] and seen["config"] == "c.yaml"
+    assert seen["command"] == "train"
+
+
+def test_an_override_after_an_option_is_applied(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run.main(["train", "--config", "configs/fmnist_simclr.yaml", "train.epochs=1", "--no-ray",
+                  "method.temperature=0", f"out={tmp_path / 'r'}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: method.temperature=0.0: must be > 0.0"
+
+
+def test_eval_options_and_overrides_in_any_order(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(run, "cmd_eval", lambda args: seen.update(vars(args)))
+    run.main(["eval", "data.path=/x", "--checkpoint", "last.pt", "data.subset=5", "--linear-epochs", "3"])
+    assert seen["overrides"] == ["data.path=/x", "data.subset=5"] and seen["checkpoint"] == "last.pt"
+    assert seen["linear_epochs"] == 3
