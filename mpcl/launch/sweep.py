@@ -26,7 +26,10 @@ The objective is measured every epoch (``train.eval_every=1``) and reported as `
 with ``epochs_done``: ASHA's rungs and Optuna's intermediate values compare the same
 measurement at the same epoch. Trials that ASHA stops reach Optuna as PRUNED (their
 intermediate values kept), never as COMPLETE with a partial value; a trial that diverges or
-crashes is FAIL in the study and ``failed`` with its reason in the results.
+crashes is FAIL in the study and ``failed`` with its reason in the results. A sweep stopped
+by Ctrl-C leaves its running trials RUNNING in the study and ``interrupted`` in the results;
+``--resume`` continues each from its last checkpoint, whose epoch is reported again so the
+study has every intermediate value even if the interruption came before Tune received it.
 """
 
 from __future__ import annotations
@@ -497,28 +500,41 @@ def _error_reason(error: BaseException | None) -> str:
     return _first_line(text)[:300]
 
 
+def _told_trials(sweep_dir: Path, study_name: str) -> set[str]:
+    """Ray trial ids whose end the study was told (COMPLETE, PRUNED or FAIL). Tune tells the
+    searcher when it stops a trial (finished, ASHA, error), never when the whole sweep is
+    interrupted: such a trial stays RUNNING in the study and ``--resume`` continues it."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url(sweep_dir))
+    except Exception:  # no study (yet): nothing was told
+        return set()
+    return {t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
+
+
 def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list[dict[str, Any]]:
+    from mpcl.launch.train import failure_reason
+
     rows = []
-    try:  # Tune's own trial status (private, hence the fallback): tells interrupted from stopped
-        tune_trials = {t.trial_id: t for t in grid._experiment_analysis.trials}
-    except AttributeError:
-        tune_trials = {}
-    status = {k: t.status for k, t in tune_trials.items()}
-    for result in grid:
+    # the grid's results come in the order of its trials (Tune's own Trial objects, private):
+    # the trial id is known even for a trial that never reported
+    trials = grid._experiment_analysis.trials
+    told = _told_trials(sweep_dir, spec.name)
+    for trial, result in zip(trials, grid):
         m = dict(result.metrics or {})
-        trial_id = m.get("trial_id")
-        params = dict(result.config or (tune_trials[trial_id].config if trial_id in tune_trials else {}))
+        trial_id = trial.trial_id
+        params = dict(result.config or trial.config or {})
         done = int(m.get(EPOCHS_KEY, 0) or 0)
         run_dir = sweep_dir / "trials" / str(trial_id)
         reason = ""
         if result.error is not None:
             state = "failed"
-            from mpcl.launch.train import failure_reason
-
             reason = failure_reason(run_dir) or _error_reason(result.error)
-        elif status.get(trial_id, "TERMINATED") != "TERMINATED":
-            state = "unfinished"
-            reason = f"{status[trial_id].lower()} after {done} of {epochs} epochs (run.py sweep --resume continues it)"
+        elif trial.status != "TERMINATED" or trial_id not in told:
+            state = "interrupted"
+            reason = f"interrupted after {done} of {epochs} epochs (run.py sweep --resume continues it)"
         elif done < epochs:
             state = "pruned"
             reason = f"stopped by ASHA after {done} of {epochs} epochs"
@@ -537,7 +553,7 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
     return rows
 
 
-STATE_ORDER = {"complete": 0, "pruned": 1, "unfinished": 2, "failed": 3}
+STATE_ORDER = {"complete": 0, "pruned": 1, "interrupted": 2, "failed": 3}
 
 
 def sort_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
