@@ -297,3 +297,22 @@ def test_results_tell_interrupted_trials_from_pruned_ones(tmp_path):
     assert rows["c"]["reason"].startswith("interrupted after 0 of 2 epochs")
     assert rows["d"]["reason"] == "stopped by ASHA after 1 of 2 epochs"
     assert json.loads((tmp_path / "results.json").read_text())["trials"][0]["trial_id"] == "a"
+
+
+@pytest.mark.parametrize("text,named", [
+    ("", "empty file"),
+    ("name: x\nname: y\n", "duplicate key 'name' (lines 1 and 2)"),
+    ("space:\n  method.temperature: {type: uniform, low: 0.1, high: 1}\n"
+     "  method.temperature: {type: uniform, low: 0.2, high: 1}\n",
+     "duplicate key 'space.method.temperature' (lines 2 and 3)"),
+])
+def test_empty_or_duplicate_key_sweep_file_is_one_line(text, named, tmp_path, capsys):
+    import run
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        run.main(["sweep", str(path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {path}: {named}" if named != "empty file"
+                                                            else f"error: {path}: empty file (expected a mapping)"]
