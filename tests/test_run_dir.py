@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,20 +28,25 @@ def _files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def finished_run(tmp_path, fmnist_path) -> Path:
-    """A finished 2-epoch --no-ray run."""
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, fmnist_path) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
     run.main(["train", "--no-ray", *_overrides(out, fmnist_path, **{"train.epochs": 2})])
     assert _epochs(out) == [0, 1]
     return out
 
 
+@pytest.fixture
+def finished_run(trained_once, tmp_path) -> Path:
+    """A copy of a finished 2-epoch --no-ray run (trained once per module)."""
+    return Path(shutil.copytree(trained_once, tmp_path / "run"))
+
+
 def test_resume_false_starts_over_and_moves_the_old_run_aside(finished_run, fmnist_path, capsys):
     before = _files(finished_run)
-    run.main(["train", "--no-ray", *_overrides(finished_run, fmnist_path, **{"train.epochs": 2,
+    run.main(["train", "--no-ray", *_overrides(finished_run, fmnist_path, **{"train.epochs": 1,
                                                                              "train.resume": False})])
-    assert _epochs(finished_run) == [0, 1]                      # a clean log, not [0, 1, 0, 1]
+    assert _epochs(finished_run) == [0]                         # a clean log, not [0, 1, 0]
     aside = sorted(finished_run.parent.glob("run.old-*"))
     assert len(aside) == 1 and _files(aside[0]) == before       # the old run, byte for byte
     assert str(aside[0]) in capsys.readouterr().err
