@@ -72,6 +72,8 @@ class SimCLRAttn(SimCLR):
     softmax over all crops of the global batch of the mean cosine to its positives, scaled to
     average 1 over all crops (with two views exactly the two-view weights)."""
 
+    loss_metrics = ("train/attn_weight_max", "train/attn_weight_min")
+
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         m = self.cfg.method
         h, z = self.encode_views(batch)
