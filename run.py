@@ -36,12 +36,13 @@ def cmd_train(args) -> None:
     if not args.no_ray:
         return train_with_ray(cfg, args.address)
     from mpcl.config import ConfigError
+    from mpcl.engine.checkpoint import CheckpointError
     from mpcl.engine.local import LocalReporter
     from mpcl.engine.loop import DivergedError, fit
 
     try:
         metrics = fit(cfg, LocalReporter(cfg))
-    except (ConfigError, FileNotFoundError) as e:  # includes SourceError: a missing dataset
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # SourceError: a missing dataset
         fail(str(e))
     except DivergedError as e:
         fail(str(e), code=1)
@@ -259,11 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo", help="the sweep directory")
     d.set_defaults(func=cmd_demo)
+    p.commands = sub.choices  # name -> subparser, for the intermixed parsing in main
     return p
 
 
+# commands whose options and key=value overrides may come in any order (a=1 --no-ray b=2)
+INTERMIXED = ("train", "eval")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in INTERMIXED:
+        args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
     args.func(args)
 
 

@@ -9,6 +9,7 @@ naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,15 +324,44 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _duplicate_key(node: yaml.Node, prefix: str = "") -> str | None:
+    """The first key repeated within one mapping of a composed YAML document, as
+    ``"section.key (lines 3 and 4)"``; PyYAML itself silently keeps the last one."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in seen:
+                return f"{key!r} (lines {seen[key]} and {line})"
+            seen[key] = line
+            found = _duplicate_key(value_node, key + ".")
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{prefix}{i}.")
+            if found:
+                return found
+    return None
+
+
 def read_yaml_mapping(path: str | Path, error: type[Exception], missing: str, expected: str) -> dict:
-    """A YAML file whose top level is a mapping; every problem is one ``error`` line naming ``path``."""
+    """A YAML file whose top level is a mapping (config presets and sweep files alike); every
+    problem (missing, empty, not YAML, a duplicate key, not a mapping) is one ``error`` line
+    naming ``path``."""
     path = Path(path)
     if not path.is_file():
         raise error(missing)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        text = path.read_text()
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        tree = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if duplicate:
+        raise error(f"{path}: duplicate key {duplicate}")
+    if tree is None:
+        raise error(f"{path}: empty file (expected {expected})")
     if not isinstance(tree, dict):
         raise error(f"{path}: expected {expected}")
     return tree
@@ -351,6 +381,11 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
     return cfg
 
 
+# every float-typed key, as "section.key"
+FLOAT_KEYS = [f"{section}.{name}" for section, cls in _field_types(Config).items() if section != "out"
+              for name, typ in _field_types(cls).items() if typ is float]
+
+
 def get(cfg: Config, key: str) -> Any:
     if key == "out":
         return cfg.out
@@ -363,6 +398,9 @@ def validate(cfg: Config) -> None:
     from mpcl.methods import METHODS
     from mpcl.models import BACKBONES
 
+    for key in FLOAT_KEYS:  # NaN and inf pass every range comparison below
+        if not math.isfinite(get(cfg, key)):
+            raise ConfigError(f"{key}={get(cfg, key)!r}: must be a finite number")
     registries = {"method.name": METHODS, "model.backbone": BACKBONES, "data.dataset": DATASETS}
     for key, registry in registries.items():
         if get(cfg, key) not in registry:

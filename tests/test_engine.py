@@ -12,7 +12,7 @@ import run
 from mpcl.config import load
 from mpcl.engine.checkpoint import load as load_checkpoint
 from mpcl.engine.local import LocalReporter
-from mpcl.engine.loop import DivergedError, fit
+from mpcl.engine.loop import DivergedError, fit, reported_metrics
 from tests.conftest import tiny_overrides
 
 REQUIRED = {"epoch", "train/loss", "val/knn_top1", "val/online_top1", "lr", "val/align", "val/uniform"}
@@ -22,12 +22,14 @@ REQUIRED = {"epoch", "train/loss", "val/knn_top1", "val/online_top1", "lr", "val
 def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_path, capsys):
     out = tmp_path / method
     extra = {"method.bank_warmup_epochs": 0} if method.endswith("_multi") else {}
-    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray",
-              *tiny_overrides(out, method, **{"data.path": fmnist_path, "train.epochs": 2, **extra})])
+    overrides = tiny_overrides(out, method, **{"data.path": fmnist_path, "train.epochs": 2, **extra})
+    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
     assert (out / "config.yaml").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert REQUIRED <= rows[-1].keys()
+    # what a sweep may name as its objective is exactly what an evaluated epoch reports
+    assert sorted(rows[-1]) == sorted(reported_metrics(load(f"configs/fmnist_{method}.yaml", overrides)))
     assert all(math.isfinite(r["train/loss"]) for r in rows)
     assert 10 < rows[-1]["val/knn_top1"] <= 100            # far above chance (10%) on real data
     state = load_checkpoint(out / "checkpoints" / "last.pt")

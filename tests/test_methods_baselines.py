@@ -18,6 +18,7 @@ from mpcl.config import ConfigError, load
 from mpcl.data.augment import EvalTransform, SSLAugment
 from mpcl.data.batch import Batch
 from mpcl.data.loaders import EvalLoader, TensorTrainLoader, class_grouped_order
+from mpcl.engine.loop import reported_metrics
 from mpcl.losses import (barlow_twins_loss, infonce_queue, mcl_queue_terms, mcl_supervised_terms, mcl_weighted,
                          multi_positive_terms, nt_xent, pair_indices, prototype_pairs, soft_kl, spcl_terms,
                          supcon_loss)
@@ -627,10 +628,12 @@ CLI_CASES = {
 def test_each_new_method_trains_one_epoch_through_the_cli(case, tmp_path, fmnist_path):
     method = case.split("_supervised")[0]
     out = tmp_path / case
-    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray",
-              *tiny_overrides(out, method, **{"data.path": fmnist_path, **CLI_CASES[case]})])
+    overrides = tiny_overrides(out, method, **{"data.path": fmnist_path, **CLI_CASES[case]})
+    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]
+    # the declared metric names (a sweep's objective is checked against them) are the reported ones
+    assert sorted(last) == sorted(reported_metrics(load(f"configs/fmnist_{method}.yaml", overrides)))
     assert math.isfinite(last["train/loss"])
     assert 10 < last["val/knn_top1"] <= 100 and 0 <= last["val/online_top1"] <= 100
     if case == "mcl":

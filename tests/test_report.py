@@ -83,3 +83,25 @@ def test_report_of_a_run_and_of_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run.main(["report", str(tmp_path / "report")])
     assert e.value.code == 2
+
+
+def test_report_skips_lines_of_metrics_jsonl_that_are_not_epochs(tmp_path, capsys):
+    good = [json.dumps({"epoch": e, "train/loss": 3.0 - e, "val/knn_top1": 50.0 + e}) for e in range(3)]
+    junk = ["[1, 2, 3]", "42", '"text"', "null", '{"no_epoch": 1}', '{"epoch": "1"}', "{torn", "\u00ff"]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([good[0], *junk[:4], good[1], *junk[4:], good[2]]) + "\n")
+    run.main(["report", str(tmp_path)])
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "3 epochs" in page and page.count("data:image/png;base64,") >= 2
+    from mpcl.tracking import read_metrics
+
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{torn", '{"trials": [["t1", "complete"]]}', '{"name": "x"}'])
+def test_report_of_a_damaged_results_json_is_one_line(text, tmp_path, capsys):
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(SystemExit) as e:
+        run.main(["report", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results.json" in err[0], err

@@ -59,6 +59,19 @@ def _finished_trials(sweep_dir: Path) -> list[Path]:
     return [sweep_dir / "trials" / json.loads(v) for (v,) in ids]
 
 
+def _wait_for(what: str, condition, proc, log: Path, timeout: float = 300):
+    """Polls ``condition`` (a state the sweep reaches and then keeps: a held trial stays held);
+    the deadline only turns a hang into a failure."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert proc.poll() is None, f"the sweep ended before {what}:\n" + log.read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} after {timeout} s:\n" + log.read_text()[-3000:])
+
+
 def _env():
     env = dict(os.environ, MPCL_RAY_LOG_TO_DRIVER="0", MPCL_TUNE_VERBOSE="0", PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
@@ -67,25 +80,35 @@ def _env():
 
 @pytest.mark.ray
 def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
+    """Every trial that trains holds after reporting its first epoch (MPCL_HOLD_AFTER_EPOCH):
+    the first to hold is released and finishes; the sweep is interrupted while the second
+    holds, its first epoch reported and checkpointed. --resume keeps the finished trial as it
+    was and continues the interrupted one from its checkpoint, the study keeping both epochs'
+    intermediate values."""
     import optuna
+
+    from mpcl.launch.train import HELD_FILE, HOLD_ENV, RELEASE_FILE
 
     path = _sweep_file(tmp_path, fmnist_path)
     sweep_dir = tmp_path / "sweep"
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:   # one trial done, another started
-        if _finished_trials(sweep_dir):
-            break
-        time.sleep(1)
-    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    kept = _finished_trials(sweep_dir)
-    assert kept
-    before = {p.name: (p / "metrics.jsonl").read_text() for p in kept}
+    log_path = tmp_path / "first.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT,
+                            env={**_env(), HOLD_ENV: "0"}, stdout=log, stderr=subprocess.STDOUT)
+    held = lambda: sorted(p.parent for p in (sweep_dir / "trials").glob(f"*/{HELD_FILE}"))  # noqa: E731
+    first = _wait_for("held trial", held, proc, log_path)[0]
+    (first / RELEASE_FILE).touch()
+    _wait_for(f"COMPLETE {first.name}", lambda: first in _finished_trials(sweep_dir), proc, log_path)
+    second = _wait_for("second held trial", lambda: [p for p in held() if p != first], proc, log_path)[0]
+    before = {first.name: (first / "metrics.jsonl").read_text()}
+    second_epoch_0 = (second / "metrics.jsonl").read_text()
     proc.send_signal(signal.SIGINT)                           # the driver is interrupted
     assert proc.wait(timeout=120) is not None
     log.close()
+    interrupted = {t["trial_id"]: t for t in json.loads((sweep_dir / "results.json").read_text())["trials"]}
+    assert interrupted[first.name]["state"] == "complete"
+    assert interrupted[second.name]["state"] == "interrupted", interrupted[second.name]
+    assert "interrupted after" in interrupted[second.name]["reason"]
 
     done = subprocess.run([sys.executable, "run.py", "sweep", str(path), "--resume"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=400)
@@ -111,6 +134,10 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
         if t["state"] == "complete":
             assert by_id[tid].value == pytest.approx(t["objective"])
             assert sorted(by_id[tid].intermediate_values) == [1, 2]
+    assert trials[second.name]["state"] == "complete"          # continued, not restarted:
+    assert (second / "metrics.jsonl").read_text().startswith(second_epoch_0)
+    assert [json.loads(x)["epoch"] for x in (second / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert len(list(second.glob("checkpoint_*/state.pt"))) == 2
 
     rep = subprocess.run([sys.executable, "run.py", "report", str(sweep_dir)], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=120)
@@ -177,3 +204,130 @@ def test_attention_sweeps_try_the_released_simclr_attn(name):
     m = spec.config(released[0]).method
     assert (m.name, m.attention_weight, m.attention_temperature, m.attention_target) == \
         ("simclr_attn", 1.0, 1.0, "loss")
+
+
+BAD_SWEEPS = [  # (change to a valid sweep file, the key the one-line error names)
+    ({"objective": {"metric": "val/knn_top5", "mode": "max"}}, "objective.metric='val/knn_top5'"),
+    ({"objective": {"metric": "val/net0_top1", "mode": "max"}}, "objective.metric='val/net0_top1'"),  # mcl's
+    ({"objective": "val/knn_top1"}, "objective="),
+    ({"objective": {"metric": "val/knn_top1", "mode": "maximum"}}, "objective.mode"),
+    ({"points": [{"method.temperature": 5.0, "optim.lr": 0.3}]}, "points[0].method.temperature=5.0"),
+    ({"points": [{"method.temperature": 0.5, "optim.lr": 0.5}]}, "points[0].optim.lr=0.5"),
+    ({"points": [{"method.temperature": "hot"}]}, "points[0].method.temperature='hot'"),
+    ({"points": {"method.temperature": 0.5}}, "points="),
+    ({"base": None}, "base: missing"),
+    ({"base": "configs/nope.yaml"}, "base='configs/nope.yaml'"),
+    ({"num_samples": "many"}, "num_samples='many'"),
+    ({"num_samples": 2.5}, "num_samples=2.5"),
+    ({"max_concurrent": 0}, "max_concurrent=0"),
+    ({"scheduler": "asha"}, "scheduler='asha'"),
+    ({"scheduler": {"type": "asha", "grace_period": "1"}}, "scheduler.grace_period='1'"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type='hyperband'"),
+    ({"sampler": ["tpe"]}, "sampler=['tpe']"),
+    ({"sampler": {"type": "tpe", "seed": "zero"}}, "sampler.seed='zero'"),
+    ({"overrides": ["model.backbone=small_cnn"]}, "overrides=["),
+    ({"resources": 2}, "resources=2"),
+]
+
+
+@pytest.mark.parametrize("change,named", BAD_SWEEPS)
+def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, capsys):
+    import ray
+
+    import run
+
+    tree = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
+    tree.update(change)
+    if tree["base"] is None:
+        del tree["base"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    with pytest.raises(SystemExit) as e:
+        run.main(["sweep", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
+    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
+
+
+def test_objective_is_checked_against_the_methods_metrics(tmp_path):
+    from mpcl.launch.sweep import load_sweep
+
+    base = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
+    mcl = {**base, "base": str(ROOT / "configs/fmnist_mcl.yaml"),
+           "overrides": {**base["overrides"], "method.mode": "supervised", "data.min_per_class": 2},
+           "objective": {"metric": "val/net1_top1", "mode": "max"},
+           "space": {"method.alpha": {"type": "uniform", "low": 0.0, "high": 1.0}}, "points": []}
+    path = tmp_path / "mcl.yaml"
+    path.write_text(yaml.safe_dump(mcl))
+    assert load_sweep(path).metric == "val/net1_top1"              # mcl's per-network metric
+    for metric in ("train/attn_weight_max", "val/net2_top1"):      # simclr_attn's; a third network
+        path.write_text(yaml.safe_dump({**mcl, "objective": {"metric": metric}}))
+        with pytest.raises(Exception, match=f"objective.metric='{metric}': method mcl does not report it"):
+            load_sweep(path)
+
+
+def test_every_shipped_sweep_file_is_valid():
+    from mpcl.launch.sweep import load_sweep
+
+    files = sorted((ROOT / "sweeps").glob("*.yaml"))
+    assert len(files) >= 5
+    for f in files:
+        assert load_sweep(f).num_samples >= 1, f
+
+
+def test_results_tell_interrupted_trials_from_pruned_ones(tmp_path):
+    """After Ctrl-C Tune marks every running trial TERMINATED, as if it had ended: the study,
+    which Tune never told of their end, says they were interrupted (also one that had not
+    reported yet)."""
+    pytest.importorskip("ray.tune")
+    from types import SimpleNamespace
+
+    from mpcl.launch.sweep import OBJECTIVE_KEY, SweepSpec, collect_results, make_searcher
+
+    spec = SweepSpec(name="unit", base=None, overrides={},
+                     space={"method.temperature": {"type": "uniform", "low": 0.1, "high": 1.0}})
+    searcher = make_searcher(spec, tmp_path, epochs=2)
+    searcher.set_search_properties(None, None, {})
+    r = lambda e, v: {OBJECTIVE_KEY: v, "epochs_done": e, "training_iteration": e}  # noqa: E731
+    for tid in "abcd":
+        searcher.suggest(tid)
+    for tid, epochs in (("a", 2), ("b", 1), ("d", 1)):
+        for e in range(1, epochs + 1):
+            searcher.on_trial_result(tid, r(e, 50.0 + e))
+    searcher.on_trial_complete("a", r(2, 52.0))               # finished
+    searcher.on_trial_complete("d", r(1, 51.0))               # stopped by ASHA
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", config={"method.temperature": 0.5}) for t in "abcd"]
+    results = [SimpleNamespace(metrics={**r(2, 52.0), "trial_id": "a"}, config=None, error=None),
+               SimpleNamespace(metrics={**r(1, 51.0), "trial_id": "b"}, config=None, error=None),
+               SimpleNamespace(metrics={}, config=None, error=None),
+               SimpleNamespace(metrics={**r(1, 51.0), "trial_id": "d"}, config=None, error=None)]
+    class Grid(list):  # a ResultGrid: its results, in the order of its (private) trials
+        _experiment_analysis = SimpleNamespace(trials=trials)
+
+    rows = {row["trial_id"]: row for row in collect_results(spec, tmp_path, Grid(results), epochs=2)}
+    assert {t: rows[t]["state"] for t in "abcd"} == {"a": "complete", "b": "interrupted", "c": "interrupted",
+                                                     "d": "pruned"}
+    assert rows["b"]["reason"].startswith("interrupted after 1 of 2 epochs")
+    assert rows["c"]["reason"].startswith("interrupted after 0 of 2 epochs")
+    assert rows["d"]["reason"] == "stopped by ASHA after 1 of 2 epochs"
+    assert json.loads((tmp_path / "results.json").read_text())["trials"][0]["trial_id"] == "a"
+
+
+@pytest.mark.parametrize("text,named", [
+    ("", "empty file"),
+    ("name: x\nname: y\n", "duplicate key 'name' (lines 1 and 2)"),
+    ("space:\n  method.temperature: {type: uniform, low: 0.1, high: 1}\n"
+     "  method.temperature: {type: uniform, low: 0.2, high: 1}\n",
+     "duplicate key 'space.method.temperature' (lines 2 and 3)"),
+])
+def test_empty_or_duplicate_key_sweep_file_is_one_line(text, named, tmp_path, capsys):
+    import run
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        run.main(["sweep", str(path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {path}: {named}" if named != "empty file"
+                                                            else f"error: {path}: empty file (expected a mapping)"]

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,17 +36,25 @@ class SourceError(FileNotFoundError):
     """A dataset source is missing or not in the layout expected (message: one line)."""
 
 
-def _open_maybe_gz(path: Path):
+def _read_maybe_gz(path: Path) -> tuple[bytes, Path]:
+    """The bytes of ``path`` or, when only that exists, of ``path.gz`` (decompressed), and the
+    file read. A truncated or corrupt gzip file is a ``SourceError`` naming it."""
     for candidate in (path, path.with_name(path.name + ".gz")):
         if candidate.is_file():
-            return gzip.open(candidate, "rb") if candidate.suffix == ".gz" else open(candidate, "rb")
+            if candidate.suffix != ".gz":
+                return candidate.read_bytes(), candidate
+            try:
+                with gzip.open(candidate, "rb") as f:
+                    return f.read(), candidate
+            except (EOFError, OSError, zlib.error) as e:
+                raise SourceError(f"{candidate}: truncated or corrupt gzip file ({e}); "
+                                  "download it again") from None
     raise SourceError(f"{path}(.gz): file not found")
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Read one idx file (plain or .gz): the MNIST / Fashion-MNIST container format."""
-    with _open_maybe_gz(path) as f:
-        data = f.read()
+    data, path = _read_maybe_gz(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise SourceError(f"{path}: not an unsigned-byte idx file (bad magic number)")
     ndim = data[3]

@@ -28,14 +28,40 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that this config cannot resume (one line)."""
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a readable mpcl checkpoint (an empty file)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a torn or foreign file: say which
-        raise ValueError(f"{path}: not a readable mpcl checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+        raise CheckpointError(f"{path}: not a readable mpcl checkpoint ({type(e).__name__}: {detail})") from None
+    if not isinstance(state, dict) or not {"model", "epoch", "config"} <= state.keys():
+        raise CheckpointError(f"{path}: not an mpcl checkpoint (no model, epoch and config in it)")
+    return state
+
+
+# what a checkpoint's tensors depend on: a change here makes the saved state unloadable
+STATE_SHAPING = ("model.", "method.", "data.dataset", "data.subset", "data.batch_size", "scale.workers",
+                 "optim.name", "optim.exclude_bn_bias")
+
+
+def resume_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """The config keys that differ between a checkpoint's config and the current one and may
+    shape its state, as ``key: 'old' -> 'new'`` (the most likely reasons a resume fails)."""
+    from mpcl.config import flatten
+
+    old, new = flatten(saved), flatten(current)
+    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new
+            if k.startswith(STATE_SHAPING) and old.get(k) != new[k]]
+    return "; ".join(diff)
 
 
 def rng_state() -> dict[str, Any]:

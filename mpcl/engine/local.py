@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +25,49 @@ def summary_line(metrics: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def start_over(out: str | Path) -> Path | None:
+    """``train.resume=false``: a run directory that holds anything is renamed to
+    ``<out>.old-<YYYYmmdd-HHMMSS>`` (nothing written is lost) so the run starts in an empty
+    one. Returns where the old run went, or None when there was none."""
+    out = Path(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = out.with_name(f"{out.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}.old-{stamp}-{n}")
+    out.rename(aside)
+    print(f"train.resume=false: the previous run in {out} was moved to {aside}", file=sys.stderr)
+    return aside
+
+
 class LocalReporter:
     """``out/checkpoints/last.pt`` (atomic), ``out/metrics.jsonl``, ``out/config.yaml``."""
 
     def __init__(self, cfg: Config, echo: bool = True):
+        self.cfg = cfg
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         self.log = MetricsLog(self.out / "metrics.jsonl")
         self.echo = echo
-        if dist.rank() == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump(cfg, self.out / "config.yaml")
+        if dist.rank() == 0 and not cfg.train.resume:
+            start_over(self.out)
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.is_file():
-            if dist.rank() == 0:
-                self.log.truncate_after(-1)
             return None
-        state = ckpt.load(self.checkpoint_path)
-        if dist.rank() == 0:
-            self.log.truncate_after(state["epoch"])
-            if self.echo:
-                print(f"resuming {self.checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
-        return state
+        return ckpt.load(self.checkpoint_path)
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        if dist.rank() != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log.truncate_after(state["epoch"] if state is not None else -1)
+        dump(self.cfg, self.out / "config.yaml")
+        if state is not None and self.echo:
+            print(f"resuming {self.checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if dist.rank() != 0:

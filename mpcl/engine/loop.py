@@ -19,9 +19,21 @@ from mpcl.config import Config, to_dict
 from mpcl.data.batch import Batch
 from mpcl.data.loaders import Loaders, build_loaders
 from mpcl.engine import evaluate as ev
-from mpcl.engine.checkpoint import rng_state, set_rng_state
+from mpcl.engine.checkpoint import CheckpointError, resume_mismatch, rng_state, set_rng_state
 from mpcl.engine.optim import base_lr, build_optimizer, lr_factor, set_lr
 from mpcl.methods import Method, StepOutput, build_method
+
+
+# the keys of every epoch's metrics; evaluation epochs add EVAL_METRICS, the method its own
+EPOCH_METRICS = ("epoch", "step", "lr", "time/epoch_s", "time/samples_per_s")
+EVAL_METRICS = ("val/knn_top1", "val/online_top1", "val/align", "val/uniform")
+
+
+def reported_metrics(cfg: Config) -> tuple[str, ...]:
+    """Every metric name an epoch can report under ``cfg`` (what a sweep's objective may be)."""
+    from mpcl.methods import METHODS
+
+    return (*EPOCH_METRICS, *EVAL_METRICS, *METHODS[cfg.method.name].metric_names(cfg))
 
 
 class DivergedError(RuntimeError):
@@ -31,7 +43,12 @@ class DivergedError(RuntimeError):
 class Reporter(Protocol):
     """Where epochs go: the local one writes files, the Ray one calls ``ray.train.report``."""
 
-    def latest_checkpoint(self) -> dict[str, Any] | None: ...
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """The run's last checkpoint (None in a fresh run directory); reads, writes nothing."""
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        """The checkpoint (if any) is loaded: drop log lines of epochs that will be replayed
+        and write the run's files (config.yaml). Nothing is written before this."""
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         """Called on every worker once per epoch; ``state`` is the checkpoint (rank 0 only)."""
@@ -141,17 +158,26 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
     loaders = build_loaders(cfg, dist.rank(), dist.world_size(), rt.device)
     method, optimizer = build(cfg, rt, loaders)
     start_epoch, step, metrics = 0, 0, {}
-    state = reporter.latest_checkpoint() if cfg.train.resume else None
+    # train.resume=false was handled before the run started: its directory is a fresh one
+    state = reporter.latest_checkpoint()
     if state is not None:
-        method.load_state_dict(state["model"])
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        optimizer.load_state_dict(state["optimizer"])  # momentum buffers from the checkpoint,
+        try:
+            method.load_state_dict(state["model"])
+            hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+            optimizer.load_state_dict(state["optimizer"])  # momentum buffers from the checkpoint,
+        except (RuntimeError, ValueError, KeyError) as e:
+            changed = resume_mismatch(state["config"], to_dict(cfg))
+            detail = changed or f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            raise CheckpointError(f"{cfg.out}: cannot resume its checkpoint of epoch {state['epoch']} with this "
+                                  f"config ({detail}); set train.resume=false to start over (the old run is "
+                                  "moved aside) or choose another out") from None
         for group, h in zip(optimizer.param_groups, hyper):  # hyperparameters from the config
             group.update(h)
         if rt.scaler is not None and state.get("scaler"):
             rt.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start_epoch, step, metrics = state["epoch"] + 1, state["step"], dict(state.get("metrics", {}))
+    reporter.start(state)
     train_step: nn.Module = TrainStep(method)
     if dist.is_distributed():
         ids = [rt.device.index] if rt.device.type == "cuda" else None

@@ -26,7 +26,10 @@ The objective is measured every epoch (``train.eval_every=1``) and reported as `
 with ``epochs_done``: ASHA's rungs and Optuna's intermediate values compare the same
 measurement at the same epoch. Trials that ASHA stops reach Optuna as PRUNED (their
 intermediate values kept), never as COMPLETE with a partial value; a trial that diverges or
-crashes is FAIL in the study and ``failed`` with its reason in the results.
+crashes is FAIL in the study and ``failed`` with its reason in the results. A sweep stopped
+by Ctrl-C leaves its running trials RUNNING in the study and ``interrupted`` in the results;
+``--resume`` continues each from its last checkpoint, whose epoch is reported again so the
+study has every intermediate value even if the interruption came before Tune received it.
 """
 
 from __future__ import annotations
@@ -106,20 +109,34 @@ def _fail(path, msg: str) -> LaunchError:
     return LaunchError(f"{path}: {msg}")
 
 
-def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
-    """Read and validate a sweep file (every error one line, before any work)."""
-    path = Path(path)
-    tree = read_yaml_mapping(path, LaunchError, f"{path}: no such sweep file", "a mapping")
-    unknown = set(tree) - SWEEP_KEYS
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _mapping(path, tree: dict, key: str, allowed: set[str] | None = None) -> dict:
+    """``tree[key]`` as a mapping ({} when absent), its keys within ``allowed``."""
+    value = tree.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, f"{key}={value!r}: expected a mapping")
+    unknown = set(value) - allowed if allowed is not None else set()
     if unknown:
-        raise _fail(path, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
-    base = tree.get("base")
-    if base is not None:
-        base_path = Path(base)
-        if not base_path.is_file() and (path.parent.parent / base).is_file():
-            base_path = path.parent.parent / base  # relative to the repository root
-        base = str(base_path)
-    space = tree.get("space") or {}
+        raise _fail(path, f"{key}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _check(path, key: str, value: Any, ok: bool, what: str) -> None:
+    if not ok:
+        raise _fail(path, f"{key}={value!r}: {what}")
+
+
+def _check_space(path, space: Any) -> None:
     if not isinstance(space, dict) or not space:
         raise _fail(path, "space: at least one searched key (key: {type, low, high} or {type: choice, values})")
     for key, d in space.items():
@@ -128,43 +145,130 @@ def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
         if d["type"] == "choice":
             if not isinstance(d.get("values"), list) or not d["values"]:
                 raise _fail(path, f"space.{key}: choice needs a non-empty list 'values'")
-        else:
+            continue
+        lo, hi = d.get("low"), d.get("high")
+        if isinstance(lo, str) or isinstance(hi, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                lo, hi = float(d["low"]), float(d["high"])
-            except (KeyError, TypeError, ValueError):
-                raise _fail(path, f"space.{key}: {d['type']} needs numeric 'low' and 'high'") from None
-            if not lo < hi or (d["type"] == "loguniform" and lo <= 0):
-                raise _fail(path, f"space.{key}: need 0 < low < high for loguniform, low < high otherwise "
-                                  f"(got {lo}, {hi})")
-    objective = tree.get("objective") or {}
-    mode = objective.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise _fail(path, f"objective.mode={mode!r}: allowed: max, min")
-    scheduler = tree.get("scheduler") or {"type": "asha"}
-    if scheduler.get("type") not in ("asha", "none"):
-        raise _fail(path, f"scheduler.type={scheduler.get('type')!r}: allowed: asha, none")
-    sampler = {"type": "tpe", "seed": 0, "multivariate": True, **(tree.get("sampler") or {})}
-    if sampler["type"] not in SAMPLERS:
-        raise _fail(path, f"sampler.type={sampler['type']!r}: allowed: {', '.join(SAMPLERS)}")
+                lo, hi = float(lo), float(hi)
+            except ValueError:
+                pass
+        if not (_is_number(lo) and _is_number(hi)):
+            raise _fail(path, f"space.{key}: {d['type']} needs numeric 'low' and 'high'")
+        if d["type"] == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
+            raise _fail(path, f"space.{key}: int needs whole 'low' and 'high' (got {lo}, {hi})")
+        if not lo < hi or (d["type"] == "loguniform" and lo <= 0):
+            raise _fail(path, f"space.{key}: need 0 < low < high for loguniform, low < high otherwise "
+                              f"(got {lo}, {hi})")
+        d["low"], d["high"] = lo, hi
+
+
+def _check_point(path, i: int, point: Any, space: dict) -> None:
+    if not isinstance(point, dict):
+        raise _fail(path, f"points[{i}]={point!r}: expected a mapping of searched keys to values")
+    if set(point) - set(space):
+        raise _fail(path, f"points[{i}]: keys {sorted(set(point) - set(space))} are not in space")
+    for key, v in point.items():
+        d, where = space[key], f"points[{i}].{key}"
+        if d["type"] == "choice":
+            _check(path, where, v, v in d["values"], f"not one of space.{key}.values {d['values']}")
+        elif d["type"] == "int":
+            _check(path, where, v, _is_int(v) and d["low"] <= v <= d["high"],
+                   f"must be a whole number in space.{key} [{d['low']:g}, {d['high']:g}]")
+        else:
+            _check(path, where, v, _is_number(v) and d["low"] <= v <= d["high"],
+                   f"must be a number in space.{key} [{d['low']:g}, {d['high']:g}]")
+
+
+def _check_scheduler(path, scheduler: dict) -> None:
+    _check(path, "scheduler.type", scheduler.get("type"), scheduler.get("type") in ("asha", "none"),
+           "allowed: asha, none")
+    for key in ("grace_period", "max_t"):
+        if key in scheduler:
+            _check(path, f"scheduler.{key}", scheduler[key], _is_int(scheduler[key]) and scheduler[key] >= 1,
+                   "must be a whole number >= 1")
+    if "reduction_factor" in scheduler:
+        rf = scheduler["reduction_factor"]
+        _check(path, "scheduler.reduction_factor", rf, _is_number(rf) and rf > 1, "must be a number > 1")
+    if scheduler.get("grace_period", 1) > scheduler.get("max_t", math.inf):
+        raise _fail(path, f"scheduler.grace_period={scheduler['grace_period']}: must be <= "
+                          f"scheduler.max_t={scheduler['max_t']}")
+
+
+def _check_sampler(path, sampler: dict) -> None:
+    _check(path, "sampler.type", sampler["type"], sampler["type"] in SAMPLERS, f"allowed: {', '.join(SAMPLERS)}")
+    seed = sampler.get("seed")
+    _check(path, "sampler.seed", seed, seed is None or _is_int(seed), "must be a whole number or null")
+    _check(path, "sampler.multivariate", sampler["multivariate"], isinstance(sampler["multivariate"], bool),
+           "must be true or false")
+    if "n_startup_trials" in sampler:
+        n = sampler["n_startup_trials"]
+        _check(path, "sampler.n_startup_trials", n, _is_int(n) and n >= 0, "must be a whole number >= 0")
+
+
+def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
+    """Read and validate a sweep file: every error is one line naming the key, before Ray starts."""
+    from mpcl.engine.loop import reported_metrics
+
+    path = Path(path)
+    tree = read_yaml_mapping(path, LaunchError, f"{path}: no such sweep file", "a mapping")
+    unknown = set(tree) - SWEEP_KEYS
+    if unknown:
+        raise _fail(path, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                          f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
+    for key in ("name", "out", "description"):
+        if key in tree:
+            _check(path, key, tree[key], isinstance(tree[key], str) and tree[key] != "", "expected a non-empty string")
+    base = tree.get("base")
+    if base is None:
+        raise _fail(path, "base: missing (the config preset every trial starts from, e.g. "
+                          "base: configs/fmnist_simclr_attn.yaml)")
+    _check(path, "base", base, isinstance(base, str) and base != "", "expected the path of a config preset")
+    base_path = Path(base)
+    if not base_path.is_file() and (path.parent.parent / base).is_file():
+        base_path = path.parent.parent / base  # relative to the repository root
+    if not base_path.is_file():
+        raise _fail(path, f"base={base!r}: no such file")
+    base = str(base_path)
+    overrides = _mapping(path, tree, "overrides")
+    resources = _mapping(path, tree, "resources")
+    space = tree.get("space") or {}
+    _check_space(path, space)
+    points = tree.get("points") or []
+    _check(path, "points", points, isinstance(points, list), "expected a list of mappings")
+    for i, point in enumerate(points):
+        _check_point(path, i, point, space)
+    objective = _mapping(path, tree, "objective", {"metric", "mode"})
+    metric, mode = objective.get("metric", "val/knn_top1"), objective.get("mode", "max")
+    _check(path, "objective.mode", mode, mode in ("max", "min"), "allowed: max, min")
+    _check(path, "objective.metric", metric, isinstance(metric, str), "expected a metric name")
+    for key in ("num_samples", "max_concurrent"):
+        if key in tree:
+            _check(path, key, tree[key], _is_int(tree[key]) and tree[key] >= 1, "must be a whole number >= 1")
+    scheduler = {"type": "asha", **_mapping(path, tree, "scheduler",
+                                              {"type", "grace_period", "reduction_factor", "max_t"})}
+    _check_scheduler(path, scheduler)
+    sampler = {"type": "tpe", "seed": 0, "multivariate": True,
+               **_mapping(path, tree, "sampler", {"type", "seed", "multivariate", "n_startup_trials"})}
+    _check_sampler(path, sampler)
     spec = SweepSpec(
-        name=str(tree.get("name") or path.stem), base=base, overrides=dict(tree.get("overrides") or {}),
-        space=space, points=list(tree.get("points") or []), metric=objective.get("metric", "val/knn_top1"),
-        mode=mode, num_samples=int(tree.get("num_samples", 8)), max_concurrent=int(tree.get("max_concurrent", 1)),
-        scheduler=scheduler, resources=dict(tree.get("resources") or {}), sampler=sampler,
-        out=out or tree.get("out") or f"runs/sweeps/{path.stem}", source=tree,
+        name=tree.get("name") or path.stem, base=base, overrides=dict(overrides), space=space,
+        points=points, metric=metric, mode=mode, num_samples=tree.get("num_samples", 8),
+        max_concurrent=tree.get("max_concurrent", 1), scheduler=scheduler, resources=dict(resources),
+        sampler=sampler, out=out or tree.get("out") or f"runs/sweeps/{path.stem}", source=tree,
     )
-    if spec.num_samples < 1 or spec.max_concurrent < 1:
-        raise _fail(path, "num_samples and max_concurrent must be >= 1")
-    for point in spec.points:
-        if set(point) - set(space):
-            raise _fail(path, f"points: keys {sorted(set(point) - set(space))} are not in space")
     try:  # every key and the extremes of the space make a valid config
-        spec.config(spec.example_params(), out="/tmp/x")
+        cfg = spec.config(spec.example_params(), out="/tmp/x")
         for key, d in space.items():
             for v in (d["values"] if d["type"] == "choice" else [d["low"], d["high"]]):
                 spec.config({**spec.example_params(), key: int(v) if d["type"] == "int" else v}, out="/tmp/x")
+        for point in points:
+            spec.config({**spec.example_params(), **point}, out="/tmp/x")
     except ConfigError as e:
         raise _fail(path, str(e)) from None
+    reported = reported_metrics(cfg)
+    if metric not in reported:
+        raise _fail(path, f"objective.metric={metric!r}: method {cfg.method.name} does not report it; "
+                          f"it reports {', '.join(reported)}")
     return spec
 
 
@@ -310,11 +414,14 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        from mpcl.engine.local import start_over
         from mpcl.engine.loop import DivergedError
         from mpcl.launch.train import failure_reason, make_trainer
 
         trial_id = tune.get_context().get_trial_id()
         cfg = load(None, {**base, **params, "out": f"{trials_dir}/{trial_id}"})
+        if not cfg.train.resume:
+            start_over(cfg.out)
         make_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()]).fit()
         reason = failure_reason(cfg.out)
         if reason:
@@ -393,28 +500,41 @@ def _error_reason(error: BaseException | None) -> str:
     return _first_line(text)[:300]
 
 
+def _told_trials(sweep_dir: Path, study_name: str) -> set[str]:
+    """Ray trial ids whose end the study was told (COMPLETE, PRUNED or FAIL). Tune tells the
+    searcher when it stops a trial (finished, ASHA, error), never when the whole sweep is
+    interrupted: such a trial stays RUNNING in the study and ``--resume`` continues it."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url(sweep_dir))
+    except Exception:  # no study (yet): nothing was told
+        return set()
+    return {t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
+
+
 def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list[dict[str, Any]]:
+    from mpcl.launch.train import failure_reason
+
     rows = []
-    try:  # Tune's own trial status (private, hence the fallback): tells interrupted from stopped
-        tune_trials = {t.trial_id: t for t in grid._experiment_analysis.trials}
-    except AttributeError:
-        tune_trials = {}
-    status = {k: t.status for k, t in tune_trials.items()}
-    for result in grid:
+    # the grid's results come in the order of its trials (Tune's own Trial objects, private):
+    # the trial id is known even for a trial that never reported
+    trials = grid._experiment_analysis.trials
+    told = _told_trials(sweep_dir, spec.name)
+    for trial, result in zip(trials, grid):
         m = dict(result.metrics or {})
-        trial_id = m.get("trial_id")
-        params = dict(result.config or (tune_trials[trial_id].config if trial_id in tune_trials else {}))
+        trial_id = trial.trial_id
+        params = dict(result.config or trial.config or {})
         done = int(m.get(EPOCHS_KEY, 0) or 0)
         run_dir = sweep_dir / "trials" / str(trial_id)
         reason = ""
         if result.error is not None:
             state = "failed"
-            from mpcl.launch.train import failure_reason
-
             reason = failure_reason(run_dir) or _error_reason(result.error)
-        elif status.get(trial_id, "TERMINATED") != "TERMINATED":
-            state = "unfinished"
-            reason = f"{status[trial_id].lower()} after {done} of {epochs} epochs (run.py sweep --resume continues it)"
+        elif trial.status != "TERMINATED" or trial_id not in told:
+            state = "interrupted"
+            reason = f"interrupted after {done} of {epochs} epochs (run.py sweep --resume continues it)"
         elif done < epochs:
             state = "pruned"
             reason = f"stopped by ASHA after {done} of {epochs} epochs"
@@ -433,7 +553,7 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
     return rows
 
 
-STATE_ORDER = {"complete": 0, "pruned": 1, "unfinished": 2, "failed": 3}
+STATE_ORDER = {"complete": 0, "pruned": 1, "interrupted": 2, "failed": 3}
 
 
 def sort_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:

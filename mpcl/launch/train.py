@@ -38,6 +38,11 @@ STATE_FILE = "state.pt"
 # dies sooner after its last report loses that report, and the restart resumes one epoch
 # earlier. The injected fault first waits out two polls so the test is deterministic.
 FAULT_ENV = "MPCL_FAULT_AFTER_EPOCH"
+# Test-only hold: in an attempt that did not resume from a checkpoint, rank 0 reports this
+# epoch (checkpoint included), then writes ``out/HELD`` and waits until ``out/RELEASE``
+# exists. A test can so interrupt (or release) a run at a known point instead of a moment.
+HOLD_ENV = "MPCL_HOLD_AFTER_EPOCH"
+HELD_FILE, RELEASE_FILE = "HELD", "RELEASE"
 
 
 # -- the Ray runtime ------------------------------------------------------------------------
@@ -123,6 +128,8 @@ def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | No
     loop_config: dict[str, Any] = {"cfg": to_dict(cfg), "objective": objective}
     if os.environ.get(FAULT_ENV):
         loop_config["fault_after_epoch"] = int(os.environ[FAULT_ENV])
+    if os.environ.get(HOLD_ENV):
+        loop_config["hold_after_epoch"] = int(os.environ[HOLD_ENV])
     return TorchTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling_config(cfg), run_config=run_config(cfg, callbacks))
 
@@ -137,8 +144,11 @@ def failure_reason(out: str | os.PathLike) -> str | None:
 def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
     """``run.py train`` through Ray Train. Returns the last reported metrics; raises
     ``DivergedError`` (NaN/inf loss) or ``LaunchError``."""
+    from mpcl.engine.local import start_over
     from mpcl.engine.loop import DivergedError
 
+    if not cfg.train.resume:
+        start_over(cfg.out)
     where = init_ray(address)
     print(f"ray: {where}; {cfg.scale.workers} worker(s), run directory {cfg.out}", file=sys.stderr)
     result = make_trainer(cfg).fit()
@@ -153,7 +163,8 @@ def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
 class RayReporter:
     """The engine's ``Reporter`` inside a Ray Train worker."""
 
-    def __init__(self, cfg: Config, objective: str | None = None, fault_after_epoch: int | None = None):
+    def __init__(self, cfg: Config, objective: str | None = None, fault_after_epoch: int | None = None,
+                 hold_after_epoch: int | None = None):
         import ray.train
 
         from mpcl.tracking import MetricsLog
@@ -163,16 +174,14 @@ class RayReporter:
         self.rank = ray.train.get_context().get_world_rank()
         self.objective = objective
         self.fault_after_epoch = fault_after_epoch
+        self.hold_after_epoch = hold_after_epoch
         self.log = MetricsLog(self.out / "metrics.jsonl")
         self.resumed = False
-        self.resumed_metrics: dict[str, Any] = {}
-        self.reported = 0
         self.last_objective: float | None = None
         self.tracker = None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / FAILED_FILE).unlink(missing_ok=True)
-            dump(cfg, self.out / "config.yaml")
             from mpcl.tracking.wandb_run import WandbRun
 
             self.tracker = WandbRun.start(cfg, self.out)
@@ -191,13 +200,27 @@ class RayReporter:
             state = ckpt.load(self.out / "checkpoints" / "last.pt")
         if state is not None:
             self.resumed = True
-            self.resumed_metrics = dict(state.get("metrics", {}))
             self.last_objective = state.get("metrics", {}).get(self.objective) if self.objective else None
-            if self.rank == 0:
-                print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
+        return state
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        """Rank 0 writes the run's files. A resumed attempt first reports the checkpoint's
+        metrics again (every rank, no checkpoint, no log line): whoever waits on this run
+        (Tune, Optuna's intermediate values) may not have received that report before the
+        interruption, and a run that was already finished trains nothing more."""
+        import ray.train
+
         if self.rank == 0:
             self.log.truncate_after(state["epoch"] if state is not None else -1)
-        return state
+            dump(self.cfg, self.out / "config.yaml")
+            if state is not None:
+                print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
+        if state is not None and state.get("metrics"):
+            metrics = dict(state["metrics"])
+            metrics["epochs_done"] = int(state["epoch"]) + 1
+            if self.objective and self.last_objective is not None:
+                metrics["objective"] = self.last_objective
+            ray.train.report(metrics)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.train
@@ -210,7 +233,6 @@ class RayReporter:
                   file=sys.stderr, flush=True)
             time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
             os._exit(1)
-        self.reported += 1
         metrics = dict(metrics)
         metrics["epochs_done"] = int(metrics["epoch"]) + 1
         if self.objective:
@@ -228,20 +250,10 @@ class RayReporter:
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-
-    def report_if_silent(self) -> None:
-        """A restart that found the run already finished (its last checkpoint is the last
-        epoch) trains nothing; it reports the checkpoint's metrics again so that whoever waits
-        on this run (Tune) sees the final result. No checkpoint, no metrics.jsonl line."""
-        import ray.train
-
-        if self.reported or not self.resumed_metrics:
-            return
-        metrics = dict(self.resumed_metrics)
-        metrics["epochs_done"] = int(metrics["epoch"]) + 1
-        if self.objective and self.last_objective is not None:
-            metrics["objective"] = self.last_objective
-        ray.train.report(metrics)
+        if self.hold_after_epoch == metrics["epoch"] and not self.resumed and self.rank == 0:
+            (self.out / HELD_FILE).touch()
+            while not (self.out / RELEASE_FILE).exists():
+                time.sleep(0.1)
 
     def fail(self, reason: str) -> None:
         if self.rank == 0:
@@ -258,10 +270,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from mpcl.engine.loop import DivergedError, fit
 
     cfg = from_dict(config["cfg"])
-    reporter = RayReporter(cfg, config.get("objective"), config.get("fault_after_epoch"))
+    reporter = RayReporter(cfg, config.get("objective"), config.get("fault_after_epoch"),
+                           config.get("hold_after_epoch"))
     try:
         fit(cfg, reporter)
-        reporter.report_if_silent()
     except DivergedError as e:  # every worker sees it at the same step (an all-reduce)
         reporter.fail(str(e))
     finally:

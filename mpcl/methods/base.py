@@ -35,6 +35,13 @@ class Method(nn.Module):
     """Subclasses set up their heads in ``__init__`` and implement ``ssl_loss``."""
 
     supports_multi_crop = False   # True: ssl_loss uses every view of batch.views (data.num_small_crops)
+    loss_metrics: tuple[str, ...] = ()   # the keys ssl_loss puts in SSLOutput.metrics
+
+    @classmethod
+    def metric_names(cls, cfg: Config) -> tuple[str, ...]:
+        """Every key this method adds to an epoch's metrics under ``cfg``: the training
+        step's (averaged over the epoch) and ``extra_metrics``'."""
+        return ("train/loss", "train/probe_loss", "train/probe_top1", *cls.loss_metrics)
 
     def __init__(self, cfg: Config, num_classes: int, num_samples: int):
         super().__init__()

@@ -60,6 +60,18 @@ class MCL(Method):
             for _ in range(mc.num_networks):
                 self.queues.append(KeyQueue(size, m.projector_out))
 
+    @classmethod
+    def metric_names(cls, cfg) -> tuple[str, ...]:
+        mc = cfg.method
+        names = [*super().metric_names(cfg), "train/vcl", "train/icl", "train/soft_vcl", "train/soft_icl"]
+        nets = range(mc.num_networks)
+        if mc.mode == "supervised":
+            names += ["train/ce", "train/logit_kd", *(f"train/net{i}_top1" for i in nets),
+                      *(f"val/net{i}_top1" for i in nets), "val/ensemble_top1"]
+        if mc.report_networks:
+            names += [f"val/knn_top1_net{i}" for i in nets]
+        return tuple(names)
+
     def backbones(self) -> list[nn.Module]:
         return [self.backbone, *self.more_backbones]
 

@@ -104,6 +104,8 @@ class MoCo(Method):
     """InfoNCE of a query (view 1) against its key (view 2, key encoder) and the queue, T =
     ``method.temperature``; ``method.symmetric`` adds the swapped term (mean of both)."""
 
+    loss_metrics = ("train/pos_sim",)
+
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
         m, mc = cfg.model, cfg.method

@@ -74,6 +74,8 @@ class SimCLRAttn(SimCLR):
     softmax over all crops of the global batch of the mean cosine to its positives, scaled to
     average 1 over all crops (with two views exactly the two-view weights)."""
 
+    loss_metrics = ("train/attn_weight_max", "train/attn_weight_min")
+
     def infonce_terms(self, z: torch.Tensor, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-anchor (pos, lse) that the attention weights apply to."""
         return self.contrast(z, batch)

@@ -13,6 +13,8 @@ from mpcl.models import predictor, projector
 
 
 class SimSiam(Method):
+    loss_metrics = ("train/z_std",)
+
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
         m = cfg.model

@@ -45,7 +45,16 @@ def load_sweep_results(sweep_dir: Path) -> dict[str, Any]:
     """results.json when the sweep finished; otherwise the trials as the study holds them."""
     path = sweep_dir / "results.json"
     if path.is_file():
-        summary = json.loads(path.read_text())
+        try:
+            summary = json.loads(path.read_text())
+        except ValueError as e:
+            raise ReportError(f"{path}: not valid JSON ({e})") from None
+        if not (isinstance(summary, dict) and {"metric", "mode"} <= summary.keys()
+                and isinstance(summary.get("trials"), list) and all(
+                    isinstance(r, dict) and {"trial_id", "state", "params", "objective", "run_dir"} <= r.keys()
+                    for r in summary["trials"])):
+            raise ReportError(f"{path}: not a sweep's results (expected metric, mode and trials, each trial "
+                              "with trial_id, state, params, objective, run_dir)")
     else:
         spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) if (sweep_dir / "sweep.yaml").is_file() else {}
         obj = spec.get("objective") or {}

@@ -29,16 +29,19 @@ class MetricsLog:
             f.flush()
 
     def read(self) -> list[dict[str, Any]]:
+        """The epochs' rows. Lines that are not a JSON object with an integer ``epoch`` (a line
+        torn by a crash mid-write, or anything else not written here) are skipped."""
         if not self.path.is_file():
             return []
         rows = []
-        for line in self.path.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash mid-write
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if isinstance(epoch, int) and not isinstance(epoch, bool):
+                rows.append(row)
         return rows
 
     def truncate_after(self, epoch: int) -> None:
