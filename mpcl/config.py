@@ -59,14 +59,14 @@ class ModelConfig:
 class MethodConfig:
     name: str = "simclr"
     temperature: float = 0.5
-    attention_weight: float = 1.0       # simclr_attn: a in ((1-a) + a*w_i)
-    attention_temperature: float = 1.0  # simclr_attn: softmax temperature of the weights
-    attention_target: str = "loss"      # simclr_attn: loss (each anchor's whole InfoNCE term, the
+    attention_weight: float = 1.0       # simclr_attn(_multi): a in ((1-a) + a*w_i)
+    attention_temperature: float = 1.0  # simclr_attn(_multi): softmax temperature of the weights
+    attention_target: str = "loss"      # simclr_attn(_multi): loss (each anchor's whole InfoNCE term, the
                                         # released form) | alignment (only the positive logit)
-    bank_mix: float = 0.5               # simsiam_multi: b in (1-b)*z + b*bank[index]
-    bank_warmup_epochs: int = 50        # simsiam_multi: last plain-target epoch (0-based); the
+    bank_mix: float = 0.5               # simsiam_multi, simclr_attn_multi: b in (1-b)*z + b*bank[index]
+    bank_warmup_epochs: int = 50        # simsiam_multi, simclr_attn_multi: last plain-target epoch (0-based); the
                                         # first mixed epoch is bank_warmup_epochs + 1 (released: 51)
-    bank_dtype: str = "float32"         # simsiam_multi: float32 | bfloat16 storage
+    bank_dtype: str = "float32"         # simsiam_multi, simclr_attn_multi: float32 | bfloat16 storage
     # barlow_twins (``method.lambda`` is accepted as an alias of barlow_lambda)
     barlow_lambda: float = 5e-3         # weight of the off-diagonal terms
     scale_loss: float = 1.0             # multiplies the whole Barlow Twins loss

@@ -18,10 +18,10 @@ from tests.conftest import tiny_overrides
 REQUIRED = {"epoch", "train/loss", "val/knn_top1", "val/online_top1", "lr", "val/align", "val/uniform"}
 
 
-@pytest.mark.parametrize("method", ["simclr", "simclr_attn", "simsiam", "simsiam_multi"])
+@pytest.mark.parametrize("method", ["simclr", "simclr_attn", "simsiam", "simsiam_multi", "simclr_attn_multi"])
 def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_path, capsys):
     out = tmp_path / method
-    extra = {"method.bank_warmup_epochs": 0} if method == "simsiam_multi" else {}
+    extra = {"method.bank_warmup_epochs": 0} if method.endswith("_multi") else {}
     overrides = tiny_overrides(out, method, **{"data.path": fmnist_path, "train.epochs": 2, **extra})
     run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
     assert (out / "config.yaml").is_file()
@@ -34,7 +34,7 @@ def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_p
     assert 10 < rows[-1]["val/knn_top1"] <= 100            # far above chance (10%) on real data
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and state["config"]["method"]["name"] == method
-    if method == "simsiam_multi":
+    if method.endswith("_multi"):
         assert int(state["model"]["bank.snapshot_epoch"]) == 1
         assert state["model"]["bank.snapshot_valid"].sum() == 512   # 4 batches of 128 cover the subset
     assert "run directory" in capsys.readouterr().out

@@ -24,7 +24,8 @@ from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 from tests.conftest import tiny_overrides
 
-METHODS = ["simclr", "simclr_attn", "simsiam_multi"]
+METHODS = ["simclr", "simclr_attn", "simsiam_multi", "simclr_attn_multi"]
+BANKED = ("simsiam_multi", "simclr_attn_multi")
 N, CLASSES, SAMPLES = 16, 10, 64
 
 
@@ -52,7 +53,7 @@ def _step(method_name: str, rank: int, world: int) -> dict:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
     epoch = 0
-    if method_name == "simsiam_multi":  # a filled bank from a previous epoch, then read it
+    if method_name in BANKED:  # a filled bank from a previous epoch, then read it
         g = torch.Generator().manual_seed(2)
         method.bank.snapshot.copy_(torch.randn(method.bank.snapshot.shape, generator=g))
         method.bank.snapshot_valid[: SAMPLES // 2] = True
@@ -68,7 +69,7 @@ def _step(method_name: str, rank: int, world: int) -> dict:
         tdist.all_reduce(loss)
         loss /= world
     result = {"loss": loss, "grads": grads}
-    if method_name == "simsiam_multi":
+    if method_name in BANKED:
         result["pending"] = method.bank.pending.clone()
         result["pending_valid"] = method.bank.pending_valid.clone()
     return result
@@ -107,7 +108,7 @@ def test_two_workers_match_one_worker(method, two_worker_results):
         assert got["grads"].keys() == ref["grads"].keys()
         for name, g in ref["grads"].items():
             torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=f"{method} {name} rank {rank}")
-        if method == "simsiam_multi":  # every worker's bank got every sample's update
+        if method in BANKED:  # every worker's bank got every sample's update
             torch.testing.assert_close(got["pending"], ref["pending"], atol=1e-6, rtol=1e-5)
             assert torch.equal(got["pending_valid"], ref["pending_valid"])
             assert int(got["pending_valid"].sum()) == N

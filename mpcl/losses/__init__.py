@@ -7,6 +7,7 @@ from mpcl.losses.contrastive import (
     attention_weights,
     contrastive_terms,
     graph_attention_nt_xent,
+    mixed_positive_terms,
     nt_xent,
     pair_indices,
 )
@@ -19,7 +20,7 @@ from mpcl.losses.supcon import multi_positive_cosine, multi_positive_terms, supc
 
 __all__ = [
     "contrastive_terms", "nt_xent", "pair_indices", "attention_weights", "attention_weighted_nt_xent",
-    "graph_attention_nt_xent", "ATTENTION_TARGETS",
+    "graph_attention_nt_xent", "ATTENTION_TARGETS", "mixed_positive_terms",
     "negative_cosine", "symmetric_negative_cosine", "bank_target",
     "barlow_twins_loss", "cross_correlation", "standardize",
     "supcon_loss", "multi_positive_terms", "multi_positive_cosine",

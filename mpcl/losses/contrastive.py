@@ -31,14 +31,51 @@ def contrastive_terms(
     ``anchors`` (m, d) and ``keys`` (N, d) are L2-normalised. The InfoNCE term of anchor i is
     ``lse[i] - pos[i]``; the positive is part of the denominator (NT-Xent).
     """
+    logits = _logits_without_self(anchors, keys, self_index, temperature)
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
+    pos = logits[rows, positive_index]
+    lse = torch.logsumexp(logits, dim=1)
+    return pos, lse
+
+
+def _logits_without_self(anchors: torch.Tensor, keys: torch.Tensor, self_index: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """s(i, k) / T for every anchor and key, -inf where the key is the anchor itself."""
     logits = anchors @ keys.T / temperature
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[rows, self_index] = True
-    logits = logits.masked_fill(is_self, float("-inf"))
-    pos = logits[rows, positive_index]
-    lse = torch.logsumexp(logits, dim=1)
-    return pos, lse
+    return logits.masked_fill(is_self, float("-inf"))
+
+
+def mixed_positive_terms(
+    anchors: torch.Tensor,
+    keys: torch.Tensor,
+    self_index: torch.Tensor,
+    positive_index: torch.Tensor,
+    memory: torch.Tensor,
+    bank_mix: float,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``contrastive_terms`` with each anchor's positive key aggregated with a memory of its
+    sample (multi-stage aggregation, as SimSiam-Multi aggregates its target):
+
+        k_i = normalize((1 - b) * keys[p(i)] + b * sg(memory_i))
+
+    rows whose memory is not ``valid`` keep k_i = keys[p(i)]. The positive logit z_i . k_i / T
+    takes the place of s(i, p(i)) / T in the numerator and in the log-sum-exp, so each term is
+    still a cross-entropy over the keys; the negatives are unchanged. The gradient reaches
+    keys[p(i)] through k_i and never the memory.
+    """
+    positive = keys[positive_index]
+    mixed = F.normalize((1.0 - bank_mix) * positive + bank_mix * memory.detach().to(positive.dtype), dim=1)
+    if valid is not None:
+        mixed = torch.where(valid[:, None], mixed, positive)
+    pos = (anchors * mixed).sum(dim=1) / temperature
+    logits = _logits_without_self(anchors, keys, self_index, temperature)
+    logits = logits.scatter(1, positive_index[:, None], pos[:, None])
+    return pos, torch.logsumexp(logits, dim=1)
 
 
 def nt_xent(anchors: torch.Tensor, keys: torch.Tensor, self_index: torch.Tensor,

@@ -4,13 +4,14 @@ from mpcl.methods.base import Method, SSLOutput, StepOutput
 from mpcl.methods.barlow import BarlowTwins
 from mpcl.methods.mcl import MCL
 from mpcl.methods.moco import MoCo
-from mpcl.methods.simclr import SimCLR, SimCLRAttn, SupCon
+from mpcl.methods.simclr import SimCLR, SimCLRAttn, SimCLRAttnMulti, SupCon
 from mpcl.methods.simsiam import SimSiam, SimSiamMulti
 from mpcl.methods.spcl import SPCL
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "simclr_attn": SimCLRAttn,
+    "simclr_attn_multi": SimCLRAttnMulti,
     "simsiam": SimSiam,
     "simsiam_multi": SimSiamMulti,
     "barlow_twins": BarlowTwins,

@@ -1,4 +1,5 @@
-"""SimCLR (NT-Xent), SimCLR-Attn (graph attention over positive pairs) and SupCon.
+"""SimCLR (NT-Xent), SimCLR-Attn (graph attention over positive pairs), SimCLR-Attn-Multi
+(mpcl's own variant: graph attention and multi-stage aggregation of the positive) and SupCon.
 
 With multi-crop (``data.num_small_crops``) every crop is an anchor and the positives of an
 anchor are the other crops of the same sample (equal dataset index), in the SupCon "L_out"
@@ -12,8 +13,9 @@ import torch.nn.functional as F
 
 from mpcl import distributed as dist
 from mpcl.data.batch import Batch
-from mpcl.losses import (attention_weighted_nt_xent, attention_weights, contrastive_terms, multi_positive_cosine,
-                         multi_positive_terms, pair_indices)
+from mpcl.losses import (attention_weighted_nt_xent, attention_weights, contrastive_terms, mixed_positive_terms,
+                         multi_positive_cosine, multi_positive_terms, pair_indices)
+from mpcl.methods.bank import SnapshotBank
 from mpcl.methods.base import Method, SSLOutput
 from mpcl.models import projector
 
@@ -74,10 +76,14 @@ class SimCLRAttn(SimCLR):
 
     loss_metrics = ("train/attn_weight_max", "train/attn_weight_min")
 
+    def infonce_terms(self, z: torch.Tensor, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor (pos, lse) that the attention weights apply to."""
+        return self.contrast(z, batch)
+
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         m = self.cfg.method
         h, z = self.encode_views(batch)
-        pos, lse = self.contrast(z, batch)
+        pos, lse = self.infonce_terms(z, batch, epoch)
         h_all = dist.gather(h.detach())
         n_local = h.shape[0]
         if len(batch.views) == 2:
@@ -94,6 +100,49 @@ class SimCLRAttn(SimCLR):
         loss = attention_weighted_nt_xent(pos, lse, w, m.attention_weight, m.attention_target, w_all.mean())
         return SSLOutput(loss, h[:2 * batch.index.shape[0]],
                          {"train/attn_weight_max": w.max(), "train/attn_weight_min": w.min()})
+
+
+class SimCLRAttnMulti(SimCLRAttn):
+    """SimCLR with the card's three knobs: the temperature T, the graph-attention weight a
+    (SimCLR-Attn, the released form) and the memory-bank mix b (multi-stage aggregation, as
+    SimSiam-Multi mixes its target). mpcl's own combination; the paper ran the two techniques
+    on different methods.
+
+    The bank holds, per sample, the detached normalised projection z2 of view 2 as last
+    written (gathered over workers), read from the snapshot taken at the end of the previous
+    epoch. Once mixing is on (epoch > ``bank_warmup_epochs``, the SimSiam-Multi schedule) the
+    positive key of anchor i (either view of sample s) is
+    k_i = normalize((1 - b) z_p(i) + b sg(bank[s])) in the numerator and the denominator of its
+    InfoNCE term (``mixed_positive_terms``); the negatives and the attention weights (from
+    backbone features) are SimCLR-Attn's. A sample the bank has never seen keeps k_i = z_p(i).
+    With b = 0 the step is SimCLR-Attn's (and at a = 0 too, SimCLR's) bit for bit. Two views
+    only (no multi-crop)."""
+
+    supports_multi_crop = False
+
+    def __init__(self, cfg, num_classes: int, num_samples: int):
+        super().__init__(cfg, num_classes, num_samples)
+        dtype = getattr(torch, cfg.method.bank_dtype)
+        self.bank = SnapshotBank(num_samples, cfg.model.projector_out, dtype)
+
+    def bank_active(self, epoch: int) -> bool:
+        return epoch > self.cfg.method.bank_warmup_epochs
+
+    def infonce_terms(self, z: torch.Tensor, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.cfg.method
+        if m.bank_mix == 0:  # never read: neither written (no gather)
+            return self.contrast(z, batch)
+        n = batch.index.shape[0]
+        self.bank.write(dist.gather(batch.index), dist.gather(z[n:].detach()))
+        if not self.bank_active(epoch):
+            return self.contrast(z, batch)
+        values, valid = self.bank.read(batch.index)
+        self_idx, pos_idx = pair_indices(n, dist.rank(), z.device)
+        return mixed_positive_terms(z, dist.gather_with_grad(z), self_idx, pos_idx, values.repeat(2, 1),
+                                    m.bank_mix, m.temperature, valid.repeat(2))
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.bank.end_epoch(epoch)
 
 
 class SupCon(SimCLR):
