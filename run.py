@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", default="simclr", help="step: method(s), comma-separated")
     b.add_argument("--all", action="store_true", help="step: every method of the registry")
     b.add_argument("--settings", default="", help="step: comma-separated of fp32, bf16, bf16_cl, "
-                   "bf16_cl_compile (default: all four on CUDA, fp32,bf16 on CPU)")
+                   "bf16_cl_compile (default: all four on CUDA, fp32 on CPU)")
     b.add_argument("--backbone", default="", help="step: default resnet18 on CUDA, small_cnn on CPU")
     b.add_argument("--steps", type=int, default=0, help="step: steps per timed block (default 20 CUDA, 4 CPU)")
     b.add_argument("--rounds", type=int, default=0, help="step: rounds, the first a warm-up (default 4 CUDA, 3 CPU)")

@@ -23,6 +23,7 @@ working); the figures then mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -81,6 +82,18 @@ def _copy_to(method, cfg, device: torch.device):
     other = build_method(cfg, 10, 256)
     other.load_state_dict({k: v.cpu() for k, v in method.state_dict().items()})
     return other.to(device)
+
+
+@contextlib.contextmanager
+def _full_fp32():
+    """No TF32 (cuDNN uses it for fp32 convolutions by default): device-vs-CPU comparisons then
+    differ by float rounding only."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> str:
@@ -148,7 +161,7 @@ def check_bank_on_device(device: torch.device) -> str:
     details = [_close("bank == z2", values, z2, 1e-5, 1e-6)]
     cpu = _copy_to(method, cfg, torch.device("cpu"))
     cpu_batch = type(batch)([v.cpu() for v in batch.views], batch.index.cpu(), batch.label.cpu())
-    with torch.no_grad():
+    with torch.no_grad(), _full_fp32():
         got = method.training_step(batch, 1).loss
         want = cpu.training_step(cpu_batch, 1).loss
     details.append(_close("epoch-1 loss vs CPU", got, want, 1e-4, 1e-5))
@@ -162,7 +175,7 @@ def check_attention_on_device(device: torch.device) -> str:
     batch = _batch(device)
     cpu = _copy_to(method, cfg, torch.device("cpu"))
     cpu_batch = type(batch)([v.cpu() for v in batch.views], batch.index.cpu(), batch.label.cpu())
-    with torch.no_grad():
+    with torch.no_grad(), _full_fp32():
         got, want = method.training_step(batch, 0), cpu.training_step(cpu_batch, 0)
     details = [_close("loss vs CPU", got.loss, want.loss, 1e-4, 1e-5)]
     for k in ("train/attn_weight_max", "train/attn_weight_min"):
