@@ -667,9 +667,14 @@ def render_section(report: StepReport, table: str, command: str, load_before, lo
                   "PEAK_BF16_FLOPS)."]
     if report.workers > 1:
         for m, ok in report.buffers_agree.items():
+            sent = max((r.comm.get("buffers", 0) for r in report.rows if r.method == m and r.kind == "step"), default=0)
+            others = report.broadcast_expected.get(m, 0)
+            verdict = (f"DDP's per-step broadcast ({_bytes(sent)}) carries only the other buffers ({_bytes(others)})"
+                       if sent <= others else
+                       f"DDP's per-step broadcast ({_bytes(sent)}) is more than the other buffers ({_bytes(others)}): "
+                       "banks or queues are being broadcast")
             lines += ["", f"{m}: worker-consistent buffers ({_bytes(report.consistent_bytes.get(m, 0))}: banks, "
-                      f"queues) {'agree' if ok else 'DISAGREE'} on every worker after the run; DDP's broadcast "
-                      f"carries only the other buffers ({_bytes(report.broadcast_expected.get(m, 0))})."]
+                      f"queues) {'agree' if ok else 'DISAGREE'} on every worker after the run; {verdict}."]
     if load_before[0] > available_cpus():
         lines += ["", f"Note: the load average ({load_before[0]:.1f}) exceeded the {available_cpus()} cores: "
                   "other jobs shared the machine. Rows were timed alternately under the same conditions, but "
