@@ -142,3 +142,25 @@ def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
     for item in ("augment_matches_cpu", "bf16_step_close_to_fp32", "bank_on_device", "attention_on_device",
                  "simclr", "simclr_attn", "simsiam", "simsiam_multi", "simclr, four settings"):
         assert f"| {item} | PASS |" in table, table
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("simclr", set()),
+    ("simsiam_multi", {"bank.snapshot", "bank.pending", "bank.snapshot_valid", "bank.pending_valid",
+                       "bank.snapshot_epoch"}),
+    ("moco", {"queue.keys", "queue.ptr"}),
+    ("mcl", {"queues.0.keys", "queues.0.ptr", "queues.1.keys", "queues.1.ptr"}),
+    ("spcl", {"pseudo_labels", "clustered_epoch"}),
+])
+def test_worker_consistent_buffers_are_the_banks_queues_and_pseudo_labels(method, expected):
+    """What DDP is told to leave out of its broadcast: exactly the buffers kept consistent by
+    gathered writes or rank-0 broadcasts; BN statistics stay in."""
+    from mpcl.config import load
+    from mpcl.methods import build_method
+
+    cfg = load(None, [f"method.name={method}", "model.backbone=small_cnn", *SMALL_HEADS])
+    m = build_method(cfg, 10, 64)
+    names = set(m.worker_consistent_buffers())
+    assert names == expected
+    assert all(m.get_buffer(n) is not None for n in names)
+    assert any(n.endswith("running_mean") for n, _ in m.named_buffers() if n not in names)
