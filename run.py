@@ -134,6 +134,8 @@ def cmd_demo(args) -> None:
 def cmd_bench(args) -> None:
     import shlex
 
+    if args.what == "step":
+        return cmd_bench_step(args)
     # OpenMP's default wait policy (spin briefly, then sleep) is left alone: PASSIVE halves the
     # FFCV pipeline (every small colour op then wakes sleeping threads; 17.8k -> 8.3k samples/s
     # on 2 cores) and ACTIVE slows the reference (its main thread spins while workers decode)
@@ -143,11 +145,13 @@ def cmd_bench(args) -> None:
     tune_cpu_malloc()  # freed batch buffers stay in the process: no page faults per batch
     from mpcl.data.sources import SourceError
 
-    command = (f"python run.py bench loader --dataset {args.dataset} --workers {args.workers} "
-               f"--batch-size {args.batch_size} --epochs {args.epochs} --samples {args.samples} "
+    dataset, batch_size = args.dataset or "fashion_mnist", args.batch_size or 512
+    samples = 20_000 if args.samples is None else args.samples
+    command = (f"python run.py bench loader --dataset {dataset} --workers {args.workers} "
+               f"--batch-size {batch_size} --epochs {args.epochs} --samples {samples} "
                f"--device {args.device}" + (f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""))
     try:
-        bench_loader(args.dataset, args.workers, args.batch_size, args.epochs, args.samples,
+        bench_loader(dataset, args.workers, batch_size, args.epochs, samples,
                      args.device, args.data_dir, args.out_file, command=command)
     except (SourceError, FileNotFoundError, ValueError) as e:
         fail(str(e))
@@ -178,6 +182,20 @@ def cmd_dynamics(args) -> None:
               f"{f['alignment']:9.3f} {f['uniformity']:10.3f}")
     print(f"simulated in {summary['simulation_seconds']} s; numbers: {Path(args.out) / 'dynamics.json'}")
     print(f"report: {summary['report']}")
+
+
+def cmd_bench_step(args) -> None:
+    from mpcl.bench_step import bench_step
+    from mpcl.config import ConfigError
+    from mpcl.methods import METHODS
+
+    methods = sorted(METHODS) if args.all else [m for m in args.method.split(",") if m]
+    try:
+        bench_step(methods, [s for s in args.settings.split(",") if s] if args.settings else None,
+                   args.dataset or "cifar10", args.backbone, args.batch_size, args.samples or 0, args.steps,
+                   args.rounds, args.device, args.workers or 1, args.overrides, not args.no_kornia, args.out_file)
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
 
 
 def not_yet(issue: int, what: str):
@@ -217,16 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="the HTML file (default: DIRECTORY/report/index.html)")
     r.set_defaults(func=cmd_report)
 
-    b = sub.add_parser("bench", help="benchmarks (loader, step)")
-    b.add_argument("what", choices=["loader"])
-    b.add_argument("--dataset", default="fashion_mnist")
-    b.add_argument("--workers", type=int, default=0, help="loader workers, both pipelines (0 = all cores)")
-    b.add_argument("--batch-size", type=int, default=512)
-    b.add_argument("--epochs", type=int, default=2, help="passes per pipeline; the first is a warm-up")
-    b.add_argument("--samples", type=int, default=20_000, help="first N training samples (0 = all)")
+    b = sub.add_parser("bench", help="benchmarks: loader (FFCV vs DataLoader), step (the training step)")
+    b.add_argument("what", choices=["loader", "step"])
+    b.add_argument("--dataset", help="loader: the dataset read (default fashion_mnist); step: whose presets, "
+                   "image size and classes (default cifar10)")
+    b.add_argument("--workers", type=int, default=0, help="loader: loader workers (0 = all cores); "
+                   "step: DDP workers, spawned processes, gloo on CPU / NCCL on GPUs (0 = 1)")
+    b.add_argument("--batch-size", type=int, default=0, help="global batch (default: loader 512; "
+                   "step 512 on CUDA, 64 on CPU)")
+    b.add_argument("--epochs", type=int, default=2, help="loader: passes per pipeline; the first is a warm-up")
+    b.add_argument("--samples", type=int, default=None, help="loader: first N training samples (default "
+                   "20,000; 0 = all); step: size of the synthetic dataset (bank length; default 50,000 on CUDA)")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    b.add_argument("--data-dir", default="", help="folder of train.beton (default: the dataset's)")
+    b.add_argument("--data-dir", default="", help="loader: folder of train.beton (default: the dataset's)")
+    b.add_argument("--method", default="simclr", help="step: method(s), comma-separated")
+    b.add_argument("--all", action="store_true", help="step: every method of the registry")
+    b.add_argument("--settings", default="", help="step: comma-separated of fp32, bf16, bf16_cl, "
+                   "bf16_cl_compile (default: all four on CUDA, fp32 on CPU)")
+    b.add_argument("--backbone", default="", help="step: default resnet18 on CUDA, small_cnn on CPU")
+    b.add_argument("--steps", type=int, default=0, help="step: steps per timed block (default 20 CUDA, 4 CPU)")
+    b.add_argument("--rounds", type=int, default=0, help="step: rounds, the first a warm-up (default 4 CUDA, 3 CPU)")
+    b.add_argument("--no-kornia", action="store_true", help="step: skip the kornia augmentation comparison")
     b.add_argument("--out-file", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('' = none)")
+    b.add_argument("--override", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="step: a config override (repeatable), e.g. --override model.projector_out=256")
     b.set_defaults(func=cmd_bench)
 
     dy = sub.add_parser("dynamics", help="feature-space contrastive dynamics as message passing on a visible graph")

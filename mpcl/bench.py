@@ -173,13 +173,15 @@ def _dist_version(name: str) -> str:
         return "not installed"
 
 
-def versions() -> dict[str, str]:
-    import numba
+def versions(*extra: str) -> dict[str, str]:
+    """Versions of the libraries a benchmark depends on (read from the installed metadata, so
+    nothing optional is imported), plus the distributions named in ``extra``."""
     import torchvision
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "ffcv": _dist_version("ffcv"),
-            "numba": numba.__version__, "numpy": np.__version__}
+            "numba": _dist_version("numba"), "numpy": np.__version__,
+            **{name: _dist_version(name) for name in extra}}
 
 
 def render_section(result: BenchResult, command: str, load_before: tuple, load_after: tuple) -> str:
@@ -225,12 +227,13 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Insert or replace the loader section of ``path`` (created with a title if missing)."""
+def write_section(path: Path, section: str, start: str = SECTION_START, end: str = SECTION_END) -> None:
+    """Insert or replace the section between the ``start`` and ``end`` markers of ``path``
+    (created with a title if missing); ``section`` includes both markers."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `run.py bench`.\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

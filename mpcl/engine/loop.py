@@ -65,6 +65,23 @@ class TrainStep(nn.Module):
         return self.method.training_step(batch, epoch)
 
 
+def distributed_step(method: Method, device: torch.device) -> nn.Module:
+    """``TrainStep(method)``, wrapped in DDP when there are several workers.
+
+    DDP broadcasts rank 0's buffers before every forward pass (``broadcast_buffers=True``):
+    BN running statistics stay identical on every worker, as in the seed repositories. The
+    method's worker-consistent buffers (banks, queues) are registered as ignored instead, so
+    they are neither broadcast per step nor synced at construction; ignoring them, rather than
+    ``broadcast_buffers=False``, keeps that BN behaviour while dropping the per-step traffic."""
+    step = TrainStep(method)
+    if not dist.is_distributed():
+        return step
+    DDP = nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(
+        step, [f"method.{name}" for name in method.worker_consistent_buffers()])
+    return DDP(step, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -113,6 +130,24 @@ def build(cfg: Config, rt: Runtime, loaders: Loaders) -> tuple[Method, torch.opt
     if cfg.model.channels_last and rt.device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     return method, build_optimizer(cfg, method.param_groups())
+
+
+def optimizer_step(train_step: nn.Module, method: Method, optimizer: torch.optim.Optimizer, rt: Runtime,
+                   batch: Batch, epoch: int, step: int, total_steps: int) -> StepOutput:
+    """One training step: forward and loss under autocast, backward, optimizer step, then the
+    method's post-step update (momentum encoders). ``run.py bench step`` times exactly this."""
+    with rt.autocast():
+        out: StepOutput = train_step(batch, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    if rt.scaler is not None:
+        rt.scaler.scale(out.loss).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+    else:
+        out.loss.backward()
+        optimizer.step()
+    method.after_optimizer_step(step, total_steps)
+    return out
 
 
 def checkpoint_state(method: Method, optimizer, scaler, epoch: int, step: int, cfg: Config,
@@ -178,10 +213,7 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
         set_rng_state(state["rng"])
         start_epoch, step, metrics = state["epoch"] + 1, state["step"], dict(state.get("metrics", {}))
     reporter.start(state)
-    train_step: nn.Module = TrainStep(method)
-    if dist.is_distributed():
-        ids = [rt.device.index] if rt.device.type == "cuda" else None
-        train_step = nn.parallel.DistributedDataParallel(train_step, device_ids=ids)
+    train_step = distributed_step(method, rt.device)
     if cfg.train.compile:
         train_step = torch.compile(train_step)
 
@@ -202,17 +234,7 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
         bar = _progress(cfg, steps_per_epoch, f"epoch {epoch}")
         for i, batch in enumerate(loaders.train):
             lr = set_lr(optimizer, lr_factor(step, total_steps, warmup_steps, min_ratio))
-            with rt.autocast():
-                out: StepOutput = train_step(batch, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            if rt.scaler is not None:
-                rt.scaler.scale(out.loss).backward()
-                rt.scaler.step(optimizer)
-                rt.scaler.update()
-            else:
-                out.loss.backward()
-                optimizer.step()
-            method.after_optimizer_step(step, total_steps)
+            out = optimizer_step(train_step, method, optimizer, rt, batch, epoch, step, total_steps)
             bad = ~torch.isfinite(out.loss.detach())
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
             for k, v in out.metrics.items():

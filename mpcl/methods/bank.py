@@ -14,6 +14,8 @@ from torch import nn
 
 
 class SnapshotBank(nn.Module):
+    consistent_across_workers = True   # every write is gathered: DDP must not broadcast it
+
     def __init__(self, num_samples: int, dim: int, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.register_buffer("snapshot", torch.zeros(num_samples, dim, dtype=dtype))

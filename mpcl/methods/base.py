@@ -122,6 +122,16 @@ class Method(nn.Module):
         ]
         return [g for g in groups if g["params"]]
 
+    def worker_consistent_buffers(self) -> list[str]:
+        """Names of the buffers every worker keeps identical by itself (memory banks and queues
+        written with gathered values, broadcast pseudo-labels). DDP leaves these out of the
+        rank-0 buffer broadcast it does before every forward pass: for a dataset-sized bank
+        that broadcast would be hundreds of MB per step. Collected from submodules that set
+        ``consistent_across_workers = True``; methods add their own buffers."""
+        return [f"{name}.{buf}" if name else buf
+                for name, module in self.named_modules() if getattr(module, "consistent_across_workers", False)
+                for buf, _ in module.named_buffers(recurse=False)]
+
     def fixed_lr_modules(self) -> list[str]:
         """Names of submodules whose lr is not scheduled (SimSiam's predictor)."""
         return []

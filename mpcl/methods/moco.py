@@ -63,6 +63,8 @@ class KeyQueue(nn.Module):
     """A ring buffer of L2-normalised keys, oldest overwritten first. Any number of keys may
     be pushed (writes wrap around the end); with more keys than slots the newest are kept."""
 
+    consistent_across_workers = True   # pushed keys are gathered: DDP must not broadcast it
+
     def __init__(self, size: int, dim: int):
         super().__init__()
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))

@@ -68,6 +68,9 @@ class SPCL(SimCLR):
         self.register_buffer("clustered_epoch", torch.tensor(-1, dtype=torch.long))
         self._clustered = False   # host-side copy of clustered_epoch >= 0 (no sync in the step)
 
+    def worker_consistent_buffers(self) -> list[str]:
+        return super().worker_consistent_buffers() + ["pseudo_labels", "clustered_epoch"]  # broadcast by rank 0
+
     # -- clustering -------------------------------------------------------------------------
     @torch.no_grad()
     def assign_prototypes(self, features: torch.Tensor, epoch: int) -> torch.Tensor:
