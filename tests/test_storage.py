@@ -154,7 +154,8 @@ def test_two_worker_run_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
     assert any(k.startswith("runs/r1/checkpoint_") for k in _keys("runs/r1/"))
     assert not (tmp_path / "runs").exists()                   # nothing local beside the cache
 
-    done = _run(cmd, s3)
+    other_node = dict(s3, MPCL_CACHE=str(tmp_path / "other-node"))   # nothing local to start from
+    done = _run(cmd, other_node)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = _text("runs/r1/metrics.jsonl").splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3] and lines[0] == first[0]
@@ -218,3 +219,11 @@ def test_study_goes_to_the_storage_url_given(tmp_path, fmnist_path):
     make_searcher(spec, tmp_path / "sweep", epochs=2, study=url)
     assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "sweep" / "optuna.db").exists()
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == [spec.name]
+
+
+def test_no_ray_with_a_uri_out_is_one_line():
+    proc = _run([sys.executable, "run.py", "train", "--config", str(ROOT / "configs/fmnist_simclr.yaml"),
+                 "--no-ray", "out=s3://bucket/run"], _env(), timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("error: out=s3://bucket/run: --no-ray writes a local run directory; "
+                           "a URI needs Ray (drop --no-ray)\n")
