@@ -46,7 +46,9 @@ def _slurm_env(tmp_path: Path) -> dict:
         MPCL_PYTHON=sys.executable, MPCL_RAY_PORT=str(_free_port()), MPCL_RAY_WAIT_S="180",
         MPCL_RAY_HEAD_ARGS=(f"--num-cpus=1 --resources={{\"head_node\":1}} --include-dashboard=false "
                             f"--temp-dir={tempfile.mkdtemp(prefix='ray-slurm-')}"),
-        MPCL_RAY_WORKER_ARGS="--num-cpus=1 --resources={\"second_node\":1}")
+        MPCL_RAY_WORKER_ARGS="--num-cpus=1 --resources={\"second_node\":1}",
+        # a raylet waits 15 s for its agents by default: too short when the test machine is busy
+        RAY_agent_register_timeout_ms="120000")
 
 
 def _submit(args: list[str], env: dict, log: Path, interrupt_when=None, timeout: float = 600):
