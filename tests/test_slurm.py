@@ -45,10 +45,17 @@ def _slurm_env(tmp_path: Path) -> dict:
         SLURM_JOB_NODELIST="localhost,localhost", SLURM_SUBMIT_DIR=str(ROOT),
         MPCL_PYTHON=sys.executable, MPCL_RAY_PORT=str(_free_port()), MPCL_RAY_WAIT_S="180",
         MPCL_RAY_HEAD_ARGS=(f"--num-cpus=1 --resources={{\"head_node\":1}} --include-dashboard=false "
-                            f"--temp-dir={tempfile.mkdtemp(prefix='ray-slurm-')}"),
-        MPCL_RAY_WORKER_ARGS="--num-cpus=1 --resources={\"second_node\":1}",
-        # a raylet waits 15 s for its agents by default: too short when the test machine is busy
+                            f"--temp-dir={tempfile.mkdtemp(prefix='ray-slurm-')} {_agent_ports()}"),
+        MPCL_RAY_WORKER_ARGS=f"--num-cpus=1 --resources={{\"second_node\":1}} {_agent_ports()}",
         RAY_agent_register_timeout_ms="120000")
+
+
+def _agent_ports() -> str:
+    """Fixed ports for a node's agents: a raylet left to discover them gives up after 15 s,
+    which a busy 2-core test machine exceeds (then the raylet aborts and the node is lost)."""
+    return " ".join(f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port",
+        "metrics-export-port"))
 
 
 def _submit(args: list[str], env: dict, log: Path, interrupt_when=None, timeout: float = 600):
