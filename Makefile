@@ -1,19 +1,25 @@
 # mpcl: `make demo` and `make test` set everything up first (idempotent), then run.
 SHELL := /bin/bash
 PYTHON ?= python3
+APT_PACKAGES := make g++ pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+APT_EXTRA ?=
 VENV := .venv
+VENV_FLAGS ?=
+EXTRAS ?= [dev]
 PY := $(VENV)/bin/python
-APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
 STAMP := $(VENV)/.installed
+# the container image `make image` builds; sweeps/cluster/*.yaml name the same (tests check it)
+IMAGE ?= ghcr.io/your-org/mpcl:ray-2.60.0
 
-.PHONY: setup system-packages venv demo test test-fast lint clean
+.PHONY: setup system-packages venv demo test test-fast lint image clean
 
 setup: system-packages venv
 
-# Debian system libraries FFCV builds against, and Fashion-MNIST; only when apt is here and we are root.
+# Debian system libraries FFCV builds against, and Fashion-MNIST; only when apt is here and we
+# are root. The Dockerfile runs this target too (APT_EXTRA: packages only the image needs).
 system-packages:
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  missing=$$(for p in $(APT_PACKAGES) $(APT_EXTRA); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -25,9 +31,9 @@ system-packages:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".$(EXTRAS)"
 	@touch $(STAMP)
 
 demo: setup
@@ -41,6 +47,12 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m compileall -q mpcl data_prep run.py tests
+	$(VENV)/bin/hadolint Dockerfile
+
+# The container image (CUDA PyTorch base, mpcl installed by the steps above). Needs Docker and
+# access to the base image's registry; push it where your cluster pulls from.
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

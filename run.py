@@ -35,6 +35,8 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     if not args.no_ray:
         return train_with_ray(cfg, args.address)
+    if "://" in cfg.out:
+        fail(f"out={cfg.out}: --no-ray writes a local run directory; a URI needs Ray (drop --no-ray)")
     from mpcl.config import ConfigError
     from mpcl.engine.checkpoint import CheckpointError
     from mpcl.engine.local import LocalReporter
@@ -76,30 +78,36 @@ def cmd_sweep(args) -> None:
 
     try:
         rows, spec, sweep_dir = run_sweep(args.sweep_file, address=args.address, resume=args.resume,
-                                          out=args.out)
+                                          out=args.out, storage=args.storage)
     except LaunchError as e:
         fail(str(e))
     print(format_table(rows, spec.metric))
     print(f"sweep directory: {sweep_dir}")
-    print(f"optuna study:    optuna-dashboard sqlite:///{sweep_dir / 'optuna.db'}")
+    print(f"optuna study:    optuna-dashboard {spec.study}")
     print(f"report:          python run.py report {sweep_dir}")
 
 
 def cmd_report(args) -> None:
     from mpcl.report import ReportError, write_report
 
+    from mpcl.launch.storage import fetch_for_report, is_uri
+
     try:
-        path = write_report(args.directory, args.out)
-    except ReportError as e:
+        directory = fetch_for_report(args.directory) if is_uri(args.directory) else args.directory
+        path = write_report(directory, args.out)
+    except (ReportError, FileNotFoundError) as e:
         fail(str(e))
     print(f"report: {path}")
 
 
 def cmd_eval(args) -> None:
     from mpcl.engine.loop import evaluate_checkpoint
+    from mpcl.launch.storage import fetch, is_uri
 
     try:
-        result = evaluate_checkpoint(args.checkpoint, args.overrides, linear_epochs=args.linear_epochs)
+        path = fetch(args.checkpoint) if is_uri(args.checkpoint) else args.checkpoint
+        result = evaluate_checkpoint(path, args.overrides, linear_epochs=args.linear_epochs)
+        result["checkpoint"] = args.checkpoint
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     print(json.dumps(result, indent=2))
@@ -218,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="kNN and linear probe of a saved encoder")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint file (out/checkpoints/last.pt)")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint file (out/checkpoints/last.pt, "
+                   "out/checkpoint_N/state.pt), a path or a URI")
     e.add_argument("--linear-epochs", type=int, default=100, help="epochs of the linear probe")
     e.add_argument("overrides", nargs="*", help="config overrides (e.g. data.path=...)")
     e.set_defaults(func=cmd_eval)
@@ -227,11 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("sweep_file")
     s.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     s.add_argument("--resume", action="store_true", help="continue the interrupted sweep in its directory")
-    s.add_argument("--out", help="sweep directory (default: the sweep file's out)")
+    s.add_argument("--out", help="sweep directory (default: the sweep file's out); a URI (s3://, gs://) "
+                   "when the nodes share no file system")
+    s.add_argument("--storage", help="the Optuna study's database URL, e.g. postgresql://... (default: "
+                   "SQLite, <out>/optuna.db; for a URI out, on the driver with a copy in out)")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="HTML results dashboard of a run or sweep directory")
-    r.add_argument("directory", help="a sweep directory (results.json / optuna.db) or a run directory")
+    r.add_argument("directory", help="a sweep directory (results.json / optuna.db) or a run directory; "
+                   "a path or a URI (s3://, gs://)")
     r.add_argument("--out", help="the HTML file (default: DIRECTORY/report/index.html)")
     r.set_defaults(func=cmd_report)
 

@@ -15,13 +15,17 @@ EPILOG = "source layouts (--src):\n" + "".join(
     f"  {name:<14} {textwrap.fill(layout, 72, subsequent_indent=' ' * 17)}\n"
     for name, layout in LAYOUTS.items()) + """
 fashion_mnist: 28x28 grey -> 32x32 RGB (2 black pixels of padding per side, grey replicated).
-imagefolder: classes = sorted folder names of train/; greyscale, palette, CMYK images are
-converted to RGB, transparency is composited on white; empty, truncated, unreadable and
-non-image files are skipped and listed in the manifest ('skipped').
+imagefolder: classes = sorted folder names of train/ (an empty one stays a class, with a
+warning; manifest 'empty_classes'); greyscale, palette, CMYK images are converted to RGB,
+transparency is composited on white; 16-bit images keep their high byte ('rescaled');
+empty, truncated, unreadable and non-image files, images that cannot be stored (a side
+resized to 0 px) and links to folders already listed (loops) are skipped and listed in the
+manifest ('skipped').
 
 outputs (--out): train.beton, val.beton [, unlabeled.beton], manifest.json; fields image
 (RGBImageField), label, index (IntField: position 0..N-1 in the split). Every file is
-written under a temporary name and renamed at the end, manifest.json last.
+written under a temporary name and renamed at the end, manifest.json last; temporary
+files of a run that was killed are removed by the next run.
 """
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +97,10 @@ class Plan:
     classes: list[str]
     image_size: int | None          # side of every image, None when sizes vary
     write_mode: str = "raw"
-    skipped: list[dict] = field(default_factory=list)
-    converted: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)      # inputs not stored, with reasons
+    converted: list[dict] = field(default_factory=list)    # stored after a mode conversion
+    rescaled: list[dict] = field(default_factory=list)     # 16-bit sources stored as 8-bit
+    empty_classes: list[dict] = field(default_factory=list)  # class folders with no image
 
 
 def pixel_histogram(images: np.ndarray, chunk: int = 2048) -> np.ndarray:
@@ -159,16 +163,28 @@ def plan_stl10(src: Path, unlabeled: bool = False, **_) -> Plan:
     return Plan(splits, classes, 96)
 
 
-def _resize_like_ffcv(image: np.ndarray, max_resolution: int | None) -> np.ndarray:
-    """ffcv 1.0.2's ``fields.rgb_image.resizer`` (what RGBImageField stores), for the stats."""
-    if max_resolution is None:
-        return image
-    size = np.array([image.shape[1], image.shape[0]])
-    ratio = max_resolution / size.max()
-    if ratio < 1:
-        import cv2
+FFCV_MAX_SIDE = 65535   # RGBImageField records height and width as uint16
 
-        image = cv2.resize(image, tuple((ratio * size).astype(int)), interpolation=cv2.INTER_AREA)
+
+def _stored_like_ffcv(image: np.ndarray, max_resolution: int | None) -> np.ndarray:
+    """The image as ffcv 1.0.2's ``fields.rgb_image.resizer`` stores it (same arithmetic),
+    for the statistics and the page size; :class:`BadImageError` when it cannot be stored:
+    a side resized to 0 px, or a side longer than ffcv records."""
+    h, w = image.shape[:2]
+    if max_resolution is not None:
+        size = np.array([w, h])
+        ratio = max_resolution / size.max()
+        if ratio < 1:
+            import cv2
+
+            new_w, new_h = (ratio * size).astype(int)
+            if min(new_w, new_h) < 1:
+                raise BadImageError(f"cannot be stored: {w}x{h} px resized to max_resolution "
+                                    f"{max_resolution} leaves a side of 0 px")
+            image = cv2.resize(image, (int(new_w), int(new_h)), interpolation=cv2.INTER_AREA)
+    if max(image.shape[:2]) > FFCV_MAX_SIDE:
+        raise BadImageError(f"cannot be stored: {w}x{h} px, sides over {FFCV_MAX_SIDE} px "
+                            "(lower max_resolution)")
     return image
 
 
@@ -179,23 +195,26 @@ def _check_files(task):
     results = []
     for path in paths:
         try:
-            image, mode = load_rgb(path)
+            image, source = load_rgb(path)
+            array = _stored_like_ffcv(np.asarray(image), max_resolution)
         except BadImageError as e:
             results.append((False, str(e), 0))
             continue
-        array = _resize_like_ffcv(np.asarray(image), max_resolution)
         if want_hist:
             for c in range(3):
                 hist[c] += np.bincount(array[..., c].ravel(), minlength=256)
-        results.append((True, mode, array.nbytes))
+        results.append((True, source, array.nbytes))
     return results, hist
 
 
 def plan_imagefolder(src: Path, max_resolution: int | None = DEFAULT_MAX_RESOLUTION,
                      workers: int = 1, **_) -> Plan:
-    train, classes = list_image_folder(src, "train")
-    val, _ = list_image_folder(src, "val", classes)
+    train, classes, train_links = list_image_folder(src, "train")
+    val, _, val_links = list_image_folder(src, "val", classes)
     plan = Plan([], classes, None, "jpg")
+    for name, links in (("train", train_links), ("val", val_links)):
+        plan.skipped += [{"split": name, "file": link.relative_to(src).as_posix(),
+                          "reason": f"not followed: {why}"} for link, why in links]
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
         for name, samples in (("train", train), ("val", val)):
@@ -219,12 +238,18 @@ def plan_imagefolder(src: Path, max_resolution: int | None = DEFAULT_MAX_RESOLUT
                     continue
                 if info is not None:
                     plan.converted.append({"split": name, "file": rel, "from": info})
+                    if info.endswith(";16"):
+                        plan.rescaled.append({"split": name, "file": rel, "from": info})
                 good.append(path)
                 labels.append(label)
                 biggest = max(biggest, nbytes)
             if not good:
                 raise SourceError(f"{src / name}: none of the {len(samples)} files is a readable "
                                   f"image (expected {IMAGE_FOLDER_LAYOUT})")
+            counts = np.bincount(labels, minlength=len(classes))
+            plan.empty_classes += [
+                {"split": name, "class": c, "label": y, "folder": f"{name}/{c}"}
+                for y, c in enumerate(classes) if counts[y] == 0 and (src / name / c).is_dir()]
             plan.splits.append(Split(name, FileDataset(good, labels),
                                      hist if name == "train" else None, biggest))
     finally:
@@ -309,10 +334,19 @@ def prepare(dataset: str, src: str | os.PathLike, out: str | os.PathLike,
         say(f"skipped {len(plan.skipped)} input(s) (files, reasons: manifest.json 'skipped')")
     if plan.converted:
         say(f"converted {len(plan.converted)} image(s) to RGB (manifest.json 'converted')")
+    if plan.rescaled:
+        say(f"rescaled {len(plan.rescaled)} 16-bit image(s) to 8 bits (manifest.json 'rescaled')")
+    for e in plan.empty_classes:
+        say(f"warning: {src / e['folder']}: no usable image; class {e['class']!r} (label "
+            f"{e['label']}) is kept with 0 {e['split']} images (manifest.json 'empty_classes')")
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = {s.name: out / f".{SPLIT_FILES[s.name]}.{os.getpid()}.tmp" for s in plan.splits}
-    manifest_tmp = out / f".manifest.json.{os.getpid()}.tmp"
+    stale = remove_stale_temps(out)
+    if stale:
+        say(f"removed {len(stale)} temporary file(s) left by data_prep runs that died: "
+            + ", ".join(p.name for p in stale))
+    tmp = {s.name: out / temp_name(SPLIT_FILES[s.name]) for s in plan.splits}
+    manifest_tmp = out / temp_name("manifest.json")
     try:
         for s in plan.splits:
             write_beton(tmp[s.name], s.dataset, write_mode=mode, max_resolution=max_resolution,
@@ -343,6 +377,10 @@ def prepare(dataset: str, src: str | os.PathLike, out: str | os.PathLike,
             "command": command,
             "skipped": plan.skipped,
             "converted": plan.converted,
+            "rescaled": plan.rescaled,
+            "rescale_note": "16-bit samples stored as their high byte (v >> 8: 0..65535 -> "
+                            "0..255, 16-bit mid-grey stays mid-grey)",
+            "empty_classes": plan.empty_classes,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": _versions(),
         }
@@ -363,6 +401,41 @@ def prepare(dataset: str, src: str | os.PathLike, out: str | os.PathLike,
     sizes = ", ".join(f"{n} {manifest['bytes'][f] / 2**20:.1f} MiB" for n, f in files.items())
     say(f"wrote {out} ({sizes}) in {time.time() - t0:.1f} s")
     return manifest
+
+
+_TEMP = re.compile(r"^\.(?P<final>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
+
+
+def temp_name(final: str, pid: int | None = None) -> str:
+    """Hidden temporary name of an output while it is written: the writer's host and PID in
+    it, so a later run can tell a dead writer's leftovers from a live concurrent writer's."""
+    return f".{final}.{_host()}.{os.getpid() if pid is None else pid}.tmp"
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete ``out``'s temporary files whose writer (same host, by PID) is no longer running,
+    e.g. after a SIGKILL; those of a running writer and of other hosts are left alone."""
+    removed = []
+    for path in sorted(out.iterdir()):
+        m = _TEMP.match(path.name)
+        if m and m["host"] == _host() and not _alive(int(m["pid"])) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _versions() -> dict:

@@ -216,6 +216,136 @@ def test_imagefolder_all_bad_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_imagefolder_symlink_loop_stores_each_image_once(tmp_path, capsys):
+    """A link back up the tree (train/dog/loop -> ..) is not followed: each image is stored
+    once, under its own class, and the link is named in 'skipped'."""
+    src = tmp_path / "raw"
+    images = smooth_images(18, 8, 8)
+    for k, image in enumerate(images):
+        save(src / "train" / ("cat", "dog")[k % 2] / f"{k:02d}.png", image)
+    save(src / "val/cat/v.png", images[0])
+    (src / "train/dog/loop").symlink_to("..")
+    manifest = prepare("imagefolder", src, tmp_path / "out", write_mode="raw")
+    order = [k for k in range(0, 18, 2)] + [k for k in range(1, 18, 2)]   # cat, then dog
+    check_output(tmp_path / "out", manifest, {
+        "train": (images[order], np.array([0] * 9 + [1] * 9)), "val": (images[:1], np.array([0]))})
+    assert manifest["skipped"] == [{"split": "train", "file": "train/dog/loop",
+                                    "reason": "not followed: link to train, a folder already "
+                                              "listed"}]
+    assert "skipped 1 input(s)" in capsys.readouterr().out
+
+
+def test_imagefolder_unstorable_image_is_skipped_not_fatal(tmp_path):
+    """An image that ffcv cannot store (a side resized to 0 px, a side over 65,535 px) is
+    skipped with its reason; the others are written."""
+    src = tmp_path / "raw"
+    good = smooth_images(3, 20, 30)
+    for k, image in enumerate(good):
+        save(src / "train/a" / f"{k}.png", image)
+    save(src / "train/a/thin.png", np.zeros((5, 9000, 3), np.uint8))
+    save(src / "val/a/v.png", good[0])
+    manifest = prepare("imagefolder", src, tmp_path / "out", max_resolution=400, quiet=True)
+    assert manifest["sizes"] == {"train": 3, "val": 1}
+    assert manifest["skipped"] == [{
+        "split": "train", "file": "train/a/thin.png",
+        "reason": "cannot be stored: 9000x5 px resized to max_resolution 400 leaves a side of "
+                  "0 px"}]
+
+    save(src / "val/a/long.png", np.zeros((2, 70_000, 3), np.uint8))
+    manifest = prepare("imagefolder", src, tmp_path / "out2", max_resolution=100_000, quiet=True)
+    assert manifest["sizes"] == {"train": 4, "val": 1}
+    assert manifest["skipped"] == [{
+        "split": "val", "file": "val/a/long.png",
+        "reason": "cannot be stored: 70000x2 px, sides over 65535 px (lower max_resolution)"}]
+
+
+def test_imagefolder_16_bit_images_scaled_to_8_bits(tmp_path, capsys):
+    """16-bit grey and 16-bit RGB PNGs keep their high byte (mid-grey stays mid-grey, not
+    white) and are listed in 'rescaled'; float images (no 8-bit scale) are skipped."""
+    import cv2
+
+    src = tmp_path / "raw"
+    ramp = (np.arange(6 * 7, dtype=np.uint32).reshape(6, 7) * 1597).astype(np.uint16)
+    save(src / "train/a/grey16.png", ramp)
+    save(src / "train/a/mid16.png", np.full((6, 7), 32768, np.uint16))
+    rgb16 = np.dstack([ramp, 65535 - ramp, np.full_like(ramp, 40000)])
+    cv2.imwrite(str(src / "train/a/rgb16.png"), rgb16[..., ::-1])     # OpenCV writes BGR
+    save(src / "train/a/float.tif", np.full((6, 7), 0.5, np.float32))
+    save(src / "val/a/v.png", smooth_images(1, 6, 7)[0])
+    manifest = prepare("imagefolder", src, tmp_path / "out", write_mode="raw")
+    expected = [np.repeat((ramp >> 8).astype(np.uint8)[..., None], 3, 2),
+                np.full((6, 7, 3), 128, np.uint8), (rgb16 >> 8).astype(np.uint8)]
+    check_output(tmp_path / "out", manifest, {"train": (expected, np.zeros(3, int)),
+                                              "val": (smooth_images(1, 6, 7), np.array([0]))})
+    assert manifest["rescaled"] == [
+        {"split": "train", "file": "train/a/grey16.png", "from": "I;16"},
+        {"split": "train", "file": "train/a/mid16.png", "from": "I;16"},
+        {"split": "train", "file": "train/a/rgb16.png", "from": "RGB;16"}]
+    assert "v >> 8" in manifest["rescale_note"]
+    assert [(s["file"], s["reason"][:20]) for s in manifest["skipped"]] == [
+        ("train/a/float.tif", "floating-point pixel")]
+    assert "rescaled 3 16-bit image(s) to 8 bits" in capsys.readouterr().out
+
+
+def test_empty_class_folder_warns_and_is_recorded(tmp_path, capsys):
+    """A class folder with no usable image stays a class (labels follow the sorted folder
+    names) and is named in a warning and in 'empty_classes'."""
+    src = tmp_path / "raw"
+    save(src / "train/cat/a.png", smooth_images(1, 8, 8)[0])
+    (src / "train/empty").mkdir()
+    (src / "train/junk").mkdir()
+    (src / "train/junk/readme.txt").write_text("no images here\n")
+    save(src / "val/cat/v.png", smooth_images(1, 8, 8)[0])
+    (src / "val/junk").mkdir()
+    manifest = prepare("imagefolder", src, tmp_path / "out")
+    assert manifest["classes"] == ["cat", "empty", "junk"] and manifest["num_classes"] == 3
+    assert manifest["empty_classes"] == [
+        {"split": "train", "class": "empty", "label": 1, "folder": "train/empty"},
+        {"split": "train", "class": "junk", "label": 2, "folder": "train/junk"},
+        {"split": "val", "class": "junk", "label": 2, "folder": "val/junk"}]
+    warnings = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {src}/train/empty: no usable image; class 'empty' (label 1) is kept with 0 "
+        "train images (manifest.json 'empty_classes')",
+        f"warning: {src}/train/junk: no usable image; class 'junk' (label 2) is kept with 0 "
+        "train images (manifest.json 'empty_classes')",
+        f"warning: {src}/val/junk: no usable image; class 'junk' (label 2) is kept with 0 "
+        "val images (manifest.json 'empty_classes')"]
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
+    """Temporary files of a writer that died (SIGKILL) go at the next run; those of a writer
+    still running, and of writers on other hosts, stay."""
+    from data_prep.pipeline import temp_name
+
+    data = make_fashion_mnist(tmp_path / "raw", n_train=10, n_val=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim.kill()
+    victim.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead_files = [out / temp_name("train.beton", victim.pid),
+                      out / temp_name("manifest.json", victim.pid)]
+        kept = [out / temp_name("train.beton", live.pid),
+                out / f".val.beton.some-other-host.{victim.pid}.tmp"]
+        for p in dead_files + kept:
+            p.write_bytes(b"partial")
+        manifest = prepare("fashion_mnist", tmp_path / "raw", out)
+        assert not any(p.exists() for p in dead_files)
+        assert all(p.read_bytes() == b"partial" for p in kept)
+        assert (f"removed 2 temporary file(s) left by data_prep runs that died: "
+                f"{dead_files[1].name}, {dead_files[0].name}") in capsys.readouterr().out
+        for p in kept:
+            p.unlink()
+        check_output(out, manifest, {s: (gray_to_rgb_padded(x, 32), y) for s, (x, y) in data.items()})
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.mark.timeout(120)
 def test_failed_write_leaves_previous_output_intact(tmp_path, monkeypatch):
     import data_prep.pipeline as dp

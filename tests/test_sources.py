@@ -134,15 +134,38 @@ def test_list_image_folder(tmp_path):
     for rel in ["train/b/2.png", "train/b/1.png", "train/a/x.jpg", "train/a/sub/y.png",
                 "train/.ipynb_checkpoints/z.png", "val/b/v.png"]:
         save(tmp_path / rel, img)
-    samples, classes = list_image_folder(tmp_path, "train")
-    assert classes == ["a", "b"]
+    samples, classes, not_followed = list_image_folder(tmp_path, "train")
+    assert classes == ["a", "b"] and not_followed == []
     assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in samples] == [
         ("train/a/x.jpg", 0), ("train/a/sub/y.png", 0), ("train/b/1.png", 1), ("train/b/2.png", 1)]
-    val, _ = list_image_folder(tmp_path, "val", classes)
+    val, _, _ = list_image_folder(tmp_path, "val", classes)
     assert [(p.name, y) for p, y in val] == [("v.png", 1)]
     save(tmp_path / "val/c/w.png", img)
     with pytest.raises(SourceError, match="not in train/: c"):
         list_image_folder(tmp_path, "val", classes)
+
+
+def test_list_image_folder_follows_each_real_folder_once(tmp_path):
+    """Links to outside folders are followed; loops, links to the split or to another class
+    and a class folder aliasing another are not, and are named with the reason."""
+    img = smooth_images(1, 8, 8)[0]
+    for rel in ["train/cat/c.png", "train/dog/d.png", "train/dog/sub/e.png", "extra/x.png"]:
+        save(tmp_path / rel, img)
+    (tmp_path / "train/dog/loop").symlink_to("..")
+    (tmp_path / "train/dog/sub/up").symlink_to("..")
+    (tmp_path / "train/dog/cats").symlink_to("../cat")
+    (tmp_path / "train/dog/more").symlink_to(tmp_path / "extra")
+    (tmp_path / "train/zcat").symlink_to("cat")
+    samples, classes, not_followed = list_image_folder(tmp_path, "train")
+    assert classes == ["cat", "dog", "zcat"]
+    assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in samples] == [
+        ("train/cat/c.png", 0), ("train/dog/d.png", 1), ("train/dog/more/x.png", 1),
+        ("train/dog/sub/e.png", 1)]
+    assert {(p.relative_to(tmp_path).as_posix(), why) for p, why in not_followed} == {
+        ("train/dog/cats", "link to train/cat, a folder already listed"),
+        ("train/dog/loop", "link to train, a folder already listed"),
+        ("train/dog/sub/up", "link to train/dog, a folder already listed"),
+        ("train/zcat", "same folder as train/cat (listed there)")}
 
 
 def test_list_image_folder_errors(tmp_path):

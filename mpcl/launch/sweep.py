@@ -22,6 +22,12 @@ study: ``optuna-dashboard sqlite:///<out>/optuna.db``), ``tune/`` (Tune's experi
 what ``--resume`` restores), ``trials/<trial_id>/`` (each trial's run directory: config.yaml,
 metrics.jsonl, Ray Train checkpoints), ``results.json`` (the table).
 
+``out`` may be a URI (``s3://...``, ``gs://...``) when the nodes share no file system: Tune and
+the trials write there; ``sweep.yaml`` and ``results.json`` are written on the driver
+(``mpcl.launch.storage.local_dir``) and copied there, and so is the SQLite study, which
+lives on the driver (``--resume`` on another machine fetches it) unless ``--storage`` names a
+database (``postgresql://...``).
+
 The objective is measured every epoch (``train.eval_every=1``) and reported as ``objective``
 with ``epochs_done``: ASHA's rungs and Optuna's intermediate values compare the same
 measurement at the same epoch. Trials that ASHA stops reach Optuna as PRUNED (their
@@ -46,6 +52,7 @@ import yaml
 
 from mpcl.config import ConfigError, load, read_yaml_mapping
 from mpcl.launch import LaunchError
+from mpcl.launch.storage import Mirror, is_uri, join, kind
 
 OBJECTIVE_KEY = "objective"
 EPOCHS_KEY = "epochs_done"
@@ -71,6 +78,7 @@ class SweepSpec:
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0, "multivariate": True})
     out: str = "runs/sweeps/default"
     source: dict[str, Any] = field(default_factory=dict)
+    study: str = ""                  # the Optuna storage URL (set by run_sweep)
 
     # -- derived ---------------------------------------------------------------------------
     def trial_overrides(self, params: dict[str, Any], out: str | None = None) -> dict[str, Any]:
@@ -316,7 +324,7 @@ def storage_url(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
 
 
-def make_searcher(spec: SweepSpec, sweep_dir: Path, epochs: int):
+def make_searcher(spec: SweepSpec, sweep_dir: Path, epochs: int, study: str | None = None):
     """``OptunaSearch`` (Ray's) with the study in SQLite and the trial states fixed."""
     import optuna
     from optuna.trial import TrialState
@@ -380,7 +388,7 @@ def make_searcher(spec: SweepSpec, sweep_dir: Path, epochs: int):
                     self._ot_study.tell(t.number, state=TrialState.FAIL)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(storage_url(sweep_dir))
+    storage = optuna.storages.RDBStorage(study or storage_url(sweep_dir))
     searcher = StudySearch(space=optuna_space(spec), metric=OBJECTIVE_KEY, mode=spec.mode,
                            sampler=optuna_sampler(spec), study_name=spec.name, storage=storage,
                            points_to_evaluate=spec.points or None)
@@ -406,7 +414,7 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
     dict: the node a trial lands on needs the code and the data, not the sweep files."""
     from mpcl.config import flatten, to_dict
 
-    trials_dir = str((sweep_dir / "trials").resolve())
+    trials_dir = join(sweep_dir, "trials") if is_uri(sweep_dir) else str((sweep_dir / "trials").resolve())
     base = flatten(to_dict(spec.config(spec.example_params(), out=trials_dir)))
     metric = spec.metric
 
@@ -433,27 +441,36 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
 # -- the driver -----------------------------------------------------------------------------
 
 def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool = False,
-              out: str | None = None):
-    """``run.py sweep``: writes ``results.json``; returns (rows best first, spec, sweep dir)."""
+              out: str | None = None, storage: str | None = None):
+    """``run.py sweep``: writes ``results.json``; returns (rows best first, spec, sweep dir).
+    ``storage``: the Optuna study's database URL (default: SQLite, ``optuna.db``)."""
     from ray import tune
 
     from mpcl.launch.train import init_ray
 
     spec = load_sweep(path, out=out)
-    sweep_dir = Path(spec.out).resolve()
-    tune_dir = sweep_dir / "tune"
+    sweep_dir = str(spec.out).rstrip("/") if is_uri(spec.out) else Path(spec.out).resolve()
+    files = Mirror(sweep_dir)           # sweep_dir itself, or the driver's folder for a URI
+    tune_dir = join(sweep_dir, "tune")
     if resume:
-        if not tune_dir.is_dir():
+        if kind(tune_dir) != "dir":
             raise LaunchError(f"--resume: {sweep_dir} holds no sweep to resume (no tune/ directory)")
-        spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
-    elif tune_dir.exists():
+        files.pull("sweep.yaml")
+        if files.remote and storage is None and not (files.local / "optuna.db").is_file():
+            files.pull("optuna.db")     # the study of a driver that ran elsewhere
+        spec = load_sweep(files.local / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
+    elif kind(tune_dir) != "missing":
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
     else:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        files.local.mkdir(parents=True, exist_ok=True)
+        if files.remote:   # the driver's study of an older sweep at the same URI
+            (files.local / "optuna.db").unlink(missing_ok=True)
         base = str(Path(spec.base).resolve()) if spec.base else None
-        (sweep_dir / "sweep.yaml").write_text(
+        (files.local / "sweep.yaml").write_text(
             yaml.safe_dump({**spec.source, "base": base, "out": str(sweep_dir)}, sort_keys=False))
-        spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))
+        files.push("sweep.yaml")
+        spec = load_sweep(files.local / "sweep.yaml", out=str(sweep_dir))
+    spec.study = storage or storage_url(files.local)
     epochs = spec.epochs
     where = init_ray(address)
     print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
@@ -468,15 +485,21 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(spec, sweep_dir, epochs), scheduler=make_scheduler(spec, epochs),
+                search_alg=make_searcher(spec, files.local, epochs, spec.study),
+                scheduler=make_scheduler(spec, epochs),
                 num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
                 reuse_actors=False),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir),
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                      # Tune's state reaches a URI every 30 s (Ray's default: 300 s),
+                                      # so a killed driver's --resume loses little
+                                      sync_config=tune.SyncConfig(sync_period=30),
                                       verbose=int(os.environ.get("MPCL_TUNE_VERBOSE", "1"))),
         )
     grid = tuner.fit()
     rows = collect_results(spec, sweep_dir, grid, epochs)
+    if storage is None:
+        files.push("optuna.db")          # a copy beside the results, for run.py report
     return rows, spec, sweep_dir
 
 
@@ -527,7 +550,7 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
         trial_id = trial.trial_id
         params = dict(result.config or trial.config or {})
         done = int(m.get(EPOCHS_KEY, 0) or 0)
-        run_dir = sweep_dir / "trials" / str(trial_id)
+        run_dir = join(sweep_dir, "trials", str(trial_id))
         reason = ""
         if result.error is not None:
             state = "failed"
@@ -545,11 +568,13 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
                      "objective": value if isinstance(value, (int, float)) and math.isfinite(value) else None,
                      "epochs_done": done, "run_dir": str(run_dir)})
     rows = sort_rows(rows, spec.mode)
+    files = Mirror(sweep_dir)
     summary = {"name": spec.name, "metric": spec.metric, "mode": spec.mode, "epochs": epochs,
-               "storage": storage_url(sweep_dir), "study_name": spec.name, "trials": rows}
-    tmp = sweep_dir / ".results.json.tmp"
+               "storage": spec.study or storage_url(files.local), "study_name": spec.name, "trials": rows}
+    tmp = files.local / ".results.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, sweep_dir / "results.json")
+    os.replace(tmp, files.local / "results.json")
+    files.push("results.json")
     return rows
 
 

@@ -9,6 +9,8 @@ into ``out`` and logs to wandb.
 
 The run directory *is* Ray's run directory: ``storage_path`` = the parent of ``out`` and
 ``name`` = its last component, so Ray's ``checkpoint_*`` folders sit next to ``metrics.jsonl``.
+``out`` may be a URI (``s3://...``, ``gs://...``): Ray Train writes there through pyarrow and
+rank 0 copies its files there after each change (``mpcl.launch.storage``).
 
 A diverging run (NaN/inf loss) is not a worker failure to retry: rank 0 writes
 ``out/FAILED.json`` with the reason, every worker returns, and the driver raises
@@ -28,6 +30,7 @@ from typing import Any
 
 from mpcl.config import Config, dump, from_dict, to_dict
 from mpcl.launch import LaunchError
+from mpcl.launch.storage import Mirror, is_uri, join, read_text
 
 FAILED_FILE = "FAILED.json"
 STATE_FILE = "state.pt"
@@ -109,9 +112,13 @@ def scaling_config(cfg: Config):
 def run_config(cfg: Config, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    out = Path(cfg.out).resolve()
+    if is_uri(cfg.out):
+        storage_path, _, name = str(cfg.out).rstrip("/").rpartition("/")
+    else:
+        out = Path(cfg.out).resolve()
+        storage_path, name = str(out.parent), out.name
     return RunConfig(
-        name=out.name, storage_path=str(out.parent),
+        name=name, storage_path=storage_path,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.scale.num_to_keep),
         failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
         callbacks=callbacks or [],
@@ -124,7 +131,8 @@ def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | No
     from ray.train.torch import TorchTrainer
 
     cfg = from_dict(to_dict(cfg))
-    cfg.out = str(Path(cfg.out).resolve())
+    if not is_uri(cfg.out):
+        cfg.out = str(Path(cfg.out).resolve())
     loop_config: dict[str, Any] = {"cfg": to_dict(cfg), "objective": objective}
     if os.environ.get(FAULT_ENV):
         loop_config["fault_after_epoch"] = int(os.environ[FAULT_ENV])
@@ -135,10 +143,11 @@ def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | No
 
 
 def failure_reason(out: str | os.PathLike) -> str | None:
-    path = Path(out) / FAILED_FILE
-    if not path.is_file():
+    text = read_text(join(out, FAILED_FILE)) if is_uri(out) else (
+        (Path(out) / FAILED_FILE).read_text() if (Path(out) / FAILED_FILE).is_file() else None)
+    if text is None:
         return None
-    return json.loads(path.read_text()).get("reason", "failed")
+    return json.loads(text).get("reason", "failed")
 
 
 def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
@@ -170,7 +179,8 @@ class RayReporter:
         from mpcl.tracking import MetricsLog
 
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.run_dir = Mirror(cfg.out)   # out itself, or this node's copy of a URI's files
+        self.out = self.run_dir.local
         self.rank = ray.train.get_context().get_world_rank()
         self.objective = objective
         self.fault_after_epoch = fault_after_epoch
@@ -181,7 +191,8 @@ class RayReporter:
         self.tracker = None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / FAILED_FILE).unlink(missing_ok=True)
+            self.run_dir.pull("metrics.jsonl")   # a restart on another node continues the log
+            self.run_dir.remove(FAILED_FILE)
             from mpcl.tracking.wandb_run import WandbRun
 
             self.tracker = WandbRun.start(cfg, self.out)
@@ -212,7 +223,9 @@ class RayReporter:
 
         if self.rank == 0:
             self.log.truncate_after(state["epoch"] if state is not None else -1)
+            self.run_dir.push("metrics.jsonl")
             dump(self.cfg, self.out / "config.yaml")
+            self.run_dir.push("config.yaml")
             if state is not None:
                 print(f"resuming after epoch {state['epoch']}", file=sys.stderr)
         if state is not None and state.get("metrics"):
@@ -242,6 +255,7 @@ class RayReporter:
                 metrics["objective"] = self.last_objective
         if self.rank == 0:
             self.log.append(metrics)
+            self.run_dir.push("metrics.jsonl")
             if self.tracker is not None:
                 self.tracker.log(metrics, step=int(metrics["epoch"]))
         if state is not None:
@@ -260,6 +274,7 @@ class RayReporter:
             tmp = self.out / f".{FAILED_FILE}.tmp"
             tmp.write_text(json.dumps({"reason": reason}))
             os.replace(tmp, self.out / FAILED_FILE)
+            self.run_dir.push(FAILED_FILE)
 
     def close(self) -> None:
         if self.tracker is not None:
