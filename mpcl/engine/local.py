@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from mpcl import distributed as dist
-from mpcl.config import Config, dump
+from mpcl.config import Config
 from mpcl.engine import checkpoint as ckpt
-from mpcl.tracking import MetricsLog
+from mpcl.tracking import RunRecord
 
 SUMMARY_KEYS = ("train/loss", "val/knn_top1", "val/online_top1", "val/align", "val/uniform", "lr",
                 "time/epoch_s")
@@ -25,34 +25,36 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 
 class LocalReporter:
-    """``out/checkpoints/last.pt`` (atomic), ``out/metrics.jsonl``, ``out/config.yaml``."""
+    """``out/checkpoints/last.pt`` (atomic) and, on rank 0, the run's record
+    (``out/config.yaml``, ``out/metrics.jsonl``, wandb: as in a Ray run). ``close`` when done."""
 
     def __init__(self, cfg: Config, echo: bool = True):
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / "checkpoints" / "last.pt"
-        self.log = MetricsLog(self.out / "metrics.jsonl")
         self.echo = echo
-        if dist.rank() == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump(cfg, self.out / "config.yaml")
+        self.record = RunRecord(cfg, self.out) if dist.rank() == 0 else None
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.is_file():
-            if dist.rank() == 0:
-                self.log.truncate_after(-1)
+            if self.record is not None:
+                self.record.truncate_after(-1)
             return None
         state = ckpt.load(self.checkpoint_path)
-        if dist.rank() == 0:
-            self.log.truncate_after(state["epoch"])
+        if self.record is not None:
+            self.record.truncate_after(state["epoch"])
             if self.echo:
                 print(f"resuming {self.checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
         return state
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        if dist.rank() != 0:
+        if self.record is None:
             return
-        self.log.append(metrics)
+        self.record.append(metrics)
         if state is not None:
             ckpt.save_atomic(state, self.checkpoint_path)
         if self.echo:
             print(summary_line(metrics), flush=True)
+
+    def close(self) -> None:
+        if self.record is not None:
+            self.record.close()

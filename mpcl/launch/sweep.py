@@ -106,10 +106,35 @@ def _fail(path, msg: str) -> LaunchError:
     return LaunchError(f"{path}: {msg}")
 
 
-def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
+COMMAND_LINE_KEYS = ("num_samples", "max_concurrent", "out")
+
+
+def apply_overrides(path, tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``run.py sweep FILE key=value ...``: ``num_samples`` / ``max_concurrent`` replace the
+    file's; ``section.key=value`` joins its ``overrides`` (every trial)."""
+    from mpcl.config import parse_override
+
+    tree = {**tree, "overrides": dict(tree.get("overrides") or {})}
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            raise _fail(path, str(e)) from None
+        if key in COMMAND_LINE_KEYS:
+            tree[key] = value
+        elif "." in key:
+            tree["overrides"][key] = value
+        else:
+            raise _fail(path, f"{text}: on the command line: {', '.join(COMMAND_LINE_KEYS)} or section.key=value")
+    return tree
+
+
+def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[str] | None = None) -> SweepSpec:
     """Read and validate a sweep file (every error one line, before any work)."""
     path = Path(path)
     tree = read_yaml_mapping(path, LaunchError, f"{path}: no such sweep file", "a mapping")
+    if overrides:
+        tree = apply_overrides(path, tree, overrides)
     unknown = set(tree) - SWEEP_KEYS
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
@@ -310,15 +335,11 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from mpcl.engine.loop import DivergedError
-        from mpcl.launch.train import failure_reason, make_trainer
+        from mpcl.launch.train import run_trainer
 
         trial_id = tune.get_context().get_trial_id()
         cfg = load(None, {**base, **params, "out": f"{trials_dir}/{trial_id}"})
-        make_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()]).fit()
-        reason = failure_reason(cfg.out)
-        if reason:
-            raise DivergedError(reason)
+        run_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()])
 
     return trial
 
@@ -326,29 +347,42 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
 # -- the driver -----------------------------------------------------------------------------
 
 def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool = False,
-              out: str | None = None):
-    """``run.py sweep``: writes ``results.json``; returns (rows best first, spec, sweep dir)."""
+              out: str | None = None, overrides: list[str] | None = None):
+    """``run.py sweep``: writes ``results.json``; returns (rows best first, spec, sweep dir).
+    Paths are made absolute against the current directory here, once (trials run elsewhere),
+    and the data, the batch and the sweep directory are checked before Ray starts."""
     from ray import tune
 
-    from mpcl.launch.train import init_ray
+    from mpcl.launch.preflight import absolute, check_out, preflight
+    from mpcl.launch.train import check_cluster_fits, init_ray, joins_cluster
 
-    spec = load_sweep(path, out=out)
-    sweep_dir = Path(spec.out).resolve()
+    spec = load_sweep(path, out=out, overrides=overrides)
+    sweep_dir = Path(absolute(spec.out, Path.cwd()))
     tune_dir = sweep_dir / "tune"
     if resume:
+        if overrides:
+            raise LaunchError(f"--resume continues the sweep as it was started: drop {' '.join(overrides)}")
         if not tune_dir.is_dir():
             raise LaunchError(f"--resume: {sweep_dir} holds no sweep to resume (no tune/ directory)")
         spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
     elif tune_dir.exists():
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
-    else:
+    check_out(str(sweep_dir))
+    try:
+        example = preflight(spec.config(spec.example_params(), out=str(sweep_dir / "trials")),
+                            local_gpus=not joins_cluster(address), check_out_dir=False)
+    except LaunchError as e:
+        raise _fail(path, str(e)) from None
+    if not resume:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         base = str(Path(spec.base).resolve()) if spec.base else None
-        (sweep_dir / "sweep.yaml").write_text(
-            yaml.safe_dump({**spec.source, "base": base, "out": str(sweep_dir)}, sort_keys=False))
+        source = {**spec.source, "base": base, "out": str(sweep_dir),  # data.path as resolved here
+                  "overrides": {**(spec.source.get("overrides") or {}), "data.path": example.data.path}}
+        (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
         spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))
     epochs = spec.epochs
     where = init_ray(address)
+    check_cluster_fits(example, f"{path}: resources.", can_grow=joins_cluster(address))
     print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
           f"{epochs} epochs each; directory {sweep_dir}", file=sys.stderr)
     # The trial function only waits on its TorchTrainer: it reserves no CPU (Ray refuses an

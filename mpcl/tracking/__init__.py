@@ -52,3 +52,31 @@ class MetricsLog:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return MetricsLog(Path(run_dir) / "metrics.jsonl").read()
+
+
+class RunRecord:
+    """What rank 0 keeps of a run, the same with and without Ray: ``out/config.yaml``,
+    ``out/metrics.jsonl`` and, per ``tracking.wandb``, a wandb run (one step per epoch)."""
+
+    def __init__(self, cfg, out: str | os.PathLike):
+        from mpcl.config import dump
+        from mpcl.tracking.wandb_run import WandbRun
+
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump(cfg, self.out / "config.yaml")
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.wandb = WandbRun.start(cfg, self.out)
+
+    def truncate_after(self, epoch: int) -> None:
+        self.metrics.truncate_after(epoch)
+
+    def append(self, metrics: dict[str, Any]) -> None:
+        self.metrics.append(metrics)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=int(metrics["epoch"]))
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
