@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,11 +36,17 @@ def cmd_train(args) -> None:
     from mpcl.launch.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
-    try:  # paths made absolute here, once: Ray workers run in other directories
-        cfg = preflight(cfg, local_gpus=args.no_ray or not (args.address or os.environ.get("RAY_ADDRESS")))
+    address = None
+    try:
+        if not args.no_ray:
+            from mpcl.launch.train import check_address
+
+            address = check_address(args.address)
+        # paths made absolute here, once: Ray workers run in other directories
+        cfg = preflight(cfg, local_gpus=address is None)
     except LaunchError as e:
         fail(str(e))
-    metrics = train_without_ray(cfg) if args.no_ray else train_with_ray(cfg, args.address)
+    metrics = train_without_ray(cfg) if args.no_ray else train_with_ray(cfg, address)
     print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
                       if k in metrics}))
     print(f"run directory: {cfg.out}")

@@ -132,11 +132,16 @@ def preflight(cfg: Config, *, local_gpus: bool = True, check_out_dir: bool = Tru
     check_cuda(cfg, gpu_workers=local_gpus)
     if cfg.data.dataset == "fashion_mnist" and cfg.data.loader == "ffcv" and not is_uri(cfg.data.path):
         write_fashion_mnist_betons_if_missing(cfg.data.path)
-    if is_uri(cfg.data.path):  # read by the loaders only
-        return cfg
+    if not is_uri(cfg.data.path):  # a URI is read by the loaders only
+        check_data(cfg)
+    return cfg
+
+
+def check_data(cfg: Config) -> None:
+    """The training and validation data open as the loaders will open them, and the global
+    batch is not larger than the training split."""
     n_train = training_split_size(cfg)
     if cfg.data.batch_size > n_train:
         subset = f" with data.subset={cfg.data.subset}" if cfg.data.subset else ""
         raise LaunchError(f"data.batch_size={cfg.data.batch_size}: larger than the training split "
                           f"({n_train} samples{subset} in {cfg.data.path})")
-    return cfg

@@ -354,9 +354,10 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
     from ray import tune
 
     from mpcl.launch.preflight import absolute, check_out, preflight
-    from mpcl.launch.train import check_cluster_fits, init_ray, joins_cluster
+    from mpcl.launch.train import check_address, check_cluster_fits, init_ray
 
     spec = load_sweep(path, out=out, overrides=overrides)
+    address = check_address(address)
     sweep_dir = Path(absolute(spec.out, Path.cwd()))
     tune_dir = sweep_dir / "tune"
     if resume:
@@ -369,8 +370,9 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
     check_out(str(sweep_dir))
     try:
+        # GPUs: checked against the cluster's resources once joined (resources.* named)
         example = preflight(spec.config(spec.example_params(), out=str(sweep_dir / "trials")),
-                            local_gpus=not joins_cluster(address), check_out_dir=False)
+                            local_gpus=False, check_out_dir=False)
     except LaunchError as e:
         raise _fail(path, str(e)) from None
     if not resume:
@@ -382,7 +384,7 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))
     epochs = spec.epochs
     where = init_ray(address)
-    check_cluster_fits(example, f"{path}: resources.", can_grow=joins_cluster(address))
+    check_cluster_fits(example, f"{path}: resources.", can_grow=address is not None)
     print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
           f"{epochs} epochs each; directory {sweep_dir}", file=sys.stderr)
     # The trial function only waits on its TorchTrainer: it reserves no CPU (Ray refuses an

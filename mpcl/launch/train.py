@@ -48,12 +48,15 @@ SCALE_WAIT_ENV = "MPCL_SCALE_WAIT_S"
 SCALE_WAIT_DEFAULT_S = 300.0
 
 
-def _check_reachable(address: str, timeout: float = GCS_PROBE_TIMEOUT_S) -> None:
-    """A plain host:port must answer as a Ray GCS (one gRPC call) within ``timeout``: nothing
-    listening, or another server (the dashboard's HTTP port), fails here in seconds, where
-    ``ray.init`` would retry for minutes. An authentication refusal is an answer too."""
-    if address == "auto" or "://" in address or ":" not in address:
-        return
+def check_address(address: str | None, timeout: float = GCS_PROBE_TIMEOUT_S) -> str | None:
+    """The cluster to join: ``address``, else ``RAY_ADDRESS``, else None (start a local Ray).
+    A plain host:port must answer as a Ray GCS (one gRPC call) within ``timeout``: nothing
+    listening, or another server (the dashboard's HTTP port), is a ``LaunchError`` in
+    seconds, where ``ray.init`` would retry for minutes. An authentication refusal is an
+    answer too. Called once, before anything else is prepared."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or address == "auto" or "://" in address or ":" not in address:
+        return address
     import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
@@ -69,16 +72,15 @@ def _check_reachable(address: str, timeout: float = GCS_PROBE_TIMEOUT_S) -> None
                               f"{timeout:.0f} s ({e.code().name}: {detail})") from None
     except ValueError as e:  # a malformed target
         raise LaunchError(f"--address {address}: not a host:port ({e})") from None
+    return address
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``); with neither, start a local Ray
-    with this machine's CPUs and its dashboard on 127.0.0.1 only. Returns a description."""
+    """Join the cluster at ``address`` (as ``check_address`` returned it); with none, start a
+    local Ray with this machine's CPUs and its dashboard on 127.0.0.1 only. Returns a
+    description."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        _check_reachable(address)
     if ray.is_initialized():
         return "the Ray already initialised in this process"
     quiet = {"log_to_driver": os.environ.get("MPCL_RAY_LOG_TO_DRIVER", "1") != "0",
@@ -92,11 +94,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
         return f"the Ray cluster at {address}"
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, dashboard_host="127.0.0.1", **quiet)
     return "a local Ray (dashboard on 127.0.0.1)"
-
-
-def joins_cluster(address: str | None) -> bool:
-    """Whether the run joins an existing cluster (which may grow) rather than starting one."""
-    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 def use_gpu(cfg: Config) -> bool:
@@ -266,10 +263,11 @@ def run_trainer(cfg: Config, objective: str | None = None, callbacks: list | Non
 
 
 def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
-    """``run.py train`` through Ray Train (``cfg`` as ``preflight`` left it). Returns the last
-    reported metrics; raises ``DivergedError`` (NaN/inf loss) or ``LaunchError``."""
+    """``run.py train`` through Ray Train (``cfg`` as ``preflight`` left it, ``address`` as
+    ``check_address`` returned it). Returns the last reported metrics; raises
+    ``DivergedError`` (NaN/inf loss) or ``LaunchError``."""
     where = init_ray(address)
-    check_cluster_fits(cfg, "scale.", can_grow=joins_cluster(address))
+    check_cluster_fits(cfg, "scale.", can_grow=address is not None)
     print(f"ray: {where}; {cfg.scale.workers} worker(s), run directory {cfg.out}", file=sys.stderr)
     result = run_trainer(cfg)
     return dict(result.metrics or {})
@@ -365,17 +363,38 @@ class RayReporter:
             self.record.close()
 
 
+def data_fails_on_any_worker(cfg: Config) -> bool:
+    """Every worker opens its data before training and all agree on the outcome: a worker
+    (node) without readable data ends the run on every worker at once, recorded in
+    ``FAILED.json``, with no restart and no collective left waiting for it."""
+    import ray.train.torch
+    import torch
+
+    from mpcl import distributed as dist
+    from mpcl.launch.preflight import check_data
+
+    failed = 0
+    try:
+        check_data(cfg)
+    except LaunchError as e:
+        write_failure(cfg.out, str(e), "error")
+        failed = 1
+    flag = torch.tensor(failed, device=ray.train.torch.get_device())
+    return bool(dist.all_reduce_max(flag).item())
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One worker. A NaN/inf loss (seen by every worker at the same step: an all-reduce) ends
-    the run cleanly with ``FAILED.json``. A config or data error is recorded there too and
-    raised, so that Ray stops the other workers; a restart that finds it returns at once
-    instead of failing again ``scale.max_failures`` times."""
+    the run cleanly with ``FAILED.json``; so does data a worker cannot read (checked by all
+    first). A config or data error raised later is recorded there too and raised, so that
+    Ray stops the other workers; a restart that finds it returns at once instead of failing
+    again ``scale.max_failures`` times."""
     from mpcl.config import ConfigError
     from mpcl.data.sources import SourceError
     from mpcl.engine.loop import DivergedError, fit
 
     cfg = from_dict(config["cfg"])
-    if read_failure(cfg.out) is not None:
+    if read_failure(cfg.out) is not None or data_fails_on_any_worker(cfg):
         return
     reporter = None
     try:
