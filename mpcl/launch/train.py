@@ -131,17 +131,15 @@ def workers_that_fit(bundle: dict[str, float], nodes: list[dict[str, float]]) ->
     pack node by node, so this is exact."""
     total = 0
     for node in nodes:
-        total += min(int(node.get(k, 0.0) // v + 1e-9) if v > 0 else 1 << 30 for k, v in bundle.items())
+        total += min(int(node.get(k, 0.0) / v + 1e-9) if v > 0 else 1 << 30 for k, v in bundle.items())
     return total
 
 
 def _missing(cfg: Config, bundle: dict[str, float], nodes: list[dict[str, float]], key_prefix: str) -> str | None:
     """One line naming the key whose request the nodes cannot hold, or None."""
     s = cfg.scale
-    if "GPU" in bundle and bundle["GPU"] > 0 and not any(n.get("GPU", 0) > 0 for n in nodes):
-        key = "use_gpu" if s.use_gpu == "true" else "gpus_per_worker"
-        value = s.use_gpu if key == "use_gpu" else s.gpus_per_worker
-        return f"{key_prefix}{key}={value}: the cluster has no GPU"
+    if "GPU" in bundle and not any(n.get("GPU", 0) > 0 for n in nodes):  # only use_gpu=true gets here
+        return f"{key_prefix}use_gpu={s.use_gpu}: the cluster has no GPU"
     for k, key in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
         need = bundle.get(k, 0.0)
         largest = max((n.get(k, 0.0) for n in nodes), default=0.0)
@@ -175,7 +173,11 @@ def check_cluster_fits(cfg: Config, key_prefix: str = "scale.", can_grow: bool =
         raise LaunchError(problem)
     from ray.autoscaler.sdk import request_resources
 
-    wait_s = float(os.environ.get(SCALE_WAIT_ENV, SCALE_WAIT_DEFAULT_S)) if wait_s is None else wait_s
+    if wait_s is None:
+        try:
+            wait_s = float(os.environ.get(SCALE_WAIT_ENV, SCALE_WAIT_DEFAULT_S))
+        except ValueError:
+            raise LaunchError(f"{SCALE_WAIT_ENV}={os.environ[SCALE_WAIT_ENV]!r}: expected seconds") from None
     print(f"ray: {problem}; asking the autoscaler and waiting up to {wait_s:.0f} s "
           f"({SCALE_WAIT_ENV})", file=sys.stderr, flush=True)
     request_resources(bundles=[bundle] * cfg.scale.workers)
