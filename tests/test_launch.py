@@ -20,7 +20,6 @@ import torch
 import run
 from mpcl.config import load
 from mpcl.launch import LaunchError
-from mpcl.launch.preflight import preflight, resolve_paths
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +35,8 @@ def _one_error_line(capsys) -> str:
 # -- paths ------------------------------------------------------------------------------------
 
 def test_paths_are_made_absolute_against_the_start_directory(tmp_path, monkeypatch):
+    from mpcl.launch.preflight import resolve_paths
+
     monkeypatch.chdir(tmp_path)
     cfg = resolve_paths(load(None, ["out=runs/r", "data.path=data/x"]))
     assert cfg.out == str(tmp_path / "runs/r") and cfg.data.path == str(tmp_path / "data/x")
@@ -87,6 +88,8 @@ def test_preflight_errors_are_one_line_before_ray_and_write_nothing(case, tmp_pa
 def test_missing_fashion_mnist_betons_are_written_from_the_raw_files(tmp_path, monkeypatch, capsys, fmnist_path):
     """The presets read data/fmnist: on a fresh checkout the .beton files are written (one line)
     and training goes on; the same function writes them for `run.py demo`."""
+    from mpcl.launch.preflight import preflight
+
     monkeypatch.chdir(tmp_path)
     cfg = preflight(load(str(ROOT / "configs/fmnist_simclr.yaml"), ["out=runs/r"]))
     assert cfg.data.path == str(tmp_path / "data/fmnist")

@@ -368,8 +368,8 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         spec = load_sweep(sweep_dir / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
     elif tune_dir.exists():
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
-    check_out(str(sweep_dir))
     try:
+        check_out(str(sweep_dir))
         # GPUs: checked against the cluster's resources once joined (resources.* named)
         example = preflight(spec.config(spec.example_params(), out=str(sweep_dir / "trials")),
                             local_gpus=False, check_out_dir=False)
