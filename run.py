@@ -32,34 +32,53 @@ def load_config(path: str | None, overrides: list[str]):
 
 
 def cmd_train(args) -> None:
-    cfg = load_config(args.config, args.overrides)
-    if not args.no_ray:
-        return train_with_ray(cfg, args.address)
-    if "://" in cfg.out:
-        fail(f"out={cfg.out}: --no-ray writes a local run directory; a URI needs Ray (drop --no-ray)")
-    from mpcl.config import ConfigError
-    from mpcl.engine.checkpoint import CheckpointError
-    from mpcl.engine.local import LocalReporter
-    from mpcl.engine.loop import DivergedError, fit
+    from mpcl.launch import LaunchError
+    from mpcl.launch.preflight import preflight
 
+    cfg = load_config(args.config, args.overrides)
+    address = None
     try:
-        metrics = fit(cfg, LocalReporter(cfg))
-    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # SourceError: a missing dataset
+        if args.no_ray and "://" in cfg.out:
+            raise LaunchError(f"out={cfg.out}: --no-ray writes a local run directory; a URI needs Ray "
+                              "(drop --no-ray)")
+        if not args.no_ray:
+            from mpcl.launch.train import check_address
+
+            address = check_address(args.address)
+        # paths made absolute here, once: Ray workers run in other directories
+        cfg = preflight(cfg, local_gpus=address is None)
+    except LaunchError as e:
         fail(str(e))
-    except DivergedError as e:
-        fail(str(e), code=1)
+    metrics = train_without_ray(cfg) if args.no_ray else train_with_ray(cfg, address)
     print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
                       if k in metrics}))
     print(f"run directory: {cfg.out}")
 
 
-def train_with_ray(cfg, address: str | None) -> None:
+def train_without_ray(cfg) -> dict:
+    from mpcl.config import ConfigError
+    from mpcl.engine.checkpoint import CheckpointError
+    from mpcl.engine.local import LocalReporter
+    from mpcl.engine.loop import DivergedError, fit
+
+    reporter = LocalReporter(cfg)
+    try:
+        return fit(cfg, reporter)
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # SourceError: a missing dataset
+        fail(str(e))
+    except DivergedError as e:
+        fail(str(e), code=1)
+    finally:
+        reporter.close()
+
+
+def train_with_ray(cfg, address: str | None) -> dict:
     from mpcl.launch import LaunchError
     from mpcl.launch.train import train
     from mpcl.engine.loop import DivergedError
 
     try:
-        metrics = train(cfg, address)
+        return train(cfg, address)
     except LaunchError as e:
         fail(str(e))
     except DivergedError as e:
@@ -67,9 +86,6 @@ def train_with_ray(cfg, address: str | None) -> None:
     except Exception as e:  # ray.train.TrainingFailedError: the worker traceback is above
         fail(f"training failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
              code=1)
-    print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
-                      if k in metrics}))
-    print(f"run directory: {cfg.out}")
 
 
 def cmd_sweep(args) -> None:
@@ -78,7 +94,7 @@ def cmd_sweep(args) -> None:
 
     try:
         rows, spec, sweep_dir = run_sweep(args.sweep_file, address=args.address, resume=args.resume,
-                                          out=args.out, storage=args.storage)
+                                          out=args.out, storage=args.storage, overrides=args.overrides)
     except LaunchError as e:
         fail(str(e))
     print(format_table(rows, spec.metric))
@@ -118,18 +134,14 @@ def cmd_demo(args) -> None:
     import time
 
     from mpcl.data.datasets import get_dataset
+    from mpcl.launch import LaunchError
+    from mpcl.launch.preflight import write_fashion_mnist_betons_if_missing
 
     t0 = time.perf_counter()
-    spec = get_dataset("fashion_mnist")
-    beton_dir = ROOT / spec.beton_dir
-    if not all((beton_dir / f).is_file() for f in ("train.beton", "val.beton")):
-        print(f"demo: writing Fashion-MNIST .beton files into {beton_dir}")
-        try:
-            from data_prep import prepare
-
-            prepare("fashion_mnist", spec.raw_path, beton_dir)
-        except Exception as e:  # the sweep itself reads the raw files (data.loader=torch)
-            print(f"demo: could not write the .beton files ({type(e).__name__}: {e}); going on", file=sys.stderr)
+    try:
+        write_fashion_mnist_betons_if_missing(ROOT / get_dataset("fashion_mnist").beton_dir)
+    except LaunchError as e:  # the demo sweep itself reads the raw files (data.loader=torch)
+        print(f"demo: {e}; going on", file=sys.stderr)
     print("demo: sweep sweeps/fmnist_demo.yaml: SimCLR-Attn, temperature x attention weight, "
           "Optuna TPE + ASHA on a local Ray")
     sweep_args = build_parser().parse_args(["sweep", str(DEMO_SWEEP), "--out", args.out])
@@ -240,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "when the nodes share no file system")
     s.add_argument("--storage", help="the Optuna study's database URL, e.g. postgresql://... (default: "
                    "SQLite, <out>/optuna.db; for a URI out, on the driver with a copy in out)")
+    s.add_argument("overrides", nargs="*", help="num_samples=N, max_concurrent=N, or section.key=value "
+                   "for every trial (added to the file's overrides)")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("report", help="HTML results dashboard of a run or sweep directory")
@@ -310,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands whose options and key=value overrides may come in any order (a=1 --no-ray b=2)
-INTERMIXED = ("train", "eval")
+INTERMIXED = ("train", "eval", "sweep")
 
 
 def main(argv: list[str] | None = None) -> None:

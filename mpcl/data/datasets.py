@@ -23,6 +23,10 @@ class DatasetSpec:
     train_size: int
     val_size: int
 
+    def default_path(self, loader: str) -> str:
+        """Where ``data.path`` points when it is empty: the .beton folder or the raw files."""
+        return self.beton_dir if loader == "ffcv" else self.raw_path
+
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec

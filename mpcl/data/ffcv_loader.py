@@ -42,7 +42,7 @@ EVAL_CROP_RATIO = 224 / 256  # centre crop of images larger than the training si
 
 def data_dir(cfg: Config, spec: DatasetSpec) -> Path:
     """The directory holding train.beton / val.beton (``data.path``, else the spec's default)."""
-    return Path(cfg.data.path or spec.beton_dir)
+    return Path(cfg.data.path or spec.default_path("ffcv"))
 
 
 def prep_command(spec: DatasetSpec, out: Path) -> str:

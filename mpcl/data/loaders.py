@@ -90,7 +90,7 @@ def _download_fashion_mnist(root: Path) -> Path:
 def load_arrays(dataset: str, path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, H, W, 3) and int64 labels of one split of an array dataset."""
     spec = get_dataset(dataset)
-    root = Path(path or spec.raw_path)
+    root = Path(path or spec.default_path("torch"))
     if dataset == "fashion_mnist":
         if not sources.fashion_mnist_present(root):
             if path:  # an explicit path that lacks the files is the user's mistake

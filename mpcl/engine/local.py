@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mpcl import distributed as dist
-from mpcl.config import Config, dump
+from mpcl.config import Config
 from mpcl.engine import checkpoint as ckpt
-from mpcl.tracking import MetricsLog
+from mpcl.tracking import RunRecord
 
 SUMMARY_KEYS = ("train/loss", "val/knn_top1", "val/online_top1", "val/align", "val/uniform", "lr",
                 "time/epoch_s")
@@ -44,15 +44,16 @@ def start_over(out: str | Path) -> Path | None:
 
 
 class LocalReporter:
-    """``out/checkpoints/last.pt`` (atomic), ``out/metrics.jsonl``, ``out/config.yaml``."""
+    """``out/checkpoints/last.pt`` (atomic) and, on rank 0, the run's record
+    (``out/config.yaml``, ``out/metrics.jsonl``, wandb: as in a Ray run). ``close`` when done."""
 
     def __init__(self, cfg: Config, echo: bool = True):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / "checkpoints" / "last.pt"
-        self.log = MetricsLog(self.out / "metrics.jsonl")
         self.echo = echo
-        if dist.rank() == 0 and not cfg.train.resume:
+        self.record = RunRecord(cfg, self.out) if dist.rank() == 0 else None
+        if self.record is not None and not cfg.train.resume:
             start_over(self.out)
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
@@ -61,19 +62,21 @@ class LocalReporter:
         return ckpt.load(self.checkpoint_path)
 
     def start(self, state: dict[str, Any] | None) -> None:
-        if dist.rank() != 0:
+        if self.record is None:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log.truncate_after(state["epoch"] if state is not None else -1)
-        dump(self.cfg, self.out / "config.yaml")
+        self.record.start(state["epoch"] if state is not None else -1)
         if state is not None and self.echo:
             print(f"resuming {self.checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        if dist.rank() != 0:
+        if self.record is None:
             return
-        self.log.append(metrics)
+        self.record.append(metrics)
         if state is not None:
             ckpt.save_atomic(state, self.checkpoint_path)
         if self.echo:
             print(summary_line(metrics), flush=True)
+
+    def close(self) -> None:
+        if self.record is not None:
+            self.record.close()

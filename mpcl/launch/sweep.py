@@ -213,12 +213,37 @@ def _check_sampler(path, sampler: dict) -> None:
         _check(path, "sampler.n_startup_trials", n, _is_int(n) and n >= 0, "must be a whole number >= 0")
 
 
-def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
+COMMAND_LINE_KEYS = ("num_samples", "max_concurrent", "out")
+
+
+def apply_overrides(path, tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``run.py sweep FILE key=value ...``: ``num_samples`` / ``max_concurrent`` / ``out``
+    replace the file's; ``section.key=value`` joins its ``overrides`` (every trial)."""
+    from mpcl.config import parse_override
+
+    tree = {**tree, "overrides": dict(_mapping(path, tree, "overrides"))}
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            raise _fail(path, str(e)) from None
+        if key in COMMAND_LINE_KEYS:
+            tree[key] = value
+        elif "." in key:
+            tree["overrides"][key] = value
+        else:
+            raise _fail(path, f"{text}: on the command line: {', '.join(COMMAND_LINE_KEYS)} or section.key=value")
+    return tree
+
+
+def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[str] | None = None) -> SweepSpec:
     """Read and validate a sweep file: every error is one line naming the key, before Ray starts."""
     from mpcl.engine.loop import reported_metrics
 
     path = Path(path)
     tree = read_yaml_mapping(path, LaunchError, f"{path}: no such sweep file", "a mapping")
+    if overrides:
+        tree = apply_overrides(path, tree, overrides)
     unknown = set(tree) - SWEEP_KEYS
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
@@ -423,17 +448,13 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from mpcl.engine.local import start_over
-        from mpcl.engine.loop import DivergedError
-        from mpcl.launch.train import failure_reason, make_trainer
+        from mpcl.launch.train import run_trainer
 
         trial_id = tune.get_context().get_trial_id()
         cfg = load(None, {**base, **params, "out": f"{trials_dir}/{trial_id}"})
         if not cfg.train.resume:
             start_over(cfg.out)
-        make_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()]).fit()
-        reason = failure_reason(cfg.out)
-        if reason:
-            raise DivergedError(reason)
+        run_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()])
 
     return trial
 
@@ -441,18 +462,24 @@ def make_trainable(spec: SweepSpec, sweep_dir: Path):
 # -- the driver -----------------------------------------------------------------------------
 
 def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool = False,
-              out: str | None = None, storage: str | None = None):
+              out: str | None = None, storage: str | None = None, overrides: list[str] | None = None):
     """``run.py sweep``: writes ``results.json``; returns (rows best first, spec, sweep dir).
-    ``storage``: the Optuna study's database URL (default: SQLite, ``optuna.db``)."""
+    ``storage``: the Optuna study's database URL (default: SQLite, ``optuna.db``). Paths are
+    made absolute against the current directory here, once (trials run elsewhere), and the
+    data, the batch and the sweep directory are checked before Ray starts."""
     from ray import tune
 
-    from mpcl.launch.train import init_ray
+    from mpcl.launch.preflight import absolute, check_out, preflight
+    from mpcl.launch.train import check_address, check_cluster_fits, init_ray
 
-    spec = load_sweep(path, out=out)
-    sweep_dir = str(spec.out).rstrip("/") if is_uri(spec.out) else Path(spec.out).resolve()
+    spec = load_sweep(path, out=out, overrides=overrides)
+    address = check_address(address)
+    sweep_dir = str(spec.out).rstrip("/") if is_uri(spec.out) else Path(absolute(spec.out, Path.cwd()))
     files = Mirror(sweep_dir)           # sweep_dir itself, or the driver's folder for a URI
     tune_dir = join(sweep_dir, "tune")
     if resume:
+        if overrides:
+            raise LaunchError(f"--resume continues the sweep as it was started: drop {' '.join(overrides)}")
         if kind(tune_dir) != "dir":
             raise LaunchError(f"--resume: {sweep_dir} holds no sweep to resume (no tune/ directory)")
         files.pull("sweep.yaml")
@@ -461,18 +488,28 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         spec = load_sweep(files.local / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
     elif kind(tune_dir) != "missing":
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
-    else:
+    try:
+        if not files.remote:
+            check_out(str(sweep_dir))
+        # GPUs: checked against the cluster's resources once joined (resources.* named)
+        example = preflight(spec.config(spec.example_params(), out=join(sweep_dir, "trials")),
+                            local_gpus=False, check_out_dir=False)
+    except LaunchError as e:
+        raise _fail(path, str(e)) from None
+    if not resume:
         files.local.mkdir(parents=True, exist_ok=True)
         if files.remote:   # the driver's study of an older sweep at the same URI
             (files.local / "optuna.db").unlink(missing_ok=True)
         base = str(Path(spec.base).resolve()) if spec.base else None
-        (files.local / "sweep.yaml").write_text(
-            yaml.safe_dump({**spec.source, "base": base, "out": str(sweep_dir)}, sort_keys=False))
+        source = {**spec.source, "base": base, "out": str(sweep_dir),  # data.path as resolved here
+                  "overrides": {**(spec.source.get("overrides") or {}), "data.path": example.data.path}}
+        (files.local / "sweep.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
         files.push("sweep.yaml")
         spec = load_sweep(files.local / "sweep.yaml", out=str(sweep_dir))
     spec.study = storage or storage_url(files.local)
     epochs = spec.epochs
     where = init_ray(address)
+    check_cluster_fits(example, f"{path}: resources.", can_grow=address is not None)
     print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
           f"{epochs} epochs each; directory {sweep_dir}", file=sys.stderr)
     # The trial function only waits on its TorchTrainer: it reserves no CPU (Ray refuses an

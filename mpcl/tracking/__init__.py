@@ -55,3 +55,37 @@ class MetricsLog:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return MetricsLog(Path(run_dir) / "metrics.jsonl").read()
+
+
+class RunRecord:
+    """What rank 0 keeps of a run, the same with and without Ray: ``out/config.yaml``,
+    ``out/metrics.jsonl`` and, per ``tracking.wandb``, a wandb run (one step per epoch).
+    Nothing is written before :meth:`start`, which comes once the checkpoint (if any) has
+    loaded: a run that cannot resume leaves the old record as it was."""
+
+    def __init__(self, cfg, out: str | os.PathLike):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.wandb = None
+
+    def start(self, last_epoch: int) -> None:
+        """Drop the lines of epochs after ``last_epoch`` (the run replays them), write the
+        resolved config and open the wandb run."""
+        from mpcl.config import dump
+        from mpcl.tracking.wandb_run import WandbRun
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics.truncate_after(last_epoch)
+        dump(self.cfg, self.out / "config.yaml")
+        self.wandb = WandbRun.start(self.cfg, self.out)
+
+    def append(self, metrics: dict[str, Any]) -> None:
+        self.metrics.append(metrics)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=int(metrics["epoch"]))
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

@@ -1,0 +1,147 @@
+"""What the driver settles before any training starts, with or without Ray.
+
+``resolve_paths`` makes every path of a config absolute against the directory the command was
+started in: Ray workers (and Tune trials) run in other working directories, so a relative
+``data.path`` or ``out`` would point elsewhere inside them. Paths with a URI scheme
+(``s3://``, ``gs://``, ``file://``) are left as they are.
+
+``preflight`` then checks what can be checked in the driver (the data present and readable,
+the batch not larger than the training split, ``out`` usable, CUDA present when asked for),
+each failure a one-line ``LaunchError``, and writes nothing into ``out``. Missing
+Fashion-MNIST ``.beton`` files are written first when the raw files are on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from mpcl.config import Config, ConfigError, from_dict, to_dict
+from mpcl.data.datasets import get_dataset
+from mpcl.launch import LaunchError
+
+BETON_FILES = ("train.beton", "val.beton")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str, base: Path) -> str:
+    """``path`` against ``base`` unless it is absolute or a URI."""
+    if is_uri(path) or Path(path).is_absolute():
+        return path
+    return os.path.normpath(base / path)
+
+
+def resolve_paths(cfg: Config, base: str | os.PathLike | None = None) -> Config:
+    """A copy of ``cfg`` whose ``data.path`` (its dataset's default when empty) and ``out``
+    are absolute against ``base`` (default: the current directory)."""
+    base = Path(base or os.getcwd())
+    cfg = from_dict(to_dict(cfg))
+    spec = get_dataset(cfg.data.dataset)
+    cfg.data.path = absolute(cfg.data.path or spec.default_path(cfg.data.loader), base)
+    cfg.out = absolute(cfg.out, base)
+    return cfg
+
+
+def write_fashion_mnist_betons_if_missing(beton_dir: str | os.PathLike) -> bool:
+    """Write Fashion-MNIST's ``.beton`` files into ``beton_dir`` when one is missing and the
+    raw files are on the machine (``make setup`` installs them); says so in one line.
+    Returns whether it wrote them; raises ``LaunchError`` when writing fails."""
+    from mpcl.data.sources import fashion_mnist_present
+
+    spec = get_dataset("fashion_mnist")
+    beton_dir = Path(beton_dir)
+    if all((beton_dir / f).is_file() for f in BETON_FILES) or not fashion_mnist_present(spec.raw_path):
+        return False
+    print(f"data: writing the Fashion-MNIST .beton files into {beton_dir} (from {spec.raw_path}, once)",
+          file=sys.stderr, flush=True)
+    try:
+        from data_prep import prepare
+
+        prepare("fashion_mnist", spec.raw_path, beton_dir, quiet=True)
+    except Exception as e:  # SourceError, OptionError, WriteError: each one line
+        raise LaunchError(f"data.path={beton_dir}: could not write the Fashion-MNIST .beton files "
+                          f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    return True
+
+
+def check_out(out: str) -> None:
+    """``out`` is a directory or can become one; nothing is created here."""
+    if is_uri(out):
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise LaunchError(f"out={out}: exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LaunchError(f"out={out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LaunchError(f"out={out}: {existing} is not writable")
+
+
+def training_split_size(cfg: Config) -> int:
+    """Opens the training and validation data as the loaders will (one-line errors) and returns
+    the number of training samples a run uses (``data.subset`` applied)."""
+    from mpcl.data.sources import SourceError
+
+    spec = get_dataset(cfg.data.dataset)
+    try:
+        if cfg.data.loader == "ffcv":
+            from mpcl.data.ffcv_loader import check_beton
+
+            root = Path(cfg.data.path)
+            n = int(check_beton(root / "train.beton", spec).num_samples)
+            check_beton(root / "val.beton", spec)
+        else:
+            from mpcl.data.loaders import load_arrays
+
+            n = len(load_arrays(cfg.data.dataset, cfg.data.path, "train")[1])
+            load_arrays(cfg.data.dataset, cfg.data.path, "val")
+    except (SourceError, ConfigError) as e:
+        raise LaunchError(str(e)) from None
+    return min(n, cfg.data.subset) if cfg.data.subset else n
+
+
+def check_cuda(cfg: Config, gpu_workers: bool) -> None:
+    """``train.device=cuda`` (and, for workers on this machine, ``scale.use_gpu=true``) need a
+    visible CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if cfg.train.device == "cuda":
+        raise LaunchError("train.device=cuda: no CUDA device is visible (use train.device=auto or cpu)")
+    if gpu_workers and cfg.scale.use_gpu == "true":
+        raise LaunchError("scale.use_gpu=true: no CUDA device is visible on this machine "
+                          "(use scale.use_gpu=auto or false, or --address a cluster with GPUs)")
+
+
+def preflight(cfg: Config, *, local_gpus: bool = True, check_out_dir: bool = True) -> Config:
+    """Resolve the paths, write missing Fashion-MNIST files, check data, batch, ``out`` and
+    CUDA. ``local_gpus``: the run's GPUs would be this machine's (``--no-ray`` or a local
+    Ray); on a cluster they are checked against its resources once joined. Returns the
+    resolved config; raises ``LaunchError``."""
+    cfg = resolve_paths(cfg)
+    if check_out_dir:
+        check_out(cfg.out)
+    check_cuda(cfg, gpu_workers=local_gpus)
+    if cfg.data.dataset == "fashion_mnist" and cfg.data.loader == "ffcv" and not is_uri(cfg.data.path):
+        write_fashion_mnist_betons_if_missing(cfg.data.path)
+    if not is_uri(cfg.data.path):  # a URI is read by the loaders only
+        check_data(cfg)
+    return cfg
+
+
+def check_data(cfg: Config) -> None:
+    """The training and validation data open as the loaders will open them, and the global
+    batch is not larger than the training split."""
+    n_train = training_split_size(cfg)
+    if cfg.data.batch_size > n_train:
+        subset = f" with data.subset={cfg.data.subset}" if cfg.data.subset else ""
+        raise LaunchError(f"data.batch_size={cfg.data.batch_size}: larger than the training split "
+                          f"({n_train} samples{subset} in {cfg.data.path})")
