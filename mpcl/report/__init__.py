@@ -278,12 +278,23 @@ def run_report(run_dir: Path, out_file: Path) -> Path:
     return out_file
 
 
+def reproduce_report(out_dir: Path, out_file: Path) -> Path:
+    from mpcl.report.comparison import reproduce_section
+
+    summary = json.loads((out_dir / "reproduce.json").read_text())
+    body = reproduce_section(summary, out_file.parent)
+    out_file.write_text(_page(f"The paper's comparison on {summary['dataset']} ({summary['budget']} budget)", body))
+    return out_file
+
+
 def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     d = Path(directory)
     if not d.is_dir():
         raise ReportError(f"{d}: no such directory")
     out_file = Path(out) if out else d / "report" / "index.html"
     out_file.parent.mkdir(parents=True, exist_ok=True)
+    if (d / "reproduce.json").is_file():
+        return reproduce_report(d, out_file)
     if (d / "results.json").is_file() or (d / "optuna.db").is_file():
         return sweep_report(d, out_file)
     if (d / "metrics.jsonl").is_file():
