@@ -86,7 +86,7 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
         try:
             preset = load(str(path), {"data.dataset": dataset})
             tree = {**BUDGETS[budget]["overrides"], **KNOBS, **user}
-            epochs = int(tree.get("train.epochs", preset.train.epochs))
+            epochs = load(str(path), tree).train.epochs  # validates the overrides first
             if budget != "paper" and epochs != preset.train.epochs:
                 tree = {**_scaled(preset, epochs), **tree}
             for seed in range(seeds):

@@ -16,6 +16,7 @@ A sweep file (``sweeps/*.yaml``)::
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # per trial (scale.*)
     sampler: {type: tpe, seed: 0, multivariate: true}               # tpe | random | cmaes
     out: runs/sweeps/fmnist_demo
+    confirm: {top_k: 3, seeds: 3}   # optional: the top 3 and points[0] again on 3 fresh seeds
 
 Layout of the sweep directory ``out``: ``sweep.yaml`` (the file as run), ``optuna.db`` (the
 study: ``optuna-dashboard sqlite:///<out>/optuna.db``), ``tune/`` (Tune's experiment state,
@@ -43,13 +44,14 @@ import yaml
 
 from mpcl.config import ConfigError, load, read_yaml_mapping
 from mpcl.launch import LaunchError
+from mpcl.launch.confirm import parse_confirm, run_confirm
 
 OBJECTIVE_KEY = "objective"
 EPOCHS_KEY = "epochs_done"
 SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "cmaes")
 SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_samples", "max_concurrent",
-              "scheduler", "resources", "sampler", "out", "description"}
+              "scheduler", "resources", "sampler", "out", "description", "confirm"}
 
 
 @dataclass
@@ -67,6 +69,7 @@ class SweepSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0, "multivariate": True})
     out: str = "runs/sweeps/default"
+    confirm: dict[str, int] | None = None  # {top_k, seeds}: mpcl.launch.confirm
     source: dict[str, Any] = field(default_factory=dict)
 
     # -- derived ---------------------------------------------------------------------------
@@ -152,6 +155,7 @@ def load_sweep(path: str | os.PathLike, out: str | None = None) -> SweepSpec:
         mode=mode, num_samples=int(tree.get("num_samples", 8)), max_concurrent=int(tree.get("max_concurrent", 1)),
         scheduler=scheduler, resources=dict(tree.get("resources") or {}), sampler=sampler,
         out=out or tree.get("out") or f"runs/sweeps/{path.stem}", source=tree,
+        confirm=parse_confirm(path, tree.get("confirm"), bool(tree.get("points"))),
     )
     if spec.num_samples < 1 or spec.max_concurrent < 1:
         raise _fail(path, "num_samples and max_concurrent must be >= 1")
@@ -370,6 +374,8 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         )
     grid = tuner.fit()
     rows = collect_results(spec, sweep_dir, grid, epochs)
+    if spec.confirm:
+        run_confirm(spec, sweep_dir, rows, address)
     return rows, spec, sweep_dir
 
 
