@@ -133,3 +133,23 @@ def test_sweep_with_confirm_end_to_end(tmp_path, fmnist_path):
     assert yaml.safe_load(best)["method"]["temperature"] == winner["params"]["method.temperature"]
     page = (sweep_dir / "report" / "index.html").read_text()
     assert "Confirmation: 2 fresh seed(s)" in page
+
+
+def test_best_config_is_the_confirmed_winner_not_the_search_best(tmp_path):
+    from mpcl.report import best_config
+
+    confirm = _confirm({BASELINE: {1: 70.0, 2: 71.0}, "t1": {1: 72.0, 2: 73.0}}, "t1")
+    confirm["configs"][1]["run_dirs"] = [str(tmp_path / "confirm_t1_seed1")]
+    Path(confirm["configs"][1]["run_dirs"][0]).mkdir()
+    Path(confirm["configs"][1]["run_dirs"][0], "config.yaml").write_text("method: {temperature: 0.1}\n")
+    (tmp_path / "search_t9").mkdir()
+    (tmp_path / "search_t9" / "config.yaml").write_text("method: {temperature: 0.9}\n")
+    summary = {"name": "s", "metric": "val/knn_top1", "confirm": confirm,
+               "trials": [{"trial_id": "t9", "state": "complete", "objective": 80.0,
+                           "run_dir": str(tmp_path / "search_t9"), "params": {}}]}
+    best, text = best_config(summary, tmp_path)
+    assert best["trial_id"] == "t1" and yaml.safe_load(text)["method"]["temperature"] == 0.1
+    assert "72.5 (confirmed mean over 2 seed(s))" in text
+    del summary["confirm"]
+    best, text = best_config(summary, tmp_path)
+    assert best["trial_id"] == "t9" and yaml.safe_load(text)["method"]["temperature"] == 0.9
