@@ -103,7 +103,7 @@ def test_sweep_with_confirm_end_to_end(tmp_path, fmnist_path):
     env = dict(os.environ, MPCL_RAY_LOG_TO_DRIVER="0", MPCL_TUNE_VERBOSE="0", PYTHONPATH=str(ROOT))
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=1800)  # about 2 min on an idle 2-core machine
+                       text=True, timeout=1800)
     assert p.returncode == 0, p.stderr[-4000:]
     sweep_dir = tmp_path / "sweep"
     summary = json.loads((sweep_dir / "results.json").read_text())
