@@ -89,7 +89,7 @@ def reproduce_section(summary: dict[str, Any], out_dir: Path) -> list[str]:
     """HTML of ``reproduce.json``: ours beside the paper's, and kNN curves of every run."""
     from mpcl.report import _curves, _img
 
-    body = [f"<p>{html.escape(_setup_line(summary))}.</p><h2>Ours: mean ± sd over seeds</h2>",
+    body = [f"<p>{html.escape(_setup_line(summary).replace('`', ''))}.</p><h2>Ours: mean ± sd over seeds</h2>",
             _table(["method", "kNN top-1 (%)", "linear top-1 (%)", "seeds"],
                    [[LABELS.get(m, m), mean_sd(v["knn_top1"]), mean_sd(v["linear_top1"]), v["knn_top1"]["n"]]
                     for m, v in summary["methods"].items()]),
