@@ -135,3 +135,19 @@ def test_a_ray_run_is_trained_and_evaluated_once(tmp_path, fmnist_path, monkeypa
         assert messages == ["1 of 1 run(s) already finished: kept"]
     finally:
         ray.shutdown()
+
+
+def test_finished_runs_are_kept_without_training(tmp_path, monkeypatch):
+    from mpcl.launch import repeat
+
+    runs = rp.build_runs("fashion_mnist", "smoke", 1, tmp_path)
+    done = {"metrics": {"epoch": 1}, "eval": {"knn_top1": 50.0, "linear_top1": 60.0}}
+    for c in runs[:3]:
+        Path(c.out).mkdir(parents=True)
+        (Path(c.out) / repeat.RESULT_FILE).write_text(json.dumps(done))
+    trained = []
+    monkeypatch.setattr(repeat, "run_local", lambda cfg, linear_epochs: trained.append(cfg.method.name))
+    messages = []
+    results = repeat.run_all(runs, use_ray=False, linear_epochs=1, log=messages.append)
+    assert trained == ["simsiam_multi"] and results[:3] == [done] * 3 and results[3] is None
+    assert messages[0] == "3 of 4 run(s) already finished: kept"
