@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from mpcl.config import flatten, to_dict
 from mpcl.launch import LaunchError
 from mpcl.launch import reproduce as rp
 
