@@ -129,6 +129,28 @@ def cmd_eval(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_reproduce(args) -> None:
+    """The paper's four methods at equal budget, N seeds each: RESULTS.md and the report."""
+    import shlex
+
+    from mpcl.launch import LaunchError
+    from mpcl.launch.reproduce import run_reproduce
+    from mpcl.report import write_report
+    from mpcl.report.comparison import results_markdown
+
+    try:
+        summary, out = run_reproduce(args.dataset, args.budget, args.seeds, args.out, use_ray=not args.no_ray,
+                                     address=args.address, overrides=args.overrides)
+    except LaunchError as e:
+        fail(str(e))
+    command = "python run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = results_markdown(summary, command)
+    (out / "RESULTS.md").write_text(results)
+    print(results)
+    print(f"results: {out / 'RESULTS.md'}")
+    print(f"report:  {write_report(out)}")
+
+
 def cmd_demo(args) -> None:
     """Fashion-MNIST .beton files (once), then the demo sweep on a local Ray, its table and report."""
     import time
@@ -315,6 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     dy.add_argument("--no-gradient-check", action="store_true",
                     help="skip comparing the messages with autograd's gradient at every step")
     dy.set_defaults(func=cmd_dynamics)
+
+    rp = sub.add_parser("reproduce", help="the paper's comparison: SimCLR(-Attn), SimSiam(-Multi), N seeds each")
+    rp.add_argument("--dataset", default="fashion_mnist", help="a dataset with presets configs/<dataset>_<method>.yaml")
+    rp.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 0..N-1)")
+    rp.add_argument("--budget", default="smoke", choices=["smoke", "short", "paper"],
+                    help="smoke: 2-core CPU minutes; short: ~20 min of one H100 (Fashion-MNIST); paper: the presets")
+    rp.add_argument("--no-ray", action="store_true", help="train here, one run after another, without Ray")
+    rp.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    rp.add_argument("--out", help="directory of the runs and RESULTS.md (default: runs/reproduce/DATASET_BUDGET)")
+    rp.add_argument("overrides", nargs="*", help="section.key=value for every run, e.g. data.path=/data/fmnist")
+    rp.set_defaults(func=cmd_reproduce)
 
     d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo", help="the sweep directory")

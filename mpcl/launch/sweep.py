@@ -16,6 +16,7 @@ A sweep file (``sweeps/*.yaml``)::
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # per trial (scale.*)
     sampler: {type: tpe, seed: 0, multivariate: true}               # tpe | random | cmaes
     out: runs/sweeps/fmnist_demo
+    confirm: {top_k: 3, seeds: 3}   # optional: the top 3 and points[0] again on 3 fresh seeds
 
 Layout of the sweep directory ``out``: ``sweep.yaml`` (the file as run), ``optuna.db`` (the
 study: ``optuna-dashboard sqlite:///<out>/optuna.db``), ``tune/`` (Tune's experiment state,
@@ -52,6 +53,7 @@ import yaml
 
 from mpcl.config import ConfigError, load, read_yaml_mapping
 from mpcl.launch import LaunchError
+from mpcl.launch.confirm import parse_confirm, run_confirm
 from mpcl.launch.storage import Mirror, is_uri, join, kind
 
 OBJECTIVE_KEY = "objective"
@@ -59,7 +61,7 @@ EPOCHS_KEY = "epochs_done"
 SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "cmaes")
 SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_samples", "max_concurrent",
-              "scheduler", "resources", "sampler", "out", "description"}
+              "scheduler", "resources", "sampler", "out", "description", "confirm"}
 
 
 @dataclass
@@ -77,6 +79,7 @@ class SweepSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0, "multivariate": True})
     out: str = "runs/sweeps/default"
+    confirm: dict[str, int] | None = None  # {top_k, seeds}: mpcl.launch.confirm
     source: dict[str, Any] = field(default_factory=dict)
     study: str = ""                  # the Optuna storage URL (set by run_sweep)
 
@@ -288,6 +291,7 @@ def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[
         points=points, metric=metric, mode=mode, num_samples=tree.get("num_samples", 8),
         max_concurrent=tree.get("max_concurrent", 1), scheduler=scheduler, resources=dict(resources),
         sampler=sampler, out=out or tree.get("out") or f"runs/sweeps/{path.stem}", source=tree,
+        confirm=parse_confirm(path, tree.get("confirm"), bool(points)),
     )
     try:  # every key and the extremes of the space make a valid config
         cfg = spec.config(spec.example_params(), out="/tmp/x")
@@ -488,6 +492,9 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         spec = load_sweep(files.local / "sweep.yaml", out=str(sweep_dir))  # the sweep as it was started
     elif kind(tune_dir) != "missing":
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
+    if spec.confirm and files.remote:
+        raise _fail(path, f"confirm: the confirmation stage writes a local sweep directory; out={sweep_dir} "
+                          "is a URI (drop confirm, or use a shared file system)")
     try:
         if not files.remote:
             check_out(str(sweep_dir))
@@ -535,6 +542,8 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
         )
     grid = tuner.fit()
     rows = collect_results(spec, sweep_dir, grid, epochs)
+    if spec.confirm:
+        run_confirm(spec, sweep_dir, rows, address)
     if storage is None:
         files.push("optuna.db")          # a copy beside the results, for run.py report
     return rows, spec, sweep_dir

@@ -204,7 +204,11 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def best_config(summary: dict[str, Any], sweep_dir: Path) -> tuple[dict | None, str | None]:
-    best = next((r for r in summary["trials"] if r["state"] == "complete" and r["objective"] is not None), None)
+    """The confirmed winner when the sweep has a confirmation stage, else the best trial."""
+    from mpcl.launch.confirm import confirmed_best
+
+    best = confirmed_best(summary) or next(
+        (r for r in summary["trials"] if r["state"] == "complete" and r["objective"] is not None), None)
     if best is None:
         return None, None
     cfg_path = Path(best["run_dir"]) / "config.yaml"
@@ -213,7 +217,7 @@ def best_config(summary: dict[str, Any], sweep_dir: Path) -> tuple[dict | None, 
     tree = yaml.safe_load(cfg_path.read_text())
     tree["out"] = f"runs/{summary.get('name', sweep_dir.name)}_best"
     header = (f"# best trial {best['trial_id']} of sweep {summary.get('name')}: "
-              f"{summary['metric']} = {best['objective']:.4g}\n"
+              f"{summary['metric']} = {best['objective']:.4g}{' (' + best['note'] + ')' if best.get('note') else ''}\n"
               f"# python run.py train --config best_config.yaml\n")
     return best, header + yaml.safe_dump(tree, sort_keys=False)
 
@@ -236,13 +240,17 @@ def sweep_report(sweep_dir: Path, out_file: Path) -> Path:
                  *[r["params"].get(p, "") for p in params], r.get("reason", "")]
         trs.append(f"<tr class='{html.escape(r['state'])}'>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
     body.append(f"<h2>Trials</h2><table><tr>{head}</tr>{''.join(trs)}</table>")
+    if summary.get("confirm"):
+        from mpcl.report.comparison import confirm_section
+
+        body += confirm_section(summary["confirm"])
     # best config
     best, best_yaml = best_config(summary, sweep_dir)
     body.append("<h2>Best configuration</h2>")
     if best_yaml:
         (out_dir / "best_config.yaml").write_text(best_yaml)
         body.append(f"<p>Trial <b>{html.escape(str(best['trial_id']))}</b>, {html.escape(metric)} = "
-                    f"{best['objective']:.4g}. Saved as <code>best_config.yaml</code> beside this page.</p>"
+                    f"{best['objective']:.4g}{html.escape(' (' + best['note'] + ')' if best.get('note') else '')}. Saved as <code>best_config.yaml</code> beside this page.</p>"
                     f"<pre>{html.escape(best_yaml)}</pre>")
     else:
         body.append("<p class='note'>No complete trial yet.</p>")
@@ -287,12 +295,23 @@ def run_report(run_dir: Path, out_file: Path) -> Path:
     return out_file
 
 
+def reproduce_report(out_dir: Path, out_file: Path) -> Path:
+    from mpcl.report.comparison import reproduce_section
+
+    summary = json.loads((out_dir / "reproduce.json").read_text())
+    body = reproduce_section(summary, out_file.parent)
+    out_file.write_text(_page(f"The paper's comparison on {summary['dataset']} ({summary['budget']} budget)", body))
+    return out_file
+
+
 def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     d = Path(directory)
     if not d.is_dir():
         raise ReportError(f"{d}: no such directory")
     out_file = Path(out) if out else d / "report" / "index.html"
     out_file.parent.mkdir(parents=True, exist_ok=True)
+    if (d / "reproduce.json").is_file():
+        return reproduce_report(d, out_file)
     if (d / "results.json").is_file() or (d / "optuna.db").is_file():
         return sweep_report(d, out_file)
     if (d / "metrics.jsonl").is_file():

@@ -1,0 +1,161 @@
+"""The paper's comparison: SimCLR, SimCLR-Attn, SimSiam and SimSiam-Multi at equal budget,
+N seeds each, then mean / sd per method and each variant's difference to its base with a
+95 % interval paired by seed (``run.py reproduce``).
+
+Every run starts from its preset ``configs/<dataset>_<method>.yaml`` (the released recipes),
+then the budget's overrides, the paper's knobs, the user's overrides, and the seed. A base
+and its variant differ only in ``method.*`` keys: ``build_runs`` checks it.
+
+Layout of ``out``: ``runs/<method>/seed<k>/`` (each a run directory with ``result.json`` when
+finished), ``reproduce.json`` (the summary), and, written by the caller, ``RESULTS.md`` and
+``report/index.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mpcl.config import Config, ConfigError, flatten, load, parse_override, to_dict
+from mpcl.launch import LaunchError
+from mpcl.launch.repeat import run_all
+from mpcl.stats import paired_difference, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("simclr", "simclr_attn", "simsiam", "simsiam_multi")
+PAIRS = (("simclr", "simclr_attn"), ("simsiam", "simsiam_multi"))
+PRESET_PREFIX = {"fashion_mnist": "fmnist"}  # the presets' file names; other datasets: their name
+SUMMARY_FILE = "reproduce.json"
+# The paper's settings of the two methods' knobs (SimCLR-Attn: a = 1 at attention temperature
+# 1; SimSiam-Multi: b = 0.5). They are method.* keys, so the bases ignore them.
+KNOBS = {"method.attention_weight": 1.0, "method.attention_temperature": 1.0, "method.bank_mix": 0.5}
+# Keys counted in epochs: scaled with train.epochs when a budget shortens the preset's run
+# (the released bank warm-up, 50 of 1,000 epochs, becomes its share of the budget's epochs).
+EPOCH_KEYS = ("optim.warmup_epochs", "method.bank_warmup_epochs")
+
+QUIET = {"train.progress": "false"}
+BUDGETS: dict[str, dict[str, Any]] = {
+    # the 2-core CPU in a few minutes: a small CNN on a subset, the in-memory torch loader
+    "smoke": {"linear_epochs": 10, "overrides": {
+        "model.backbone": "small_cnn", "model.projector_hidden": 256, "model.projector_out": 128,
+        "model.predictor_hidden": 64, "data.loader": "torch", "data.num_workers": 0, "data.subset": 2048,
+        "data.val_subset": 1000, "data.batch_size": 256, "train.epochs": 2, "tracking.wandb": "disabled",
+        "scale.cpus_per_worker": 1, "scale.use_gpu": "false", **QUIET}},
+    # about 20 minutes of one H100 on Fashion-MNIST (an estimate, not measured: 4 methods x 3
+    # seeds x 15 epochs of ResNet-18 at ~5-8 s per epoch, four runs packed per GPU)
+    "short": {"linear_epochs": 100, "overrides": {
+        "model.backbone": "resnet18", "model.cifar_stem": True, "data.subset": 0, "data.val_subset": 0,
+        "train.epochs": 15, "scale.gpus_per_worker": 0.25, "scale.cpus_per_worker": 3, **QUIET}},
+    # the presets as they are: the released recipes (hundreds of epochs)
+    "paper": {"linear_epochs": 100, "overrides": {**QUIET}},
+}
+
+
+def preset_path(dataset: str, method: str) -> Path:
+    return ROOT / "configs" / f"{PRESET_PREFIX.get(dataset, dataset)}_{method}.yaml"
+
+
+def _scaled(preset: Config, epochs: int) -> dict[str, Any]:
+    """The preset's epoch-counted keys scaled from its train.epochs to ``epochs``."""
+    ratio = epochs / preset.train.epochs
+    return {"optim.warmup_epochs": preset.optim.warmup_epochs * ratio,
+            "method.bank_warmup_epochs": round(preset.method.bank_warmup_epochs * ratio)}
+
+
+def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list[str] | None = None) -> list[Config]:
+    """The configs of every (method, seed), methods in ``METHODS`` order; raises ``LaunchError``
+    (one line) on a missing preset, a bad override or a pair that would not be comparable."""
+    if budget not in BUDGETS:
+        raise LaunchError(f"--budget {budget!r}: allowed: {', '.join(BUDGETS)}")
+    if seeds < 1:
+        raise LaunchError(f"--seeds {seeds}: need at least 1")
+    try:
+        user = dict(parse_override(o) for o in overrides or [])
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
+    runs: list[Config] = []
+    trees: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        path = preset_path(dataset, method)
+        if not path.is_file():
+            raise LaunchError(f"--dataset {dataset}: no preset {path.relative_to(ROOT)} "
+                              f"(reproduce needs configs/<dataset>_<method>.yaml for {', '.join(METHODS)})")
+        try:
+            preset = load(str(path), {"data.dataset": dataset})
+            tree = {**BUDGETS[budget]["overrides"], **KNOBS, **user}
+            epochs = load(str(path), tree).train.epochs  # validates the overrides first
+            if budget != "paper" and epochs != preset.train.epochs:
+                tree = {**_scaled(preset, epochs), **tree}
+            for seed in range(seeds):
+                runs.append(load(str(path), {**tree, "train.seed": seed, "out": str(out / "runs" / method / f"seed{seed}")}))
+        except ConfigError as e:
+            raise LaunchError(f"{path.relative_to(ROOT)}: {e}") from None
+        trees[method] = flatten(to_dict(runs[-1]))
+    for base, variant in PAIRS:  # equal budget: a pair differs in the method's own keys only
+        differ = sorted(k for k in set(trees[base]) | set(trees[variant])
+                        if trees[base].get(k) != trees[variant].get(k) and not k.startswith("method.") and k != "out")
+        if differ:
+            raise LaunchError(f"{base} and {variant} would not train at equal budget: their presets differ in "
+                              f"{', '.join(differ)} (set them with overrides)")
+    return runs
+
+
+def summarize_runs(runs: list[Config], results: list[dict | None]) -> dict[str, Any]:
+    """Per method: each seed's kNN / linear top-1 and their mean and sd; per pair: the paired
+    difference variant - base with its 95 % interval."""
+    methods: dict[str, dict[str, Any]] = {}
+    for cfg, result in zip(runs, results):
+        m = methods.setdefault(cfg.method.name, {"runs": []})
+        row: dict[str, Any] = {"seed": cfg.train.seed, "run_dir": cfg.out}
+        if result is None:
+            row["failed"] = "did not finish (rerun to resume it)"
+        elif "failed" in result:
+            row["failed"] = result["failed"]
+        else:
+            ev = result.get("eval", {})
+            row["knn_top1"] = ev.get("knn_top1", result["metrics"].get("val/knn_top1"))
+            row["linear_top1"] = ev.get("linear_top1")
+            row["epochs"] = int(result["metrics"].get("epoch", -1)) + 1
+        m["runs"].append(row)
+    for m in methods.values():
+        for key in ("knn_top1", "linear_top1"):
+            m[key] = summarize([r[key] for r in m["runs"] if r.get(key) is not None]).as_dict()
+    pairs = []
+    for base, variant in PAIRS:
+        pair = {"base": base, "variant": variant}
+        for key in ("knn_top1", "linear_top1"):
+            by_seed = [{r["seed"]: r[key] for r in methods[name]["runs"] if r.get(key) is not None}
+                       for name in (base, variant)]
+            pair[key] = paired_difference(*by_seed).as_dict()
+        pairs.append(pair)
+    return {"methods": methods, "pairs": pairs}
+
+
+def run_reproduce(dataset: str, budget: str = "smoke", seeds: int = 3, out: str | None = None,
+                  use_ray: bool = True, address: str | None = None, overrides: list[str] | None = None) -> tuple[dict, Path]:
+    """Trains what is not finished yet, writes ``reproduce.json``; returns (summary, out dir)."""
+    out_dir = Path(out or f"runs/reproduce/{dataset}_{budget}").resolve()
+    runs = build_runs(dataset, budget, seeds, out_dir, overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    linear_epochs = int(BUDGETS[budget]["linear_epochs"])
+    results = run_all(runs, use_ray, address, linear_epochs=linear_epochs)
+    wall = time.perf_counter() - t0
+    example = runs[0]
+    summary = {
+        "dataset": dataset, "budget": budget, "seeds": seeds, "overrides": overrides or [],
+        "linear_epochs": linear_epochs, "backbone": example.model.backbone, "epochs": example.train.epochs,
+        "subset": example.data.subset, "wall_s_this_call": wall, "mode": "ray" if use_ray else "local",
+        "train_s": {c.method.name: 0.0 for c in runs}, **summarize_runs(runs, results),
+    }
+    from mpcl.tracking import read_metrics
+
+    for c in runs:  # training time summed over epochs (kept across resumed calls)
+        summary["train_s"][c.method.name] += sum(float(r.get("time/epoch_s", 0)) for r in read_metrics(c.out))
+    tmp = out_dir / f".{SUMMARY_FILE}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, out_dir / SUMMARY_FILE)
+    return summary, out_dir
