@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""mpcl command line: train | sweep | report | eval | bench | demo | dynamics.
+"""mpcl command line: train | sweep | report | eval | bench | dynamics | reproduce | demo.
 
 Thin on purpose: parse the arguments, load and validate the config, dispatch into ``mpcl``.
 A bad config value is one line on stderr and exit code 2, before any work starts.

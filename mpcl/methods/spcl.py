@@ -56,7 +56,7 @@ def loader_order_draws(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 
 class SPCL(SimCLR):
     supports_multi_crop = False
-    loss_metrics = ("train/nce", "train/cluster_ce", "train/metric_bce")
+    loss_metrics = ("train/nce", "train/cluster_ce", "train/metric_bce", "train/metric_same_frac")
 
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
