@@ -84,7 +84,7 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     assert kept
     before = {p.name: (p / "metrics.jsonl").read_text() for p in kept}
     proc.send_signal(signal.SIGINT)                           # the driver is interrupted
-    assert proc.wait(timeout=120) is not None
+    assert proc.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]   # Tune stops gracefully
     log.close()
 
     done = subprocess.run([sys.executable, "run.py", "sweep", str(path), "--resume"], cwd=ROOT, env=_env(),
