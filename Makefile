@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages venv demo test test-fast lint clean
+.PHONY: setup system-packages venv demo test test-fast mutate lint clean
 
 setup: system-packages venv
 
@@ -39,8 +39,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray"
 
+# mutation testing ([tool.mutmut] in pyproject.toml): mutants of the losses, methods, evaluation
+# and optimiser against the fast suite; long (hours on 2 cores), not part of `make test`
+mutate: setup
+	$(PY) -m mutmut run --max-children $$(nproc)
+	$(PY) tests/mutation_summary.py
+
 lint: setup
 	$(PY) -m compileall -q mpcl data_prep run.py tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

@@ -460,15 +460,19 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
-def test_each_new_method_trains_one_epoch_through_the_cli(case, tmp_path, fmnist_path):
+def test_each_new_method_trains_two_epochs_through_the_cli(case, tmp_path, fmnist_path):
+    """256 samples in batches of 64 for two epochs (the samples of one epoch of 512), evaluated
+    at the end only: the mean training loss of epoch 1 is below that of epoch 0."""
     method = case.split("_supervised")[0]
     out = tmp_path / case
     run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray",
-              *tiny_overrides(out, method, **{"data.path": fmnist_path, **CLI_CASES[case]})])
+              *tiny_overrides(out, method, **{"data.path": fmnist_path, "data.subset": 256, "data.batch_size": 64,
+                                              "train.epochs": 2, "train.eval_every": 2, **CLI_CASES[case]})])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[1]["train/loss"] < rows[0]["train/loss"]       # training helped
     last = rows[-1]
-    assert math.isfinite(last["train/loss"])
-    assert 10 < last["val/knn_top1"] <= 100 and 0 <= last["val/online_top1"] <= 100
+    assert "val/knn_top1" in last and "val/knn_top1" not in rows[0]
     if case == "mcl":
         assert {"val/knn_top1_net0", "val/knn_top1_net1", "train/icl", "train/soft_vcl"} <= last.keys()
     if case == "mcl_supervised":
