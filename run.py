@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""mpcl command line: train | sweep | report | eval | bench | demo.
+"""mpcl command line: train | sweep | report | eval | bench | demo | dynamics.
 
 Thin on purpose: parse the arguments, load and validate the config, dispatch into ``mpcl``.
 A bad config value is one line on stderr and exit code 2, before any work starts.
@@ -152,6 +152,33 @@ def cmd_bench(args) -> None:
         fail(str(e))
 
 
+def cmd_dynamics(args) -> None:
+    from mpcl.data.sources import SourceError
+    from mpcl.dynamics import GraphError, Settings, default_variants, fashion_mnist_graph, synthetic_graph
+    from mpcl.dynamics.runner import run_dynamics
+
+    try:
+        settings = Settings(steps=args.steps, lr=args.lr, temperature=args.temperature, dim=args.dim,
+                            knn_k=args.knn_k, check_gradient=not args.no_gradient_check, seed=args.seed)
+        variants = default_variants(args.attention, args.attention_temperature, args.bank_mix, args.stage_steps)
+        if args.graph == "synthetic":
+            graph = synthetic_graph(args.classes, args.naturals, args.views, args.p_intra, args.p_inter, args.seed)
+        else:
+            graph = fashion_mnist_graph(args.data, args.images, args.views, args.overlap_k, args.seed)
+    except (GraphError, ValueError, SourceError) as e:
+        fail(str(e))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        fail(f"--out {args.out}: exists and is not a directory")
+    summary = run_dynamics(graph, variants, settings, args.out, command="python run.py " + " ".join(sys.argv[1:]))
+    print(f"{'variant':18s} {'eff. rank':>9s} {'kNN':>6s} {'equilibrium':>11s} {'alignment':>9s} {'uniformity':>10s}")
+    for name, v in summary["variants"].items():
+        f = v["final"]
+        print(f"{name:18s} {f['effective_rank']:9.2f} {f['knn_accuracy']:6.3f} {f['equilibrium_distance']:11.3f} "
+              f"{f['alignment']:9.3f} {f['uniformity']:10.3f}")
+    print(f"simulated in {summary['simulation_seconds']} s; numbers: {Path(args.out) / 'dynamics.json'}")
+    print(f"report: {summary['report']}")
+
+
 def not_yet(issue: int, what: str):
     def run(args) -> None:
         fail(f"{what} arrives with issue #{issue}", code=EXIT_USAGE)
@@ -200,6 +227,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", default="", help="folder of train.beton (default: the dataset's)")
     b.add_argument("--out-file", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('' = none)")
     b.set_defaults(func=cmd_bench)
+
+    dy = sub.add_parser("dynamics", help="feature-space contrastive dynamics as message passing on a visible graph")
+    dy.add_argument("--out", default="runs/dynamics", help="output directory (dynamics.json, arrays.npz, report/)")
+    dy.add_argument("--graph", choices=["synthetic", "fashion_mnist"], default="synthetic")
+    dy.add_argument("--classes", type=int, default=4, help="synthetic: latent classes")
+    dy.add_argument("--naturals", type=int, default=8, help="synthetic: natural samples per class")
+    dy.add_argument("--views", type=int, default=4, help="augmented views per natural sample / image")
+    dy.add_argument("--p-intra", type=float, default=0.1,
+                    help="synthetic: probability that a view can also come from another natural sample of its class")
+    dy.add_argument("--p-inter", type=float, default=0.01,
+                    help="synthetic: probability that a view can also come from a natural sample of another class")
+    dy.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="fashion_mnist: the idx files")
+    dy.add_argument("--images", type=int, default=80, help="fashion_mnist: images (class-balanced)")
+    dy.add_argument("--overlap-k", type=int, default=3,
+                    help="fashion_mnist: nearest views of other images (pixel space) joined to each view (0: none)")
+    dy.add_argument("--steps", type=int, default=300)
+    dy.add_argument("--lr", type=float, default=0.05, help="step size on each view's messages")
+    dy.add_argument("--temperature", type=float, default=0.2, help="t of the uniformity loss / affinity graph")
+    dy.add_argument("--dim", type=int, default=16, help="feature dimension")
+    dy.add_argument("--knn-k", type=int, default=10)
+    dy.add_argument("--attention", type=float, default=1.0, help="attention weight alpha of the attention variant")
+    dy.add_argument("--attention-temperature", type=float, default=1.0)
+    dy.add_argument("--bank-mix", type=float, default=0.5, help="weight of the previous stage in multi-stage targets")
+    dy.add_argument("--stage-steps", type=int, default=20, help="steps per stage of multi-stage aggregation")
+    dy.add_argument("--seed", type=int, default=0)
+    dy.add_argument("--no-gradient-check", action="store_true",
+                    help="skip comparing the messages with autograd's gradient at every step")
+    dy.set_defaults(func=cmd_dynamics)
 
     d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo", help="the sweep directory")

@@ -60,8 +60,11 @@ class MethodConfig:
     temperature: float = 0.5
     attention_weight: float = 1.0       # simclr_attn: a in ((1-a) + a*w_i)
     attention_temperature: float = 1.0  # simclr_attn: softmax temperature of the weights
+    attention_target: str = "loss"      # simclr_attn: loss (each anchor's whole InfoNCE term, the
+                                        # released form) | alignment (only the positive logit)
     bank_mix: float = 0.5               # simsiam_multi: b in (1-b)*z + b*bank[index]
-    bank_warmup_epochs: int = 50        # simsiam_multi: epochs before the bank mixes in
+    bank_warmup_epochs: int = 50        # simsiam_multi: last plain-target epoch (0-based); the
+                                        # first mixed epoch is bank_warmup_epochs + 1 (released: 51)
     bank_dtype: str = "float32"         # simsiam_multi: float32 | bfloat16 storage
     # barlow_twins (``method.lambda`` is accepted as an alias of barlow_lambda)
     barlow_lambda: float = 5e-3         # weight of the off-diagonal terms
@@ -91,6 +94,10 @@ class MethodConfig:
     metric_weight: float = 1.0          # weight of the siamese metric BCE
     pca_dim: int = 128                  # PCA-whitening dimension before k-means (0 = feature dim)
     kmeans_iters: int = 20
+    # spcl: the released code's defects, fixed by default; the other position reproduces them
+    classifier_outputs: str = "prototypes"  # prototypes | classes (released: num_classes outputs)
+    pseudo_label_order: str = "index"       # index | loader (released: labels in its sampler's draw order)
+    pair_labels: str = "pseudo"             # pseudo | true (released: metric pairs from ground-truth classes)
 
 
 @dataclass
@@ -168,6 +175,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.bank_dtype": ("float32", "bfloat16"),
     "method.momentum_schedule": ("constant", "cosine"),
     "method.mode": ("unsupervised", "supervised"),
+    "method.attention_target": ("loss", "alignment"),
+    "method.classifier_outputs": ("prototypes", "classes"),
+    "method.pseudo_label_order": ("index", "loader"),
+    "method.pair_labels": ("pseudo", "true"),
 }
 
 # (key, lower, upper, lower inclusive, upper inclusive)
@@ -398,6 +409,13 @@ def _validate_methods(cfg: Config, methods: dict) -> None:
         if local % d.min_per_class:
             raise ConfigError(f"data.min_per_class={d.min_per_class}: must divide the per-worker batch "
                               f"data.batch_size / scale.workers = {local}")
+    if m.name == "spcl" and m.classifier_outputs == "classes":
+        from mpcl.data.datasets import DATASETS
+
+        classes = DATASETS[d.dataset].num_classes
+        if m.num_prototypes > classes:
+            raise ConfigError(f"method.classifier_outputs='classes': method.num_prototypes={m.num_prototypes} "
+                              f"needs at most {d.dataset}'s {classes} classifier outputs (or prototypes)")
     if m.name == "mcl" and m.eval_network >= m.num_networks:
         raise ConfigError(f"method.eval_network={m.eval_network}: must be < method.num_networks={m.num_networks}")
 

@@ -4,6 +4,7 @@ import torch
 
 from mpcl.config import load
 from mpcl.data.batch import Batch
+from mpcl.losses import symmetric_negative_cosine
 from mpcl.methods import build_method
 from mpcl.methods.bank import SnapshotBank
 from tests.conftest import tiny_overrides
@@ -74,7 +75,7 @@ def test_simsiam_multi_at_zero_mix_equals_simsiam(tmp_path):
 
 
 def test_simsiam_multi_uses_the_bank_after_warmup(tmp_path):
-    multi = _method("simsiam_multi", tmp_path, **{"method.bank_mix": 0.5, "method.bank_warmup_epochs": 1})
+    multi = _method("simsiam_multi", tmp_path, **{"method.bank_mix": 0.5, "method.bank_warmup_epochs": 0})
     multi.eval()
     batch = _batch()
     before = multi.training_step(batch, 0).loss     # epoch 0: plain targets, writes z2
@@ -92,3 +93,49 @@ def test_simsiam_multi_uses_the_bank_after_warmup(tmp_path):
     multi2.load_state_dict(multi.state_dict())
     multi2.eval()
     assert torch.allclose(multi2.training_step(batch, 1).loss, before)  # ... but not before warmup ends
+
+
+def _released_neg_cos(p, z):
+    """The released simsiam_loss_func as a loop: -mean_i cos(p_i, sg(z_i))."""
+    return -sum(p[i] @ z[i].detach() / (p[i].norm() * z[i].detach().norm()) for i in range(p.shape[0])) / p.shape[0]
+
+
+def test_simsiam_multi_follows_the_released_schedule_and_bank(tmp_path):
+    """The released training step, re-derived: ``temp[index] = z2`` for every batch; while
+    the epoch counter is <= 50 (here <= W) the targets are plain, after that
+    0.5 z2 + 0.5 agg[index] and 0.5 z1 + 0.5 agg[index]; at epoch end agg = temp and the
+    counter steps. Loss and gradients of p1, p2 in float64, five epochs, two batches each."""
+    W, n_samples, d = 2, 8, 64
+    multi = _method("simsiam_multi", tmp_path, **{"method.bank_mix": 0.5, "method.bank_warmup_epochs": W})
+    multi.bank = type(multi.bank)(n_samples, d)
+    temp = torch.zeros(n_samples, d, dtype=torch.float64)
+    agg = None
+    g = torch.Generator().manual_seed(5)
+    mixed_epochs = []
+    for epoch in range(5):
+        for index in torch.randperm(n_samples, generator=g).split(4):
+            z1, z2, p1, p2 = (torch.randn(4, d, generator=g, dtype=torch.float64) for _ in range(4))
+            # released
+            rp1, rp2 = p1.clone().requires_grad_(), p2.clone().requires_grad_()
+            for i in range(4):
+                temp[index[i]] = z2[i]
+            if epoch <= W:
+                ref = _released_neg_cos(rp1, z2) / 2 + _released_neg_cos(rp2, z1) / 2
+            else:
+                z3 = torch.stack([z2[i] * 0.5 + agg[index[i]] * 0.5 for i in range(4)])
+                z4 = torch.stack([z1[i] * 0.5 + agg[index[i]] * 0.5 for i in range(4)])
+                ref = _released_neg_cos(rp1, z3) / 2 + _released_neg_cos(rp2, z4) / 2
+            ref.backward()
+            # mpcl
+            gp1, gp2 = p1.clone().requires_grad_(), p2.clone().requires_grad_()
+            batch = Batch([torch.zeros(4, 1)] * 2, index, torch.zeros(4, dtype=torch.long))
+            t1, t2 = multi.targets(batch, z1, z2, epoch)
+            got = symmetric_negative_cosine(gp1, gp2, t1, t2)
+            got.backward()
+            assert abs(got.item() - ref.item()) < 1e-6, epoch
+            assert torch.allclose(gp1.grad, rp1.grad, atol=1e-6, rtol=0), epoch
+            assert torch.allclose(gp2.grad, rp2.grad, atol=1e-6, rtol=0), epoch
+        mixed_epochs.append(multi.bank_active(epoch))
+        multi.on_epoch_end(epoch)
+        agg = temp.clone()
+    assert mixed_epochs == [False, False, False, True, True]   # first mixed epoch W + 1

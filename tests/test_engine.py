@@ -38,7 +38,7 @@ def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_p
 
 def _cfg(out, fmnist_path, **extra):
     return load(None, tiny_overrides(out, "simsiam_multi", **{
-        "data.path": fmnist_path, "method.bank_warmup_epochs": 1, "data.subset": 256, "data.batch_size": 64,
+        "data.path": fmnist_path, "method.bank_warmup_epochs": 0, "data.subset": 256, "data.batch_size": 64,
         **extra}))
 
 

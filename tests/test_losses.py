@@ -11,6 +11,7 @@ from mpcl.losses import (
     attention_weights,
     bank_target,
     contrastive_terms,
+    graph_attention_nt_xent,
     negative_cosine,
     nt_xent,
     pair_indices,
@@ -88,19 +89,76 @@ def test_attention_weight_zero_is_exactly_nt_xent():
     assert torch.equal(attention_weighted_nt_xent(pos, lse, w, 0.0), nt_xent(z, z, s, p, 0.5))
 
 
-def test_attention_weights_only_the_positive_term():
+def released_attention_loss(u, h, T, a=1.0, attention_temperature=1.0):
+    """The released GRAPH-ATTENTION NTXent, re-derived as a loop over anchors: z = u / |u|,
+    logprob_i = s(i, p(i))/T - log sum_{k != i} exp(s(i, k)/T), pair weights from detached
+    features. At a = 1 and attention temperature 1 the weight is exp(cos(h_i, h_p(i)) + 1) as
+    released; otherwise c_i = (1 - a) + a * N softmax_i(cos_i / t). Loss = -sum c_i logprob_i /
+    sum c_i (the weights' sum carries no gradient)."""
+    N = u.shape[0]
+    n = N // 2
+    z = [u[i] / u[i].norm() for i in range(N)]
+    cos = [float(h[i] @ h[(i + n) % N] / (h[i].norm() * h[(i + n) % N].norm())) for i in range(N)]
+    if a == 1.0 and attention_temperature == 1.0:
+        c = [math.exp(cs + 1.0) for cs in cos]
+    else:
+        e = [math.exp((cs - max(cos)) / attention_temperature) for cs in cos]   # softmax, shifted
+        c = [(1 - a) + a * N * ei / sum(e) for ei in e]
+    total = 0.0
+    for i in range(N):
+        logits = [z[i] @ z[k] / T for k in range(N) if k != i]
+        logprob = z[i] @ z[(i + n) % N] / T - torch.logsumexp(torch.stack(logits), 0)
+        total = total - c[i] * logprob
+    return total / sum(c)
+
+
+@pytest.mark.parametrize("a, attention_temperature", [(1.0, 1.0), (0.6, 0.5), (0.3, 2.0)])
+def test_attention_loss_matches_the_released_form_with_gradients(a, attention_temperature):
+    g = torch.Generator().manual_seed(7)
+    u = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    h = torch.randn(12, 7, generator=g, dtype=torch.float64)
+    u_ref = u.clone().requires_grad_()
+    expected = released_attention_loss(u_ref, h, 0.5, a, attention_temperature)
+    expected.backward()
+    u_got = u.clone().requires_grad_()
+    got = graph_attention_nt_xent(F.normalize(u_got, dim=1), h, 0.5, a, attention_temperature)
+    got.backward()
+    assert abs(got.item() - expected.item()) < 1e-6
+    assert torch.allclose(u_got.grad, u_ref.grad, atol=1e-6, rtol=0)
+    assert u_got.grad.abs().max() > 1e-3   # a gradient to compare
+
+
+def test_attention_alignment_target_weights_only_the_positive_logit():
     z, h = fixed()
     n = z.shape[0] // 2
     s, p = pair_indices(n, 0)
     pos_ref, lse_ref = reference_infonce_terms(z, 0.5)
-    w = attention_weights(h, torch.cat([h[n:], h[:n]]), 1.0).double()
+    w = attention_weights(h, torch.cat([h[n:], h[:n]]), 1.0)
+    assert w.dtype == torch.float64
     a = 0.6
     expected = (lse_ref - ((1 - a) + a * w) * pos_ref).mean()
     pos, lse = contrastive_terms(z, z, s, p, 0.5)
-    got = attention_weighted_nt_xent(pos, lse, w, a)
+    got = attention_weighted_nt_xent(pos, lse, w, a, "alignment")
     assert torch.allclose(got, expected, atol=1e-10)
-    # weighting the whole InfoNCE term instead would give a different value
-    assert not torch.allclose(got, (((1 - a) + a * w) * (lse_ref - pos_ref)).mean(), atol=1e-6)
+    released = attention_weighted_nt_xent(pos, lse, w, a)
+    assert abs(released.item() - float(released_attention_loss(z, h, 0.5, a, 1.0))) < 1e-10
+    assert abs(got.item() - released.item()) > 1e-4
+
+
+def test_attention_loss_over_workers_is_the_global_ratio():
+    """Per-worker losses with the global weight mean average to the one-worker loss."""
+    z, h = fixed(n=8, seed=3)
+    n, T, a = 8, 0.5, 0.8
+    s, p = pair_indices(n, 0)
+    pos, lse = contrastive_terms(z, z, s, p, T)
+    w = attention_weights(h, h.roll(n, 0), 1.0)
+    single = attention_weighted_nt_xent(pos, lse, w, a)
+    halves = [torch.cat([torch.arange(r * 4, r * 4 + 4), torch.arange(n + r * 4, n + r * 4 + 4)]) for r in range(2)]
+    # not the mean of per-worker ratios with local normalisers (the weights differ between workers)
+    per_rank = [attention_weighted_nt_xent(pos[i], lse[i], w[i], a, global_weight_mean=w.mean()) for i in halves]
+    assert torch.allclose(sum(per_rank) / 2, single, atol=1e-12)
+    local_ratio = [attention_weighted_nt_xent(pos[i], lse[i], w[i], a) for i in halves]
+    assert not torch.allclose(sum(local_ratio) / 2, single, atol=1e-6)
 
 
 def test_attention_weights_carry_no_gradient():

@@ -19,11 +19,12 @@ from mpcl.data.augment import EvalTransform, SSLAugment
 from mpcl.data.batch import Batch
 from mpcl.data.loaders import EvalLoader, TensorTrainLoader, class_grouped_order
 from mpcl.losses import (barlow_twins_loss, infonce_queue, mcl_queue_terms, mcl_supervised_terms, mcl_weighted,
-                         multi_positive_terms, nt_xent, pair_indices, siamese_metric_loss, soft_kl, supcon_loss)
+                         multi_positive_terms, nt_xent, pair_indices, prototype_pairs, soft_kl, spcl_terms,
+                         supcon_loss)
 from mpcl.methods import build_method
 from mpcl.methods.clustering import cluster_features, kmeans
 from mpcl.methods.moco import KeyQueue, momentum_at, queue_length
-from mpcl.methods.spcl import dataset_order
+from mpcl.methods.spcl import dataset_order, loader_order_draws
 from tests.conftest import tiny_overrides
 
 D64 = torch.float64
@@ -399,13 +400,176 @@ def test_spcl_loss_never_reads_ground_truth_labels():
     assert {"train/cluster_ce", "train/metric_bce", "train/nce"} <= losses[0].metrics.keys()
 
 
-def test_siamese_metric_loss_reference():
-    pos = torch.tensor([2.0, -1.0, 0.5], dtype=D64)
-    neg = torch.tensor([1.0, -3.0, 0.2], dtype=D64)
-    valid = torch.tensor([True, False, True])
-    sp = lambda x: math.log1p(math.exp(x))    # noqa: E731  BCE(logit, 1) = softplus(-x); BCE(logit, 0) = softplus(x)
-    want = (sp(-2) + sp(1) + sp(-0.5) + sp(1.0) + sp(0.2)) / 5
-    assert siamese_metric_loss(pos, neg, valid).item() == pytest.approx(want, rel=1e-12)
+def _released_nt_xent(zi, zj, T):
+    """The reference's SPCLCriterion as a loop: anchor a_r's positive is b_r, its negatives
+    a_k and b_k (k != r); anchor b_r likewise; CE with the positive first, mean over 2B."""
+    B = zi.shape[0]
+    a = [zi[r] / zi[r].norm() for r in range(B)]
+    b = [zj[r] / zj[r].norm() for r in range(B)]
+    total = 0.0
+    for anchors, others in ((a, b), (b, a)):
+        for r in range(B):
+            pos = anchors[r] @ others[r] / T
+            negs = [anchors[r] @ anchors[k] / T for k in range(B) if k != r] + \
+                   [anchors[r] @ others[k] / T for k in range(B) if k != r]
+            total = total - (pos - torch.logsumexp(torch.stack([pos] + negs), 0))
+    return total / (2 * B)
+
+
+def _released_ce(logits, labels):
+    return sum(-(logits[r, labels[r]] - torch.logsumexp(logits[r], 0)) for r in range(len(labels))) / len(labels)
+
+
+def _released_bce(head, x, y, target):
+    """BCEWithLogitsLoss(head(|x - y|), target), mean over rows."""
+    total = 0.0
+    for r in range(x.shape[0]):
+        s = head((x[r] - y[r]).abs())[0]
+        p = 1 / (1 + torch.exp(-s))
+        total = total - (target[r] * torch.log(p) + (1 - target[r]) * torch.log(1 - p))
+    return total / x.shape[0]
+
+
+def released_spcl_loss(zh_i, zh_j, zv_i, zv_j, h_i, h_j, v_i, v_j, y_hi, y_hj, y_vi, y_vj, lab_h, lab_v, sim, head,
+                       T, cluster_weight, metric_weight):
+    """The reference's pretrain_cluster_metric step: contras_weight (1) x (NT-Xent(h) + NT-Xent(v))
+    + metric_weight x MetricCriterion + cluster_weight x the four CE terms."""
+    cl = _released_nt_xent(zh_i, zh_j, T) + _released_nt_xent(zv_i, zv_j, T)
+    ce = (_released_ce(y_hi, lab_h) + _released_ce(y_hj, lab_h)) + (_released_ce(y_vi, lab_v) + _released_ce(y_vj, lab_v))
+    ones = torch.ones_like(sim)
+    metric = (_released_bce(head, h_i, h_j, ones) + _released_bce(head, v_i, v_j, ones)
+              + _released_bce(head, h_i, v_i, sim) + _released_bce(head, h_i, v_j, sim)
+              + _released_bce(head, h_j, v_i, sim) + _released_bce(head, h_j, v_j, sim))
+    return cl + metric_weight * metric + cluster_weight * ce
+
+
+def test_spcl_terms_match_the_reference_with_gradients():
+    g = gen(11)
+    B, dz, dh, P, T, cw, mw = 5, 4, 6, 3, 0.5, 0.7, 1.3
+    leaves = {k: torch.randn(B, dz, generator=g, dtype=D64) for k in ("zhi", "zhj", "zvi", "zvj")}
+    leaves.update({k: torch.randn(B, dh, generator=g, dtype=D64) for k in ("hi", "hj", "vi", "vj")})
+    leaves.update({k: torch.randn(B, P, generator=g, dtype=D64) for k in ("yhi", "yhj", "yvi", "yvj")})
+    lab_h, lab_v = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([1, 1, 0, 0, 2])
+    sim = (lab_h == lab_v).to(D64)
+    assert 0 < sim.sum() < B
+    head = nn.Linear(dh, 1).double()
+
+    def run_(fn):
+        x = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+        head.zero_grad()
+        loss = fn(x)
+        loss.backward()
+        return loss.item(), {k: v.grad for k, v in x.items()}, [p.grad.clone() for p in head.parameters()]
+
+    def ours(x):
+        cat = torch.cat
+        terms = spcl_terms(F.normalize(cat([x["zhi"], x["zhj"]]), dim=1), F.normalize(cat([x["zvi"], x["zvj"]]), dim=1),
+                           cat([x["hi"], x["hj"]]), cat([x["vi"], x["vj"]]), cat([x["yhi"], x["yhj"]]),
+                           cat([x["yvi"], x["yvj"]]), lab_h, lab_v, sim, head, T)
+        return terms["nce"] + cw * terms["cluster"] + mw * terms["metric"]
+
+    def released(x):
+        return released_spcl_loss(x["zhi"], x["zhj"], x["zvi"], x["zvj"], x["hi"], x["hj"], x["vi"], x["vj"],
+                                  x["yhi"], x["yhj"], x["yvi"], x["yvj"], lab_h, lab_v, sim, head, T, cw, mw)
+
+    got, got_grads, got_head = run_(ours)
+    want, want_grads, want_head = run_(released)
+    assert abs(got - want) < 1e-6
+    for k in leaves:
+        assert torch.allclose(got_grads[k], want_grads[k], atol=1e-6, rtol=0), k
+        assert got_grads[k].abs().max() > 1e-4, k
+    for a, b in zip(got_head, want_head):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_prototype_pairs_follow_the_reference_sampler():
+    """Odd pair slots: two samples of one label; even slots: two labels; disjoint pairs."""
+    labels = torch.tensor([3, 1, 3, 2, 1, 1, 2, 3, 0, 2, 0, 1])
+    first, second = prototype_pairs(labels)
+    assert len(first) == 6
+    assert sorted(first.tolist() + second.tolist()) == list(range(12))
+    same = (labels[first] == labels[second]).tolist()
+    assert same == [False, True, False, True, False, True]
+    # no partner of the same label left: the slot falls back to a different one (and says so)
+    f, s = prototype_pairs(torch.tensor([0, 1, 2, 3]))
+    assert (torch.tensor([0, 1, 2, 3])[f] != torch.tensor([0, 1, 2, 3])[s]).all()
+    f, s = prototype_pairs(torch.tensor([5, 5, 5, 5, 5]))       # one label: different pairs impossible
+    assert len(f) == 2 and len(set(f.tolist()) | set(s.tolist())) == 4
+    f, s = prototype_pairs(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+    assert (torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])[f] == torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])[s]).tolist() == \
+        [False, True, False, True]
+
+
+def _released_method_loss(method, batch, pair_by):
+    """What the reference computes on the pairs the method forms (float32 inputs)."""
+    mc = method.cfg.method
+    n = batch.index.shape[0]
+    h, z = method.encode_views(batch)
+    logits = method.classifier(h).float()
+    first, second = prototype_pairs(pair_by)
+    pseudo = method.pseudo_labels[batch.index]
+    sim = (pair_by[first] == pair_by[second]).float()
+    head = lambda x: method.metric_head(x).float()     # noqa: E731
+    return released_spcl_loss(z[first], z[n + first], z[second], z[n + second], h[first], h[n + first], h[second],
+                              h[n + second], logits[first], logits[n + first], logits[second], logits[n + second],
+                              pseudo[first], pseudo[second], sim, head, mc.temperature, mc.cluster_weight,
+                              mc.metric_weight)
+
+
+def test_spcl_method_step_is_the_reference_step():
+    method, loaders, images, group = _spcl_setup()
+    method.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(4, method.feature_dim))
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    method.eval()                                   # BN in eval mode: the same forward twice
+    views = [images[:12].float() / 255, images[12:24].float() / 255]
+    batch = Batch(views, torch.arange(12), group[:12])
+    out = method.ssl_loss(batch, 0)
+    want = _released_method_loss(method, batch, method.pseudo_labels[batch.index])
+    assert abs(out.loss.item() - want.item()) < 1e-5
+    assert 0 < out.metrics["train/metric_same_frac"] < 1
+
+
+def test_spcl_classifier_outputs_switch():
+    """prototypes (default): one output per prototype; classes: the released width."""
+    cfg = _method("spcl", **{"method.num_prototypes": 3})
+    assert build_method(cfg, 10, 20).classifier.out_features == 3
+    cfg = _method("spcl", **{"method.num_prototypes": 3, "method.classifier_outputs": "classes"})
+    assert build_method(cfg, 10, 20).classifier.out_features == 10
+    with pytest.raises(ConfigError, match="method.classifier_outputs='classes': method.num_prototypes=20"):
+        _method("spcl", **{"method.num_prototypes": 20, "method.classifier_outputs": "classes"})
+
+
+def test_spcl_pseudo_label_order_switch():
+    """index (default): sample r's own cluster; loader: the cluster of the r-th draw of a
+    with-replacement sampler, as the released code read them."""
+    method, loaders, images, group = _spcl_setup()
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    by_index = method.pseudo_labels.clone()
+    method.cfg.method.pseudo_label_order = "loader"
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    draws = loader_order_draws(60, method.cfg.train.seed, 0)
+    assert len(set(draws.tolist())) < 60                    # with replacement
+    assert torch.equal(method.pseudo_labels, by_index[draws])
+    assert not torch.equal(method.pseudo_labels, by_index)
+
+
+def test_spcl_pair_labels_switch():
+    """pseudo (default): pairs and their targets from pseudo-labels, labels never read (see the
+    poison test); true: from the batch's ground-truth labels, as released."""
+    method, loaders, images, group = _spcl_setup()
+    method.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(4, method.feature_dim))
+    method.cfg.method.pair_labels = "true"
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    method.eval()
+    views = [images[:12].float() / 255, images[12:24].float() / 255]
+    truth = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    batch = Batch(views, torch.arange(12), truth)
+    got = method.ssl_loss(batch, 0).loss
+    assert abs(got.item() - _released_method_loss(method, batch, truth).item()) < 1e-5
+    other = method.ssl_loss(Batch(views, torch.arange(12), torch.arange(12)), 0).loss
+    assert got.item() != other.item()
 
 
 def test_cluster_features_shapes():
@@ -479,3 +643,55 @@ def test_each_new_method_trains_two_epochs_through_the_cli(case, tmp_path, fmnis
         assert {"val/net0_top1", "val/net1_top1", "val/ensemble_top1"} <= last.keys()
     if case == "spcl":
         assert {"train/cluster_ce", "train/metric_bce"} <= last.keys()
+
+
+# -- SimCLR-Attn: the method's composition ---------------------------------------------------
+
+def _attn_method(**extra):
+    cfg = _method("simclr_attn", **{"method.attention_weight": 0.7, "method.attention_temperature": 0.5,
+                                    "method.temperature": 0.3, **extra})
+    torch.manual_seed(0)
+    method = build_method(cfg, 10, 40)
+    method.eval()                                   # BN in eval mode: the same forward twice
+    return method
+
+
+def test_simclr_attn_step_is_the_released_loss():
+    from tests.test_losses import released_attention_loss
+
+    # the small CNN's features of random images are nearly collinear: a low attention
+    # temperature makes the weights differ between anchors
+    method = _attn_method(**{"method.attention_temperature": 0.001})
+    g = gen(21)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    batch = Batch([x, (x + 0.3 * torch.rand(6, 3, 32, 32, generator=g)).clamp(0, 1)], torch.arange(6),
+                  torch.zeros(6).long())
+    h, z = method.encode_views(batch)
+    want = released_attention_loss(z.detach().double(), h.detach().double(), 0.3, 0.7, 0.001)
+    out = method.ssl_loss(batch, 0)
+    assert out.metrics["train/attn_weight_max"] - out.metrics["train/attn_weight_min"] > 0.3
+    assert abs(out.loss.item() - want.item()) < 1e-5
+
+
+def test_simclr_attn_multi_crop_weights_every_crop():
+    """Every crop is an anchor with its multi-positive InfoNCE term l_i; w = N softmax over all
+    crops of the mean cosine to its positives / t; loss = sum c_i l_i / sum c_i."""
+    method = _attn_method(**{"data.num_small_crops": 2, "data.small_crop_size": 16, "data.loader": "torch"})
+    g = gen(22)
+    n, a, t, T = 5, 0.7, 0.5, 0.3
+    views = [torch.rand(n, 3, 32, 32, generator=g) for _ in range(2)] + \
+            [torch.rand(n, 3, 16, 16, generator=g) for _ in range(2)]
+    batch = Batch(views, torch.arange(n) + 7, torch.zeros(n).long())
+    h, z = (x.detach().double() for x in method.encode_views(batch))
+    N = 4 * n
+    ids = [i % n for i in range(N)]
+    cos, loss_terms = [], []
+    for i in range(N):
+        positives = [p for p in range(N) if p != i and ids[p] == ids[i]]
+        cos.append(sum(float(F.cosine_similarity(h[i:i + 1], h[p:p + 1])) for p in positives) / len(positives))
+        lse = math.log(sum(math.exp(float(z[i] @ z[k]) / T) for k in range(N) if k != i))
+        loss_terms.append(sum(lse - float(z[i] @ z[p]) / T for p in positives) / len(positives))
+    e = [math.exp(c / t) for c in cos]
+    c = [(1 - a) + a * N * x / sum(e) for x in e]
+    want = sum(ci * li for ci, li in zip(c, loss_terms)) / sum(c)
+    assert method.ssl_loss(batch, 0).loss.item() == pytest.approx(want, abs=1e-5)

@@ -29,7 +29,7 @@ N, CLASSES, SAMPLES = 16, 10, 64
 
 def _cfg(method: str):
     return load(None, tiny_overrides("/tmp/unused", method, **{
-        "method.bank_warmup_epochs": 1, "method.attention_weight": 0.7, "scale.sync_bn": True}))
+        "method.bank_warmup_epochs": 0, "method.attention_weight": 0.7, "scale.sync_bn": True}))
 
 
 def _batch(rank: int = 0, world: int = 1) -> Batch:

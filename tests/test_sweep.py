@@ -162,3 +162,18 @@ def test_bad_sweep_file_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "method.temprature" in err
+
+
+@pytest.mark.parametrize("name", ["fmnist_demo", "cifar10_simclr_attn", "cifar100_simclr_attn", "imagenet100_simclr_attn"])
+def test_attention_sweeps_try_the_released_simclr_attn(name):
+    """Every sweep over method.attention_weight has a point that is the released method:
+    a = 1, attention temperature 1, the whole InfoNCE term weighted."""
+    from mpcl.launch.sweep import load_sweep
+
+    spec = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
+    assert "method.attention_weight" in spec.space
+    released = [p for p in spec.points if p.get("method.attention_weight") == 1.0]
+    assert released, name
+    m = spec.config(released[0]).method
+    assert (m.name, m.attention_weight, m.attention_temperature, m.attention_target) == \
+        ("simclr_attn", 1.0, 1.0, "loss")

@@ -48,23 +48,52 @@ def nt_xent(anchors: torch.Tensor, keys: torch.Tensor, self_index: torch.Tensor,
     return (lse - pos).mean()
 
 
+ATTENTION_TARGETS = ("loss", "alignment")
+
+
 @torch.no_grad()
 def attention_weights(h_anchor: torch.Tensor, h_positive: torch.Tensor, temperature: float) -> torch.Tensor:
     """Graph-attention weights over all anchors of the (global) batch, averaging 1.
 
     w_i = N * softmax_i(cos(h_i, h_p(i)) / temperature), from backbone features (no gradient):
-    pairs whose two views already agree get more weight in the alignment update.
+    pairs whose two views already agree get more weight. The released code's weights,
+    exp(cos + 1) divided by their sum, are this at temperature 1 (the +1 cancels).
     """
-    cos = F.cosine_similarity(h_anchor.float(), h_positive.float(), dim=1)
+    dtype = torch.promote_types(h_anchor.dtype, torch.float32)
+    cos = F.cosine_similarity(h_anchor.to(dtype), h_positive.to(dtype), dim=1)
     return torch.softmax(cos / temperature, dim=0) * cos.shape[0]
 
 
 def attention_weighted_nt_xent(pos: torch.Tensor, lse: torch.Tensor, weights: torch.Tensor,
-                               attention_weight: float) -> torch.Tensor:
-    """mean_i [ -((1 - a) + a * w_i) * pos_i + lse_i ].
+                               attention_weight: float, target: str = "loss",
+                               global_weight_mean: torch.Tensor | float | None = None) -> torch.Tensor:
+    """SimCLR-Attn from per-anchor (pos, lse) and attention weights, c_i = (1 - a) + a * w_i.
 
-    Only the positive (alignment) term of each anchor is weighted; the denominator (the
-    uniformity term) is not. With a = 0 this is exactly NT-Xent.
+    ``target="loss"`` (the released GRAPH-ATTENTION form): every anchor's whole InfoNCE term
+    l_i = lse_i - pos_i is weighted, sum_i c_i l_i / sum_i c_i over the global batch. Returned
+    as mean_local(c_i l_i) / mean_global(c_i), so that the mean over workers (DDP's gradient
+    averaging) is the global ratio; ``global_weight_mean`` is the mean of w over every worker's
+    anchors (default: these anchors are the whole batch).
+    ``target="alignment"``: only the positive logit is weighted, mean_i [lse_i - c_i pos_i]
+    (a variant; the released code did not run it).
+    With a = 0 both are exactly NT-Xent: c = 1 and the normaliser is 1.
     """
-    c = (1.0 - attention_weight) + attention_weight * weights
-    return (lse - c * pos).mean()
+    a = attention_weight
+    c = (1.0 - a) + a * weights
+    if target == "alignment":
+        return (lse - c * pos).mean()
+    if target != "loss":
+        raise ValueError(f"attention target {target!r}: expected one of {', '.join(ATTENTION_TARGETS)}")
+    w_mean = weights.mean() if global_weight_mean is None else global_weight_mean
+    return (c * (lse - pos)).mean() / ((1.0 - a) + a * w_mean)
+
+
+def graph_attention_nt_xent(z: torch.Tensor, h: torch.Tensor, temperature: float, attention_weight: float,
+                            attention_temperature: float, target: str = "loss") -> torch.Tensor:
+    """SimCLR-Attn on one worker's two views: ``z`` = normalised [z1; z2], ``h`` = backbone
+    features [h1; h2] (used detached). The composition the method runs, without gathering."""
+    n = z.shape[0] // 2
+    self_idx, pos_idx = pair_indices(n, 0, z.device)
+    pos, lse = contrastive_terms(z, z, self_idx, pos_idx, temperature)
+    w = attention_weights(h.detach(), h.detach().roll(n, 0), attention_temperature)
+    return attention_weighted_nt_xent(pos, lse, w.to(pos.dtype), attention_weight, target)

@@ -61,9 +61,16 @@ class SimCLR(Method):
 
 
 class SimCLRAttn(SimCLR):
-    """Each anchor's positive term is weighted by ((1 - a) + a * w_i), w the graph-attention
-    weights: a softmax over every anchor of the global batch of cos(h_i, h_p(i)), computed on
-    the gathered (detached) backbone features, so weights and logits cover the same anchors."""
+    """Graph attention (the released GRAPH-ATTENTION loss): each anchor's whole InfoNCE term is
+    weighted by c_i = (1 - a) + a * w_i and the sum divided by the sum of the c_i over the global
+    batch; w is a softmax over every anchor of the global batch of cos(h_i, h_p(i)) /
+    ``attention_temperature``, scaled to average 1, computed on the gathered (detached) backbone
+    features, so weights and logits cover the same anchors. ``method.attention_target=alignment``
+    weights only the positive logit instead (a variant the paper did not run).
+
+    Multi-crop: every crop is an anchor with its multi-positive InfoNCE term; its w_i is the
+    softmax over all crops of the global batch of the mean cosine to its positives, scaled to
+    average 1 over all crops (with two views exactly the two-view weights)."""
 
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         m = self.cfg.method
@@ -80,8 +87,9 @@ class SimCLRAttn(SimCLR):
         else:  # multi-crop: the mean cosine to the anchor's positives (= cos(h_i, h_p(i)) for two views)
             cos = multi_positive_cosine(h_all, dist.gather(batch.index.repeat(len(batch.views))))
             w_all = torch.softmax(cos / m.attention_temperature, dim=0) * cos.shape[0]
+        w_all = w_all.to(pos.dtype)
         w = w_all[dist.rank() * n_local:(dist.rank() + 1) * n_local]
-        loss = attention_weighted_nt_xent(pos, lse, w, m.attention_weight)
+        loss = attention_weighted_nt_xent(pos, lse, w, m.attention_weight, m.attention_target, w_all.mean())
         return SSLOutput(loss, h[:2 * batch.index.shape[0]],
                          {"train/attn_weight_max": w.max(), "train/attn_weight_min": w.min()})
 

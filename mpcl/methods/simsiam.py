@@ -42,10 +42,14 @@ class SimSiam(Method):
 
 
 class SimSiamMulti(SimSiam):
-    """Targets (1 - b) * z_other + b * bank[index], the bank holding last epoch's z2.
+    """Targets (1 - b) * z_other + b * bank[index], the bank holding view 2's projections z2
+    as last written: reads see the snapshot taken at the end of the previous epoch (a sample
+    skipped in an epoch keeps its older entry), as in the released code.
 
-    The bank mixes in from epoch ``max(bank_warmup_epochs, 1)`` on (at epoch 0 there is no
-    previous epoch to read); samples the previous epoch did not visit keep the plain target.
+    Schedule, as released (plain target while its epoch counter is <= 50): epochs
+    0..``bank_warmup_epochs`` (0-based) train on the plain target, the first mixed epoch is
+    ``bank_warmup_epochs + 1``. A sample the bank has never seen keeps the plain target (the
+    released code mixed in a random vector there).
     """
 
     def __init__(self, cfg, num_classes: int, num_samples: int):
@@ -54,7 +58,7 @@ class SimSiamMulti(SimSiam):
         self.bank = SnapshotBank(num_samples, cfg.model.projector_out, dtype)
 
     def bank_active(self, epoch: int) -> bool:
-        return epoch >= max(self.cfg.method.bank_warmup_epochs, 1)
+        return epoch > self.cfg.method.bank_warmup_epochs
 
     def targets(self, batch: Batch, z1: torch.Tensor, z2: torch.Tensor, epoch: int):
         self.bank.write(dist.gather(batch.index), dist.gather(z2.detach()))

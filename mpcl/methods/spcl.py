@@ -1,23 +1,29 @@
-"""Siamese Prototypical Contrastive Learning (Mo et al., BMVC 2021).
+"""Siamese Prototypical Contrastive Learning (Mo et al., BMVC 2021), trained as the reference
+(stoneMo/SPCL) trains it.
 
-Loss = InfoNCE (SimCLR's NT-Xent on two views)
-     + ``cluster_weight`` * CE(classifier(h), pseudo_label[index])      (both views)
-     + ``metric_weight``  * BCE of a siamese head on |h_a - h_b|: the two views of an image are
-       a positive pair, two images with different pseudo-labels a negative pair.
+Each step splits the local batch into B = n // 2 disjoint pairs of images (``prototype_pairs``:
+odd pair slots take two images of one prototype, even slots two of different prototypes, as
+the reference's pair sampler does) and adds, at the reference's scales (``spcl_terms``):
+NT-Xent over the first images + NT-Xent over their partners, ``cluster_weight`` x the sum over
+the four views of CE(classifier(h), pseudo-label), and ``metric_weight`` x the six BCE terms of
+the siamese head Linear(d, 1) on |h_x - h_y| (two same-image pairs with target 1, four
+cross-image pairs with target "same prototype").
 
 Every ``method.reassign`` epochs (``on_epoch_start``) the backbone features of the whole
 training split (no augmentation) are put in dataset-index order, PCA-whitened, L2-normalised
-and clustered by k-means into ``method.num_prototypes`` clusters; the classifier (which has
-``num_prototypes`` outputs) is re-initialised. Three defects of the released code are fixed:
-the classifier's width is the number of prototypes, not of classes; pseudo-labels are stored
-by dataset index and read with ``batch.index``; and pairs come from pseudo-labels only (no
-ground-truth label is read anywhere in the loss). Under several workers the features are
-gathered, rank 0 clusters, and the assignments are broadcast to every worker.
+and clustered by k-means into ``method.num_prototypes`` clusters; the classifier is
+re-initialised (normal(0, 0.01) weights, zero bias, as released). Under several workers the
+features are gathered, rank 0 clusters, and the assignments are broadcast to every worker.
+
+Three defects of the released code are fixed, each behind a switch whose other position
+reproduces the released behaviour:
+``method.classifier_outputs`` prototypes | classes (released: as many outputs as classes),
+``method.pseudo_label_order`` index | loader (released: the label of sample r was the cluster
+of the r-th sample its with-replacement sampler drew), ``method.pair_labels`` pseudo | true
+(released: pairs and their targets from the ground-truth classes).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -25,7 +31,7 @@ from torch import nn
 from mpcl import distributed as dist
 from mpcl.data.batch import Batch
 from mpcl.engine import evaluate as ev
-from mpcl.losses import metric_pairs, prototype_ce, siamese_metric_loss
+from mpcl.losses import prototype_pairs, spcl_terms
 from mpcl.methods.base import SSLOutput
 from mpcl.methods.clustering import cluster_features
 from mpcl.methods.simclr import SimCLR
@@ -41,16 +47,22 @@ def dataset_order(features: torch.Tensor, indices: torch.Tensor, num_samples: in
     return out
 
 
+def loader_order_draws(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """``pseudo_label_order=loader``: sample r gets the label of sample draws[r], the order in
+    which a with-replacement sampler (the released code's) would have drawn the features."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 2)
+    return torch.randint(num_samples, (num_samples,), generator=gen)
+
+
 class SPCL(SimCLR):
     supports_multi_crop = False
 
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
         mc = cfg.method
-        self.classifier = nn.Linear(self.feature_dim, mc.num_prototypes)
-        hidden = cfg.model.projector_hidden
-        self.metric_head = nn.Sequential(nn.Linear(self.feature_dim, hidden), nn.ReLU(inplace=True),
-                                         nn.Linear(hidden, 1))
+        outputs = num_classes if mc.classifier_outputs == "classes" else mc.num_prototypes
+        self.classifier = nn.Linear(self.feature_dim, outputs)
+        self.metric_head = nn.Linear(self.feature_dim, 1)
         self.register_buffer("pseudo_labels", torch.full((num_samples,), -1, dtype=torch.long))
         self.register_buffer("clustered_epoch", torch.tensor(-1, dtype=torch.long))
         self._clustered = False   # host-side copy of clustered_epoch >= 0 (no sync in the step)
@@ -69,11 +81,12 @@ class SPCL(SimCLR):
 
     @torch.no_grad()
     def reset_classifier(self, epoch: int) -> None:
-        """nn.Linear's default init, from a generator seeded by (seed, epoch): the same on every worker."""
+        """Weights normal(0, 0.01), bias 0 (the released init), from a generator seeded by
+        (seed, epoch): the same on every worker."""
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch + 1)
-        bound = 1.0 / math.sqrt(self.feature_dim)
-        for p in self.classifier.parameters():
-            p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+        w = self.classifier.weight
+        w.copy_(torch.empty(w.shape).normal_(0.0, 0.01, generator=gen))
+        self.classifier.bias.zero_()
 
     def on_epoch_start(self, epoch: int, loaders, autocast) -> list[nn.Parameter]:
         mc = self.cfg.method
@@ -89,7 +102,10 @@ class SPCL(SimCLR):
         else:  # loaders whose ranks hold contiguous, rank-ordered shares (the ffcv loader)
             indices = torch.arange(feats.shape[0], device=feats.device)
         feats = dataset_order(feats, indices, self.num_samples)
-        self.pseudo_labels.copy_(self.assign_prototypes(feats, epoch).to(self.pseudo_labels.device))
+        labels = self.assign_prototypes(feats, epoch)
+        if mc.pseudo_label_order == "loader":
+            labels = labels[loader_order_draws(self.num_samples, self.cfg.train.seed, epoch).to(labels.device)]
+        self.pseudo_labels.copy_(labels.to(self.pseudo_labels.device))
         self.clustered_epoch.fill_(epoch)
         self._clustered = True
         self.reset_classifier(epoch)
@@ -101,17 +117,24 @@ class SPCL(SimCLR):
         mc = self.cfg.method
         n = batch.index.shape[0]
         h, z = self.encode_views(batch)
-        pos, lse = self.contrast(z, batch)
-        nce = (lse - pos).mean()
-        pseudo = self.pseudo_labels[batch.index]
         if not self._clustered:      # no clustering yet (only when called outside the engine)
+            pos, lse = self.contrast(z, batch)
+            nce = (lse - pos).mean()
             return SSLOutput(nce, h, {"train/nce": nce.detach()})
-        cluster = prototype_ce(self.classifier(h).float(), pseudo.repeat(2))
-        h1, h2 = h[:n], h[n:2 * n]
-        partner, valid = metric_pairs(pseudo)
-        pos_logit = self.metric_head((h1 - h2).abs()).float().squeeze(1)
-        neg_logit = self.metric_head((h1 - h2[partner]).abs()).float().squeeze(1)
-        metric = siamese_metric_loss(pos_logit, neg_logit, valid)
-        loss = nce + mc.cluster_weight * cluster + mc.metric_weight * metric
-        return SSLOutput(loss, h, {"train/nce": nce.detach(), "train/cluster_ce": cluster.detach(),
-                                   "train/metric_bce": metric.detach()})
+        pseudo = self.pseudo_labels[batch.index]
+        pair_by = pseudo if mc.pair_labels == "pseudo" else batch.label
+        first, second = (i.to(h.device) for i in prototype_pairs(pair_by))
+        same = (pair_by[first] == pair_by[second]).to(torch.float32)
+
+        def rows(x, idx):            # [view 1; view 2] rows of the images at these positions
+            return torch.cat([x[idx], x[n + idx]])
+
+        z_a, z_b = rows(z, first), rows(z, second)
+        logits = self.classifier(h).float()
+        terms = spcl_terms(z_a, z_b, rows(h, first), rows(h, second), rows(logits, first), rows(logits, second),
+                           pseudo[first], pseudo[second], same, lambda x: self.metric_head(x).float(),
+                           mc.temperature, dist.gather_with_grad(z_a), dist.gather_with_grad(z_b), dist.rank())
+        loss = terms["nce"] + mc.cluster_weight * terms["cluster"] + mc.metric_weight * terms["metric"]
+        return SSLOutput(loss, h, {"train/nce": terms["nce"].detach(), "train/cluster_ce": terms["cluster"].detach(),
+                                   "train/metric_bce": terms["metric"].detach(),
+                                   "train/metric_same_frac": same.mean()})

@@ -288,7 +288,12 @@ def write_report(directory: str | os.PathLike, out: str | os.PathLike | None = N
         return sweep_report(d, out_file)
     if (d / "metrics.jsonl").is_file():
         return run_report(d, out_file)
-    raise ReportError(f"{d}: neither a sweep (results.json, optuna.db) nor a run (metrics.jsonl) directory")
+    if (d / "dynamics.json").is_file():
+        from mpcl.dynamics.page import write_page
+
+        return write_page(d, out_file)
+    raise ReportError(f"{d}: neither a sweep (results.json, optuna.db), a run (metrics.jsonl) nor a "
+                      "dynamics (dynamics.json) directory")
 
 
 __all__ = ["ReportError", "write_report", "load_sweep_results"]
