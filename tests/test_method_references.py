@@ -249,3 +249,68 @@ def test_simclr_attn_loss_is_the_released_weighted_mean(case):
     method, batch = _attn_method(views, 0.7, 0.05), _batch(views=views)
     want, _ = _attention_reference(method, batch, 0.7, 0.05)
     assert _loss(method, batch).loss.item() == pytest.approx(want, rel=1e-5)
+
+
+# -- MCL ----------------------------------------------------------------------------------------
+
+MCL_WEIGHTS = {"method.alpha": 0.3, "method.beta": 0.7, "method.gamma": 1.3, "method.lam": 1.9,
+               "method.temperature": 0.2, "method.kd_temperature": 2.0}
+
+
+def _mcl_weighted(terms) -> float:
+    return float(0.3 * terms["vcl"] + 0.7 * terms["icl"] + 1.3 * terms["soft_vcl"] + 1.9 * terms["soft_icl"])
+
+
+@pytest.mark.parametrize("eval_network", [0, 1])
+def test_mcl_networks_contrast_their_own_queries_keys_and_queues(eval_network):
+    """Each network's query from view 1 (its backbone, its projector), key from view 2 (its key
+    encoder), its own queue; the four terms weighted alpha, beta, gamma, lam (their loop
+    references are in test_methods_baselines); this step's keys enter each network's queue."""
+    from mpcl.losses import mcl_queue_terms
+
+    method = _method("mcl", **{"method.queue_size": 2 * N, "method.eval_network": eval_network, **MCL_WEIGHTS})
+    with torch.no_grad():
+        for key in method.key_encoders:
+            for p in key.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    batch = _batch()
+    queues = [q.keys.clone() for q in method.queues]
+    ptrs = [int(q.ptr) for q in method.queues]
+    with torch.no_grad():
+        hs = [b(batch.views[0]) for b in method.backbones()]
+        qs = [F.normalize(method.projectors[i](hs[i]).to(D64), dim=1) for i in range(2)]
+        ks = [F.normalize(method.key_encoders[i](batch.views[1]).to(D64), dim=1) for i in range(2)]
+    terms = mcl_queue_terms(qs, ks, [q.to(D64) for q in queues], 0.2, 2.0)
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(_mcl_weighted(terms), rel=1e-5)
+    assert torch.equal(out.features, hs[eval_network])
+    for name in ("vcl", "icl", "soft_vcl", "soft_icl"):
+        assert out.metrics[f"train/{name}"].item() == pytest.approx(float(terms[name]), rel=1e-5)
+    for i, q in enumerate(method.queues):
+        torch.testing.assert_close(q.keys[ptrs[i]:ptrs[i] + N].to(D64), ks[i], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(method(batch.views[0]), hs[eval_network])
+
+
+def test_mcl_supervised_is_cross_entropy_distillation_and_the_four_terms():
+    from mpcl.losses import mcl_supervised_terms, soft_kl
+
+    method = _method("mcl", **{"method.mode": "supervised", "method.logit_distill": True, "method.embed_dim": 8,
+                               **MCL_WEIGHTS})
+    batch = _batch()
+    y = batch.label
+    with torch.no_grad():
+        hs = [b(batch.views[0]) for b in method.backbones()]
+        logits = [method.classifiers[i](hs[i]).to(D64) for i in range(2)]
+        embs = [F.normalize(method.embedders[i](hs[i]).to(D64), dim=1) for i in range(2)]
+    ce = sum(float(F.cross_entropy(lg, y)) for lg in logits)
+    mean = (logits[0] + logits[1]) / 2
+    kd = sum(float(soft_kl(lg, mean, 2.0)) for lg in logits)
+    terms = mcl_supervised_terms(embs, embs, y, y, torch.arange(N), 0.2, 2.0)
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(ce + kd + _mcl_weighted(terms), rel=1e-5)
+    assert out.metrics["train/ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert out.metrics["train/logit_kd"].item() == pytest.approx(kd, rel=1e-5)
+    for i in range(2):
+        top1 = 100 * float((logits[i].argmax(1) == y).double().mean())
+        assert out.metrics[f"train/net{i}_top1"].item() == pytest.approx(top1)
