@@ -22,7 +22,6 @@ import os
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ from mpcl.launch import LaunchError
 
 FAILED_FILE = "FAILED.json"
 STATE_FILE = "state.pt"
-# Test-only fault injection: in an attempt that did not resume from a checkpoint, the worker
-# process of rank 0 exits hard during the epoch after this one (before reporting it), so the
-# restarted worker group resumes from this epoch's checkpoint. Ray Train's controller collects
-# reports by polling the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a worker that
-# dies sooner after its last report loses that report, and the restart resumes one epoch
-# earlier. The injected fault first waits out two polls so the test is deterministic.
-FAULT_ENV = "MPCL_FAULT_AFTER_EPOCH"
 
 
 # -- the Ray runtime ------------------------------------------------------------------------
@@ -121,8 +113,6 @@ def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | No
     cfg = from_dict(to_dict(cfg))
     cfg.out = str(Path(cfg.out).resolve())
     loop_config: dict[str, Any] = {"cfg": to_dict(cfg), "objective": objective}
-    if os.environ.get(FAULT_ENV):
-        loop_config["fault_after_epoch"] = int(os.environ[FAULT_ENV])
     return TorchTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling_config(cfg), run_config=run_config(cfg, callbacks))
 
@@ -153,7 +143,7 @@ def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
 class RayReporter:
     """The engine's ``Reporter`` inside a Ray Train worker."""
 
-    def __init__(self, cfg: Config, objective: str | None = None, fault_after_epoch: int | None = None):
+    def __init__(self, cfg: Config, objective: str | None = None):
         import ray.train
 
         from mpcl.tracking import MetricsLog
@@ -162,7 +152,6 @@ class RayReporter:
         self.out = Path(cfg.out)
         self.rank = ray.train.get_context().get_world_rank()
         self.objective = objective
-        self.fault_after_epoch = fault_after_epoch
         self.log = MetricsLog(self.out / "metrics.jsonl")
         self.resumed = False
         self.resumed_metrics: dict[str, Any] = {}
@@ -204,12 +193,6 @@ class RayReporter:
         import torch
         from ray.train import Checkpoint
 
-        if (self.fault_after_epoch is not None and not self.resumed and self.rank == 0
-                and metrics["epoch"] == self.fault_after_epoch + 1):
-            print(f"{FAULT_ENV}: the worker exits during epoch {metrics['epoch']} (fault injection)",
-                  file=sys.stderr, flush=True)
-            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
-            os._exit(1)
         self.reported += 1
         metrics = dict(metrics)
         metrics["epochs_done"] = int(metrics["epoch"]) + 1
@@ -258,7 +241,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from mpcl.engine.loop import DivergedError, fit
 
     cfg = from_dict(config["cfg"])
-    reporter = RayReporter(cfg, config.get("objective"), config.get("fault_after_epoch"))
+    reporter = RayReporter(cfg, config.get("objective"))
     try:
         fit(cfg, reporter)
         reporter.report_if_silent()
