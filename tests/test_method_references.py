@@ -314,3 +314,17 @@ def test_mcl_supervised_is_cross_entropy_distillation_and_the_four_terms():
     for i in range(2):
         top1 = 100 * float((logits[i].argmax(1) == y).double().mean())
         assert out.metrics[f"train/net{i}_top1"].item() == pytest.approx(top1)
+
+
+# -- Barlow Twins ----------------------------------------------------------------------------------
+
+def test_barlow_twins_is_the_cross_correlation_loss_of_the_two_views():
+    from tests.test_methods_baselines import reference_barlow
+
+    method = _method("barlow_twins", **{"method.lambda": 0.02, "method.scale_loss": 0.3})
+    batch = _batch()
+    with torch.no_grad():
+        z1, z2 = (method.projector(method.backbone(v)).to(D64) for v in batch.views)
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(0.3 * reference_barlow(z1, z2, 0.02), rel=1e-4)
+    assert out.features.shape == (2 * N, method.feature_dim)
