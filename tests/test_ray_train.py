@@ -146,28 +146,31 @@ def _flag_when_registered(flag_dir: Path):
     return FlagWhenRegistered()
 
 
-def _loop_with_fault(config: dict) -> None:
-    """mpcl's worker loop (the module's own name in this worker process: the swap happened in
-    the driver only), with ``RayReporter.report`` of this process wrapped."""
-    import time
+def _loop_that_dies(flag_dir: Path):
+    """mpcl's worker loop with ``RayReporter.report`` wrapped in the worker process. A closure,
+    so that Ray ships it by value (this test module is not importable in Ray's processes);
+    there, ``train_loop_per_worker`` is still mpcl's own (the test swaps it in the driver)."""
+    def loop(config: dict) -> None:
+        import time
 
-    from mpcl.launch import train as launch
+        from mpcl.launch import train as launch
 
-    flags = Path(config["cfg"]["out"]).parent
-    flag = flags / REGISTERED_FLAG.format(FAULT_EPOCH - 1)
-    report = launch.RayReporter.report
+        registered = flag_dir / REGISTERED_FLAG.format(FAULT_EPOCH - 1)
+        report = launch.RayReporter.report
 
-    def report_or_die(self, metrics, state):
-        if metrics["epoch"] == FAULT_EPOCH and self.rank == 0 and not self.resumed:
-            deadline = time.monotonic() + 300
-            while not flag.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            (flags / KILLED_FLAG).touch()
-            os._exit(1)
-        report(self, metrics, state)
+        def report_or_die(self, metrics, state):
+            if metrics["epoch"] == FAULT_EPOCH and self.rank == 0 and not self.resumed:
+                deadline = time.monotonic() + 300
+                while not registered.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                (flag_dir / KILLED_FLAG).touch()
+                os._exit(1)
+            report(self, metrics, state)
 
-    launch.RayReporter.report = report_or_die
-    launch.train_loop_per_worker(config)
+        launch.RayReporter.report = report_or_die
+        launch.train_loop_per_worker(config)
+
+    return loop
 
 
 @pytest.mark.ray
@@ -193,7 +196,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_
         torch.set_num_threads(threads)
 
     cfg = load(None, tiny_overrides(tmp_path / "ray", "simsiam_multi", **extra))
-    monkeypatch.setattr(launch, "train_loop_per_worker", _loop_with_fault)
+    monkeypatch.setattr(launch, "train_loop_per_worker", _loop_that_dies(tmp_path))
     launch.make_trainer(cfg, callbacks=[_flag_when_registered(tmp_path)]).fit()
     assert (tmp_path / REGISTERED_FLAG.format(FAULT_EPOCH - 1)).exists() and (tmp_path / KILLED_FLAG).exists()
     rows = [json.loads(x) for x in (tmp_path / "ray/metrics.jsonl").read_text().splitlines()]
