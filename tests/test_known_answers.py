@@ -249,3 +249,25 @@ def test_lars_is_built_with_the_config_and_adapts_only_decayed_weights():
     assert by_name["decay"]["trust_coefficient"] == 0.002 and by_name["decay"]["momentum"] == 0.8
     assert by_name["decay"]["lr"] == by_name["decay"]["initial_lr"] == 0.4
     assert by_name["probe"]["lr"] == by_name["probe"]["initial_lr"] == 0.1 and by_name["probe"]["fixed_lr"]
+
+
+def test_lars_defaults_momentum_09_trust_1e3_no_weight_decay():
+    """LARS(params, lr=1): w = (3, 4), g = (0.3, 0.4): |g| = 0.5, trust 1e-3 * 5 / 0.5 = 0.01,
+    w = (2.997, 3.996); then trust 1e-3 * 4.995 / 0.5 = 0.00999, buf = 0.9 (0.003, 0.004) +
+    (0.002997, 0.003996) = (0.005697, 0.007596), w = (2.991303, 3.988404)."""
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    opt = LARS([w], lr=1.0)
+    for want in ([2.997, 3.996], [2.991303, 3.988404]):
+        w.grad = torch.tensor([0.3, 0.4], dtype=torch.float64)
+        opt.step()
+        assert w.tolist() == pytest.approx(want, abs=1e-7)
+
+
+def test_schedule_edges():
+    # one step of cosine after the warm-up: it ends the schedule (clamped at min_ratio after)
+    assert lr_factor(2, 3, 2, 0.2) == pytest.approx(1.0)
+    assert lr_factor(3, 3, 2, 0.2) == pytest.approx(0.2)
+    # an optimizer with only fixed groups: no scheduled lr to report
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "lr": 0.3, "initial_lr": 0.3, "fixed_lr": True}], lr=0.3)
+    assert set_lr(opt, 0.5) == 0.0 and opt.param_groups[0]["lr"] == 0.3
