@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # the container image `make image` builds; sweeps/cluster/*.yaml name the same (tests check it)
 IMAGE ?= ghcr.io/your-org/mpcl:ray-2.60.0
 
-.PHONY: setup system-packages venv demo test test-fast lint image clean
+.PHONY: setup system-packages venv demo test test-fast mutate lint image clean
 
 setup: system-packages venv
 
@@ -45,6 +45,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray"
 
+# mutation testing ([tool.mutmut] in pyproject.toml): mutants of the losses, methods, evaluation
+# and optimiser against the fast suite; long (hours on 2 cores), not part of `make test`
+mutate: setup
+	$(PY) -m mutmut run --max-children $$(nproc)
+	$(PY) tests/mutation_summary.py
+
 lint: setup
 	$(PY) -m compileall -q mpcl data_prep run.py tests
 	$(VENV)/bin/hadolint Dockerfile
@@ -55,4 +61,4 @@ image:
 	docker build -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

@@ -39,3 +39,12 @@ def tiny_overrides(out, method="simclr", **extra) -> list[str]:
 
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutation testing (mutmut sets MUTANT_UNDER_TEST; ``make mutate``) the tests that
+    train or load real data run last: mutmut stops at the first failure, so a mutant the unit
+    tests kill costs seconds instead of every training run first."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        heavy = {"fmnist_path", "fmnist_betons", "betons", "two_worker_results"}
+        items.sort(key=lambda item: bool(heavy & set(item.fixturenames)))

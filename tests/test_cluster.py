@@ -4,22 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.test_sweep import ROOT, _env, _sweep_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -27,18 +23,43 @@ def _ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProce
                           text=True, timeout=timeout)
 
 
+def _stop_ray_started_in(temp_dir: str, address: str | None) -> None:
+    """Stop the Ray processes of this cluster only (``ray stop`` would stop every Ray on the
+    machine): those whose command line names its temp dir or its address (GCS, raylets,
+    monitors, the client server) and everything they started (agents, workers)."""
+    ours: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if p.pid != os.getpid() and (temp_dir in cmdline or (address and address in cmdline)):
+            for q in (p, *p.children(recursive=True)):
+                ours[q.pid] = q
+    for p in ours.values():
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(ours.values()), timeout=20)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_path):
     # token authentication stays on: every node and the client share one token, as on a real cluster
     env = dict(_env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                "--resources={\"head_node\": 1}", "--include-dashboard=false",
-                f"--temp-dir={tempfile.mkdtemp(prefix='ray-head-')}", env=env)
+    temp_dir = tempfile.mkdtemp(prefix="ray-head-")
+    # --port=0: the GCS binds a free port itself; Ray writes the address into the temp dir
+    head = _ray("start", "--head", "--port=0", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                "--resources={\"head_node\": 1}", "--include-dashboard=false", f"--temp-dir={temp_dir}", env=env)
+    gcs = None
     try:
         assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+        gcs = (Path(temp_dir) / "ray_current_cluster").read_text().strip()   # host:port as Ray wrote it
+        address = f"127.0.0.1:{gcs.rsplit(':', 1)[1]}"
         worker = _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                       "--resources={\"second_node\": 1}", env=env)
         assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
@@ -57,4 +78,4 @@ def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_p
         summary = json.loads((tmp_path / "sweep" / "results.json").read_text())
         assert sorted(t["state"] for t in summary["trials"]) == ["complete", "complete"]
     finally:
-        _ray("stop", "--force", env=env)
+        _stop_ray_started_in(temp_dir, gcs)

@@ -2,7 +2,6 @@
 exactly, divergence stops the run and keeps the last good checkpoint, eval reads a checkpoint."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -30,8 +29,7 @@ def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_p
     assert REQUIRED <= rows[-1].keys()
     # what a sweep may name as its objective is exactly what an evaluated epoch reports
     assert sorted(rows[-1]) == sorted(reported_metrics(load(f"configs/fmnist_{method}.yaml", overrides)))
-    assert all(math.isfinite(r["train/loss"]) for r in rows)
-    assert 10 < rows[-1]["val/knn_top1"] <= 100            # far above chance (10%) on real data
+    assert rows[1]["train/loss"] < rows[0]["train/loss"]  # training helped: the loss falls
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and state["config"]["method"]["name"] == method
     if method.endswith("_multi"):
@@ -102,23 +100,30 @@ def test_diverged_error_type(tmp_path, fmnist_path):
 def test_eval_reads_a_checkpoint(tmp_path, fmnist_path, capsys):
     out = tmp_path / "run"
     run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{"data.path": fmnist_path})])
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     capsys.readouterr()
     run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "5"])
     result = json.loads(capsys.readouterr().out)
     assert result["epoch"] == 0 and result["method"] == "simclr"
-    assert 10 < result["knn_top1"] <= 100 and 10 < result["linear_top1"] <= 100
+    # the saved encoder on the same data: what the run measured at its end
+    assert result["knn_top1"] == logged["val/knn_top1"]
+    assert result["online_top1"] == pytest.approx(logged["val/online_top1"])
+    assert result["linear_top1"] > 40                    # chance is 10 %
 
 
 def test_eval_reports_every_mcl_network(tmp_path, fmnist_path, capsys):
     out = tmp_path / "run"
-    run.main(["train", "--no-ray", *tiny_overrides(out, "mcl", **{"data.path": fmnist_path})])
+    run.main(["train", "--no-ray", *tiny_overrides(out, "mcl", **{"data.path": fmnist_path,
+                                                                  "method.report_networks": True})])
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     capsys.readouterr()
-    run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "1",
-              "method.report_networks=true"])
+    run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "1"])
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "mcl"
     assert result["val/knn_top1_net0"] == pytest.approx(result["knn_top1"])  # network 0 is evaluated
-    assert 10 < result["val/knn_top1_net1"] <= 100
+    # each network's kNN as the run measured it at its end (the two networks differ)
+    assert result["val/knn_top1_net1"] == pytest.approx(logged["val/knn_top1_net1"])
+    assert result["val/knn_top1_net0"] == pytest.approx(logged["val/knn_top1_net0"])
 
 
 def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):

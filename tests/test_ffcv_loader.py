@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -227,6 +228,9 @@ def test_train_cli_reads_betons(betons, tmp_path, capsys):
     out = tmp_path / "run"
     run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{
         "data.loader": "ffcv", "data.dataset": "cifar10", "data.path": betons[0], "data.subset": 128,
-        "data.val_subset": N_VAL, "data.batch_size": BATCH, "data.num_workers": 1})])
+        "data.val_subset": N_VAL, "data.batch_size": BATCH, "data.num_workers": 1, "train.epochs": 2,
+        "train.eval_every": 2})])
     assert "val/knn_top1" in capsys.readouterr().out
-    assert (out / "metrics.jsonl").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[1]["train/loss"] < rows[0]["train/loss"]       # training on the betons helped

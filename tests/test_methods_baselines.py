@@ -614,28 +614,37 @@ def test_multi_crop_config_rules():
 
 # -- one epoch of each through the CLI ----------------------------------------------------------
 
+# The queue methods start with a queue of random keys (easy negatives): their loss rises while
+# real keys replace them. With a queue of one batch it holds only real keys from epoch 1 on,
+# so their training is judged on epochs 1 and 2 (192 samples: three epochs of 3 steps).
+QUEUE = {"method.queue_size": 64, "data.subset": 192, "train.epochs": 3}
 CLI_CASES = {
     "barlow_twins": {},
     "supcon": {"data.num_small_crops": 2, "data.small_crop_size": 16},
-    "moco": {"method.queue_size": 384},
-    "mcl": {"method.queue_size": 384, "method.report_networks": True},
+    "moco": QUEUE,
+    "mcl": {**QUEUE, "method.report_networks": True},
     "mcl_supervised": {"method.mode": "supervised", "data.min_per_class": 2},
     "spcl": {"method.num_prototypes": 20},
 }
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))
-def test_each_new_method_trains_one_epoch_through_the_cli(case, tmp_path, fmnist_path):
+def test_each_new_method_trains_through_the_cli(case, tmp_path, fmnist_path):
+    """256 samples in batches of 64 for two epochs (the samples of one epoch of 512), evaluated
+    at the end only: the mean training loss of the last epoch is below that of the one before."""
     method = case.split("_supervised")[0]
     out = tmp_path / case
-    overrides = tiny_overrides(out, method, **{"data.path": fmnist_path, **CLI_CASES[case]})
+    over = {"data.path": fmnist_path, "data.subset": 256, "data.batch_size": 64, "train.epochs": 2,
+            "train.eval_every": 100, **CLI_CASES[case]}
+    overrides = tiny_overrides(out, method, **over)
     run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(over["train.epochs"]))
+    assert rows[-1]["train/loss"] < rows[-2]["train/loss"]      # training helped
     last = rows[-1]
     # the declared metric names (a sweep's objective is checked against them) are the reported ones
     assert sorted(last) == sorted(reported_metrics(load(f"configs/fmnist_{method}.yaml", overrides)))
-    assert math.isfinite(last["train/loss"])
-    assert 10 < last["val/knn_top1"] <= 100 and 0 <= last["val/online_top1"] <= 100
+    assert "val/knn_top1" in last and "val/knn_top1" not in rows[-2]   # evaluated at the end only
     if case == "mcl":
         assert {"val/knn_top1_net0", "val/knn_top1_net1", "train/icl", "train/soft_vcl"} <= last.keys()
     if case == "mcl_supervised":

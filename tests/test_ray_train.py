@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -75,9 +74,11 @@ def _step(method_name: str, rank: int, world: int) -> dict:
     return result
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous: no port to pick in advance (gloo binds its own at the moment of use)
+    tdist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'rendezvous'}", rank=rank,
+                             world_size=world)
     try:
         results = {m: _step(m, rank, world) for m in METHODS}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -85,16 +86,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         tdist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_worker_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(out)), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
@@ -127,16 +122,68 @@ def local_ray():
     ray.shutdown()
 
 
+# The fault: rank 0's worker process exits hard as it is about to report epoch FAULT_EPOCH
+# (in the first attempt only), but not before the controller has registered the checkpoint of
+# the epoch before: a UserCallback on the controller writes a flag file when it has, and the
+# worker waits for that file. Without the wait, a worker that dies between its report and the
+# controller's next poll loses that report, and the restart resumes an epoch earlier.
+FAULT_EPOCH = 2
+REGISTERED_FLAG = "controller-registered-epoch-{}"
+
+KILLED_FLAG = "worker-killed"
+
+
+def _flag_when_registered(flag_dir: Path):
+    """A callback that runs in the Ray Train controller, after it has registered a report
+    (its checkpoint first): it leaves a flag file per epoch. (Built here so that importing
+    this module does not import ray.train.)"""
+    from ray.train import UserCallback
+
+    class FlagWhenRegistered(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None and metrics and "epoch" in metrics[0]:
+                (flag_dir / REGISTERED_FLAG.format(int(metrics[0]["epoch"]))).touch()
+
+    return FlagWhenRegistered()
+
+
+def _loop_that_dies(flag_dir: Path):
+    """mpcl's worker loop with ``RayReporter.report`` wrapped in the worker process. A closure,
+    so that Ray ships it by value (this test module is not importable in Ray's processes);
+    there, ``train_loop_per_worker`` is still mpcl's own (the test swaps it in the driver)."""
+    def loop(config: dict) -> None:
+        import time
+
+        from mpcl.launch import train as launch
+
+        registered = flag_dir / REGISTERED_FLAG.format(FAULT_EPOCH - 1)
+        report = launch.RayReporter.report
+
+        def report_or_die(self, metrics, state):
+            if metrics["epoch"] == FAULT_EPOCH and self.rank == 0 and not self.resumed:
+                deadline = time.monotonic() + 300
+                while not registered.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                (flag_dir / KILLED_FLAG).touch()
+                os._exit(1)
+            report(self, metrics, state)
+
+        launch.RayReporter.report = report_or_die
+        launch.train_loop_per_worker(config)
+
+    return loop
+
+
 @pytest.mark.ray
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_ray, monkeypatch):
-    """The worker process exits hard during epoch 2; Ray Train restarts the group
-    (max_failures=1), which resumes from the epoch-1 checkpoint: the finished run equals an
-    uninterrupted one, which it can only if the memory bank came back as it was saved
-    (epoch 2 reads the bank of epoch 1)."""
+    """The worker process exits hard during epoch 2, after the controller has registered the
+    epoch-1 checkpoint; Ray Train restarts the group (max_failures=1), which resumes from it:
+    the finished run equals an uninterrupted one, which it can only if the memory bank came
+    back as it was saved (epoch 2 reads the bank of epoch 1)."""
     from mpcl.engine.checkpoint import load as load_checkpoint
     from mpcl.engine.local import LocalReporter
     from mpcl.engine.loop import fit
-    from mpcl.launch.train import FAULT_ENV, STATE_FILE, train
+    from mpcl.launch import train as launch
 
     extra = {"data.path": fmnist_path, "train.epochs": 3, "method.bank_warmup_epochs": 1,
              "data.subset": 256, "data.batch_size": 64, "scale.max_failures": 1, "scale.num_to_keep": 3,
@@ -150,14 +197,15 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_
         torch.set_num_threads(threads)
 
     cfg = load(None, tiny_overrides(tmp_path / "ray", "simsiam_multi", **extra))
-    monkeypatch.setenv(FAULT_ENV, "1")
-    train(cfg)
+    monkeypatch.setattr(launch, "train_loop_per_worker", _loop_that_dies(tmp_path))
+    launch.make_trainer(cfg, callbacks=[_flag_when_registered(tmp_path)]).fit()
+    assert (tmp_path / REGISTERED_FLAG.format(FAULT_EPOCH - 1)).exists() and (tmp_path / KILLED_FLAG).exists()
     rows = [json.loads(x) for x in (tmp_path / "ray/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]          # epoch 2 once, none lost
     ref_rows = [json.loads(x) for x in (tmp_path / "ref/metrics.jsonl").read_text().splitlines()]
     for a, b in zip(ref_rows, rows):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4, abs=1e-5), a["epoch"]
-    checkpoints = sorted((tmp_path / "ray").glob("checkpoint_*/" + STATE_FILE))
+    checkpoints = sorted((tmp_path / "ray").glob("checkpoint_*/" + launch.STATE_FILE))
     assert len(checkpoints) == 3
     saved = load_checkpoint(checkpoints[1])                  # what the killed attempt left
     final = load_checkpoint(checkpoints[2])

@@ -33,13 +33,6 @@ from mpcl.launch.storage import Mirror, is_uri, join, read_text
 
 FAILED_FILE = "FAILED.json"
 STATE_FILE = "state.pt"
-# Test-only fault injection: in an attempt that did not resume from a checkpoint, the worker
-# process of rank 0 exits hard during the epoch after this one (before reporting it), so the
-# restarted worker group resumes from this epoch's checkpoint. Ray Train's controller collects
-# reports by polling the workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a worker that
-# dies sooner after its last report loses that report, and the restart resumes one epoch
-# earlier. The injected fault first waits out two polls so the test is deterministic.
-FAULT_ENV = "MPCL_FAULT_AFTER_EPOCH"
 # Test-only hold: in an attempt that did not resume from a checkpoint, rank 0 reports this
 # epoch (checkpoint included), then writes ``out/HELD`` and waits until ``out/RELEASE``
 # exists. A test can so interrupt (or release) a run at a known point instead of a moment.
@@ -222,8 +215,6 @@ def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | No
     from ray.train.torch import TorchTrainer
 
     loop_config: dict[str, Any] = {"cfg": to_dict(cfg), "objective": objective}
-    if os.environ.get(FAULT_ENV):
-        loop_config["fault_after_epoch"] = int(os.environ[FAULT_ENV])
     if os.environ.get(HOLD_ENV):
         loop_config["hold_after_epoch"] = int(os.environ[HOLD_ENV])
     return TorchTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
@@ -303,8 +294,7 @@ def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
 class RayReporter:
     """The engine's ``Reporter`` inside a Ray Train worker."""
 
-    def __init__(self, cfg: Config, objective: str | None = None, fault_after_epoch: int | None = None,
-                 hold_after_epoch: int | None = None):
+    def __init__(self, cfg: Config, objective: str | None = None, hold_after_epoch: int | None = None):
         import ray.train
 
         from mpcl.tracking import RunRecord
@@ -314,7 +304,6 @@ class RayReporter:
         self.out = self.run_dir.local
         self.rank = ray.train.get_context().get_world_rank()
         self.objective = objective
-        self.fault_after_epoch = fault_after_epoch
         self.hold_after_epoch = hold_after_epoch
         self.resumed = False
         self.last_objective: float | None = None
@@ -365,12 +354,6 @@ class RayReporter:
         import torch
         from ray.train import Checkpoint
 
-        if (self.fault_after_epoch is not None and not self.resumed and self.rank == 0
-                and metrics["epoch"] == self.fault_after_epoch + 1):
-            print(f"{FAULT_ENV}: the worker exits during epoch {metrics['epoch']} (fault injection)",
-                  file=sys.stderr, flush=True)
-            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
-            os._exit(1)
         metrics = dict(metrics)
         metrics["epochs_done"] = int(metrics["epoch"]) + 1
         if self.objective:
@@ -433,8 +416,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
     reporter = None
     try:
-        reporter = RayReporter(cfg, config.get("objective"), config.get("fault_after_epoch"),
-                               config.get("hold_after_epoch"))
+        reporter = RayReporter(cfg, config.get("objective"), config.get("hold_after_epoch"))
         fit(cfg, reporter)
     except DivergedError as e:  # every worker sees it at the same step (an all-reduce)
         if reporter.rank == 0:
