@@ -25,6 +25,29 @@ def fmnist_betons(fmnist_path, tmp_path_factory) -> str:
     return str(out)
 
 
+def free_port() -> int:
+    """A port nothing listens on right now. Another process may take it before the caller
+    binds it: use only for servers that cannot bind port 0 and report the port themselves
+    (moto's S3 server, the Ray agents' fixed ports in the SLURM test)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for the tests of a module; shut down after them."""
+    ray = pytest.importorskip("ray")
+    from mpcl.launch.train import init_ray
+
+    os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
 def tiny_overrides(out, method="simclr", **extra) -> list[str]:
     """A run that takes a few seconds on a laptop CPU: small CNN, 512 samples, 1 epoch."""
     base = {

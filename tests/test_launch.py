@@ -176,17 +176,6 @@ def test_an_address_that_is_not_a_ray_gcs_is_one_line(tmp_path, monkeypatch, cap
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    from mpcl.launch.train import init_ray
-
-    os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
-    init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_a_real_gcs_answers_the_probe(local_ray):
     from mpcl.launch.train import check_address

@@ -111,17 +111,6 @@ def test_two_workers_match_one_worker(method, two_worker_results):
 
 # -- through Ray Train ----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    from mpcl.launch.train import init_ray
-
-    os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
-    init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
 # The fault: rank 0's worker process exits hard as it is about to report epoch FAULT_EPOCH
 # (in the first attempt only), but not before the controller has registered the checkpoint of
 # the epoch before: a UserCallback on the controller writes a flag file when it has, and the

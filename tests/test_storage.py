@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import tiny_overrides
-from tests.test_cluster import _free_port
+from tests.conftest import free_port
 from tests.test_sweep import ROOT, _env, _sweep_file
 
 BUCKET = "mpcl"
@@ -27,7 +27,7 @@ def s3(tmp_path, monkeypatch):
     pytest.importorskip("moto")
     import boto3
 
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "moto.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT)

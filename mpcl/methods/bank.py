@@ -40,3 +40,15 @@ class SnapshotBank(nn.Module):
         self.snapshot.copy_(self.pending)
         self.snapshot_valid.copy_(self.pending_valid)
         self.snapshot_epoch.fill_(epoch)
+
+
+def bank_for(cfg, num_samples: int) -> SnapshotBank:
+    """The per-sample bank of a multi-stage method: one ``projector_out`` row per sample,
+    stored as ``method.bank_dtype``."""
+    return SnapshotBank(num_samples, cfg.model.projector_out, getattr(torch, cfg.method.bank_dtype))
+
+
+def bank_mixes(cfg, epoch: int) -> bool:
+    """Epochs 0..``bank_warmup_epochs`` (0-based) use the plain target, as the released
+    SimSiam-Multi does (its first mixed epoch is 51 with a warm-up of 50)."""
+    return epoch > cfg.method.bank_warmup_epochs

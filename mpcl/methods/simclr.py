@@ -15,7 +15,7 @@ from mpcl import distributed as dist
 from mpcl.data.batch import Batch
 from mpcl.losses import (attention_weighted_nt_xent, attention_weights, contrastive_terms, mixed_positive_terms,
                          multi_positive_cosine, multi_positive_terms, pair_indices)
-from mpcl.methods.bank import SnapshotBank
+from mpcl.methods.bank import bank_for, bank_mixes
 from mpcl.methods.base import Method, SSLOutput
 from mpcl.models import projector
 
@@ -122,11 +122,10 @@ class SimCLRAttnMulti(SimCLRAttn):
 
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
-        dtype = getattr(torch, cfg.method.bank_dtype)
-        self.bank = SnapshotBank(num_samples, cfg.model.projector_out, dtype)
+        self.bank = bank_for(cfg, num_samples)
 
     def bank_active(self, epoch: int) -> bool:
-        return epoch > self.cfg.method.bank_warmup_epochs
+        return bank_mixes(self.cfg, epoch)
 
     def infonce_terms(self, z: torch.Tensor, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.cfg.method

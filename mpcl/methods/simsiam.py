@@ -7,7 +7,7 @@ import torch
 from mpcl import distributed as dist
 from mpcl.data.batch import Batch
 from mpcl.losses import bank_target, symmetric_negative_cosine
-from mpcl.methods.bank import SnapshotBank
+from mpcl.methods.bank import bank_for, bank_mixes
 from mpcl.methods.base import Method, SSLOutput
 from mpcl.models import predictor, projector
 
@@ -56,11 +56,10 @@ class SimSiamMulti(SimSiam):
 
     def __init__(self, cfg, num_classes: int, num_samples: int):
         super().__init__(cfg, num_classes, num_samples)
-        dtype = getattr(torch, cfg.method.bank_dtype)
-        self.bank = SnapshotBank(num_samples, cfg.model.projector_out, dtype)
+        self.bank = bank_for(cfg, num_samples)
 
     def bank_active(self, epoch: int) -> bool:
-        return epoch > self.cfg.method.bank_warmup_epochs
+        return bank_mixes(self.cfg, epoch)
 
     def targets(self, batch: Batch, z1: torch.Tensor, z2: torch.Tensor, epoch: int):
         self.bank.write(dist.gather(batch.index), dist.gather(z2.detach()))
