@@ -144,9 +144,15 @@ def test_two_worker_run_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
                "data.path": fmnist_path, "data.subset": 256, "data.batch_size": 64, "train.epochs": 4,
                "scale.workers": 2, "scale.num_to_keep": 4, "tracking.wandb": "disabled"})]
 
-    def two_epochs() -> bool:  # by then Ray Train has recorded the first epoch's checkpoint
-        return ("runs/r1/metrics.jsonl" in _keys("runs/r1/")
-                and len(_text("runs/r1/metrics.jsonl").splitlines()) >= 2)
+    def two_epochs() -> bool:
+        """Two epochs logged, and Ray Train's controller has registered a checkpoint (it polls
+        the workers, so it writes its snapshot seconds after a worker uploaded one; a run
+        killed before that would rightly start over)."""
+        keys = _keys("runs/r1/")
+        if "runs/r1/metrics.jsonl" not in keys or "runs/r1/checkpoint_manager_snapshot.json" not in keys:
+            return False
+        snapshot = json.loads(_text("runs/r1/checkpoint_manager_snapshot.json"))
+        return bool(snapshot.get("latest_checkpoint_result")) and len(_text("runs/r1/metrics.jsonl").splitlines()) >= 2
 
     with open(tmp_path / "first.log", "w") as log:
         _run_until(cmd, s3, log, two_epochs)

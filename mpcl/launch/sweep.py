@@ -569,14 +569,14 @@ def _error_reason(error: BaseException | None) -> str:
     return _first_line(text)[:300]
 
 
-def _told_trials(sweep_dir: Path, study_name: str) -> set[str]:
+def _told_trials(study_url: str, study_name: str) -> set[str]:
     """Ray trial ids whose end the study was told (COMPLETE, PRUNED or FAIL). Tune tells the
     searcher when it stops a trial (finished, ASHA, error), never when the whole sweep is
     interrupted: such a trial stays RUNNING in the study and ``--resume`` continues it."""
     import optuna
 
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url(sweep_dir))
+        study = optuna.load_study(study_name=study_name, storage=study_url)
     except Exception:  # no study (yet): nothing was told
         return set()
     return {t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False)
@@ -590,7 +590,8 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
     # the grid's results come in the order of its trials (Tune's own Trial objects, private):
     # the trial id is known even for a trial that never reported
     trials = grid._experiment_analysis.trials
-    told = _told_trials(sweep_dir, spec.name)
+    files = Mirror(sweep_dir)
+    told = _told_trials(spec.study or storage_url(files.local), spec.name)
     for trial, result in zip(trials, grid):
         m = dict(result.metrics or {})
         trial_id = trial.trial_id
@@ -614,7 +615,6 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
                      "objective": value if isinstance(value, (int, float)) and math.isfinite(value) else None,
                      "epochs_done": done, "run_dir": str(run_dir)})
     rows = sort_rows(rows, spec.mode)
-    files = Mirror(sweep_dir)
     summary = {"name": spec.name, "metric": spec.metric, "mode": spec.mode, "epochs": epochs,
                "storage": spec.study or storage_url(files.local), "study_name": spec.name, "trials": rows}
     tmp = files.local / ".results.json.tmp"
