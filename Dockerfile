@@ -29,7 +29,7 @@ RUN make venv VENV=/opt/mpcl-venv VENV_FLAGS=--system-site-packages EXTRAS= PYTH
 RUN useradd --create-home --uid 1000 --shell /bin/bash mpcl \
     && mkdir -p /app/data /app/runs \
     && chown -R mpcl:mpcl /app/data /app/runs
-USER mpcl
+USER 1000:1000
 VOLUME ["/app/data", "/app/runs"]
 
 CMD ["python", "run.py", "--help"]

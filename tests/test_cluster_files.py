@@ -60,7 +60,7 @@ def test_dockerfile_installs_through_the_makefile_steps():
     assert re.search(r"^RUN make system-packages\b", docker, re.M)
     assert re.search(r"^system-packages:$", make, re.M) and "apt-get install" in make
     assert re.search(r"^RUN make venv VENV=\S+ VENV_FLAGS=--system-site-packages", docker, re.M)
-    assert re.search(r"^USER (?!root)\w+", docker, re.M)                   # not root
+    assert re.search(r"^USER (?!root\b|0\b|0:)\w+", docker, re.M)        # not root (by name or uid 0)
     assert 'VOLUME ["/app/data", "/app/runs"]' in docker
     assert re.search(r"^image:\n\tdocker build -t \$\(IMAGE\) \.$", make, re.M)
 
