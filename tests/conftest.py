@@ -48,6 +48,15 @@ def local_ray():
     ray.shutdown()
 
 
+def tiny_sweep_overrides(fmnist_path: str, subset: int, epochs: int) -> dict:
+    """A sweep file's ``overrides`` for trials that take seconds on a CPU (small CNN, raw files)."""
+    return {"model.backbone": "small_cnn", "model.projector_hidden": 64, "model.projector_out": 32,
+            "data.loader": "torch", "data.path": fmnist_path, "data.subset": subset, "data.val_subset": subset,
+            "data.batch_size": 64, "data.num_workers": 0, "train.epochs": epochs, "train.progress": "false",
+            "optim.name": "sgd", "optim.lr": 0.3, "optim.scale_lr": False, "optim.warmup_epochs": 0,
+            "tracking.wandb": "disabled"}
+
+
 def tiny_overrides(out, method="simclr", **extra) -> list[str]:
     """A run that takes a few seconds on a laptop CPU: small CNN, 512 samples, 1 epoch."""
     base = {

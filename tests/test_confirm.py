@@ -16,17 +16,15 @@ from mpcl.launch import LaunchError
 from mpcl.launch.confirm import BASELINE, candidates, confirmed_best, verdict
 from mpcl.launch.sweep import load_sweep
 
+from tests.conftest import tiny_sweep_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tree(tmp_path, fmnist_path="/nonexistent", **extra) -> dict:
     tree = {
         "name": "tinyconfirm", "base": str(ROOT / "configs/fmnist_simclr_attn.yaml"),
-        "overrides": {"model.backbone": "small_cnn", "model.projector_hidden": 64, "model.projector_out": 32,
-                      "data.loader": "torch", "data.path": fmnist_path, "data.subset": 128, "data.val_subset": 128,
-                      "data.batch_size": 64, "data.num_workers": 0, "train.epochs": 1, "train.progress": "false",
-                      "optim.name": "sgd", "optim.lr": 0.3, "optim.scale_lr": False, "optim.warmup_epochs": 0,
-                      "tracking.wandb": "disabled"},
+        "overrides": tiny_sweep_overrides(fmnist_path, subset=128, epochs=1),
         "space": {"method.temperature": {"type": "loguniform", "low": 0.1, "high": 1.0}},
         "points": [{"method.temperature": 0.5}, {"method.temperature": 0.2}],
         "objective": {"metric": "val/knn_top1", "mode": "max"},

@@ -15,17 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import tiny_sweep_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep_file(tmp_path, fmnist_path, **extra) -> Path:
     tree = {
         "name": "tiny", "base": str(ROOT / "configs/fmnist_simclr_attn.yaml"),
-        "overrides": {"model.backbone": "small_cnn", "model.projector_hidden": 64, "model.projector_out": 32,
-                      "data.loader": "torch", "data.path": fmnist_path, "data.subset": 256, "data.val_subset": 256,
-                      "data.batch_size": 64, "data.num_workers": 0, "train.epochs": 2, "train.progress": "false",
-                      "optim.name": "sgd", "optim.lr": 0.3, "optim.scale_lr": False, "optim.warmup_epochs": 0,
-                      "tracking.wandb": "disabled"},
+        "overrides": tiny_sweep_overrides(fmnist_path, subset=256, epochs=2),
         "space": {"method.temperature": {"type": "loguniform", "low": 0.1, "high": 1.0},
                   "optim.lr": {"type": "choice", "values": [0.3, 1.0e30]}},
         "points": [{"method.temperature": 0.5, "optim.lr": 0.3},
