@@ -88,6 +88,12 @@ def _submit(args: list[str], env: dict, log: Path, interrupt_when=None, timeout:
     return job.returncode, log.read_text(), list(seen.values())
 
 
+def _raylets(processes) -> int:
+    """How many raylets the job started: distinct raylet command lines (each names its own node
+    id), since a raylet's child caught between fork and exec still shows the raylet's."""
+    return len({cmd for _, cmd in processes if cmd.split(" ")[0].endswith("/raylet")})
+
+
 def _left_running(processes) -> list[str]:
     """The job's processes still alive a little after it ended; killed here (they are ours)."""
     import psutil
@@ -125,7 +131,7 @@ def test_slurm_script_sweeps_stops_on_sigterm_and_resumes(tmp_path, fmnist_path)
         assert rc == 143, out[-4000:]
         assert "slurm.sbatch: 2 Ray nodes up" in out and "second_node" in out, out[-4000:]
         assert "SIGTERM: stopping the sweep" in out, out[-4000:]
-        assert sum("/raylet" in cmd.split(" ")[0] for _, cmd in processes) == 2, processes  # two nodes
+        assert _raylets(processes) == 2, processes  # two nodes
         assert _left_running(processes) == []                  # Ray and the driver are gone
         first = {p.parent.name: p.read_text().splitlines()[0]
                  for p in sweep_dir.glob("trials/*/metrics.jsonl") if p.read_text().strip()}
@@ -135,7 +141,7 @@ def test_slurm_script_sweeps_stops_on_sigterm_and_resumes(tmp_path, fmnist_path)
                                      tmp_path / "second.log")
         started += processes
         assert rc == 0, out[-4000:]
-        assert sum("/raylet" in cmd.split(" ")[0] for _, cmd in processes) == 2, processes
+        assert _raylets(processes) == 2, processes
         assert _left_running(processes) == []
         summary = json.loads((sweep_dir / "results.json").read_text())
         assert sorted(t["state"] for t in summary["trials"]) == ["complete", "complete"], summary
