@@ -371,7 +371,9 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
     """Defaults <- YAML file <- overrides; validated. Raises ConfigError."""
     cfg = Config()
     if path is not None:
-        tree = read_yaml_mapping(path, ConfigError, f"--config {path}: no such file", "a mapping of sections")
+        from mpcl.presets import read_preset
+
+        tree = read_preset(path)
         for key, value in flatten(tree).items():
             _apply(cfg, key, value)
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
