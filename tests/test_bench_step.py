@@ -155,7 +155,7 @@ def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
 def test_worker_consistent_buffers_are_the_banks_queues_and_pseudo_labels(method, expected):
     """What DDP is told to leave out of its broadcast: exactly the buffers kept consistent by
     gathered writes or rank-0 broadcasts; BN statistics stay in."""
-    from mpcl.config import load
+    from mpcl.configure import load
     from mpcl.methods import build_method
 
     cfg = load(None, [f"method.name={method}", "model.backbone=small_cnn", *SMALL_HEADS])

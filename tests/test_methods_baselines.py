@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import run
-from mpcl.config import ConfigError, load
+from mpcl.config import ConfigError
+from mpcl.configure import load
 from mpcl.data.augment import EvalTransform, SSLAugment
 from mpcl.data.batch import Batch
 from mpcl.data.loaders import EvalLoader, TensorTrainLoader, class_grouped_order
@@ -503,7 +504,7 @@ def test_prototype_pairs_follow_the_reference_sampler():
 
 def _released_method_loss(method, batch, pair_by):
     """What the reference computes on the pairs the method forms (float32 inputs)."""
-    mc = method.cfg.method
+    mc = method.params
     n = batch.index.shape[0]
     h, z = method.encode_views(batch)
     logits = method.classifier(h).float()
@@ -547,9 +548,9 @@ def test_spcl_pseudo_label_order_switch():
     method, loaders, images, group = _spcl_setup()
     method.on_epoch_start(0, loaders, contextlib.nullcontext)
     by_index = method.pseudo_labels.clone()
-    method.cfg.method.pseudo_label_order = "loader"
+    method.params.pseudo_label_order = "loader"
     method.on_epoch_start(0, loaders, contextlib.nullcontext)
-    draws = loader_order_draws(60, method.cfg.train.seed, 0)
+    draws = loader_order_draws(60, method.seed, 0)
     assert len(set(draws.tolist())) < 60                    # with replacement
     assert torch.equal(method.pseudo_labels, by_index[draws])
     assert not torch.equal(method.pseudo_labels, by_index)
@@ -561,7 +562,7 @@ def test_spcl_pair_labels_switch():
     method, loaders, images, group = _spcl_setup()
     method.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                     nn.Linear(4, method.feature_dim))
-    method.cfg.method.pair_labels = "true"
+    method.params.pair_labels = "true"
     method.on_epoch_start(0, loaders, contextlib.nullcontext)
     method.eval()
     views = [images[:12].float() / 255, images[12:24].float() / 255]

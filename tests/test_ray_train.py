@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from mpcl.config import load
+from mpcl.configure import load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 from tests.conftest import tiny_overrides

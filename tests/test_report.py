@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 import run
-from mpcl.config import Config, dump
+from mpcl.config import dump
+from mpcl.configure import load
 
 
 def _make_sweep(d: Path, complete: int = 2) -> list[dict]:
@@ -26,10 +27,7 @@ def _make_sweep(d: Path, complete: int = 2) -> list[dict]:
     for tid, state, temp, values in specs:
         run_dir = d / "trials" / tid
         run_dir.mkdir(parents=True)
-        cfg = Config()
-        cfg.method.temperature = temp
-        cfg.out = str(run_dir)
-        dump(cfg, run_dir / "config.yaml")
+        dump(load(None, {"method.temperature": temp, "out": str(run_dir)}), run_dir / "config.yaml")
         (run_dir / "metrics.jsonl").write_text("".join(
             json.dumps({"epoch": e, "train/loss": 5.0 - e, "val/knn_top1": v}) + "\n" for e, v in enumerate(values)))
         ot_state = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}[state]

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpcl.config import ConfigError, load
+from mpcl.config import ConfigError
+from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.losses import attention_weighted_nt_xent, attention_weights, mixed_positive_terms, pair_indices
 from mpcl.methods import build_method
@@ -69,9 +70,9 @@ def test_mixed_positive_loss_matches_a_plain_loop_with_gradients(T, a, t, b):
 
 
 def _method(name, **extra):
-    cfg = load(None, tiny_overrides("/tmp/unused", name, **{
+    cfg = load(None, declared_only(name, tiny_overrides("/tmp/unused", name, **{   # the knobs it has
         "method.temperature": 0.3, "method.attention_weight": 0.7, "method.attention_temperature": 0.001,
-        "method.bank_warmup_epochs": 0, **extra}))
+        "method.bank_warmup_epochs": 0, **extra})))
     torch.manual_seed(0)
     method = build_method(cfg, 10, N_SAMPLES)
     method.train()
