@@ -223,3 +223,12 @@ def test_eval_options_and_overrides_in_any_order(monkeypatch):
     run.main(["eval", "data.path=/x", "--checkpoint", "last.pt", "data.subset=5", "--linear-epochs", "3"])
     assert seen["overrides"] == ["data.path=/x", "data.subset=5"] and seen["checkpoint"] == "last.pt"
     assert seen["linear_epochs"] == 3
+
+
+def test_the_schema_and_the_methods_import_no_loader():
+    """Layers: the schema imports nothing of mpcl; the methods import the schema, not the loader
+    that composes a Config (mpcl.configure, above them)."""
+    code = ("import sys, mpcl.config; schema = {m for m in sys.modules if m.startswith('mpcl.')}; "
+            "import mpcl.methods; print(sorted(schema), 'mpcl.configure' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.stdout.split() == ["['mpcl.config']", "False"], proc.stderr
