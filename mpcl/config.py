@@ -132,7 +132,8 @@ class TrackingConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodParams = field(default_factory=MethodParams)   # the chosen method's parameters
+    # the chosen method's parameters: its own MethodParams subclass, picked by mpcl.configure
+    method: MethodParams = field(default_factory=MethodParams)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
