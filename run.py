@@ -23,7 +23,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def load_config(path: str | None, overrides: list[str]):
-    from mpcl.config import ConfigError, load
+    from mpcl.config import ConfigError
+    from mpcl.configure import load
 
     try:
         return load(path, overrides)

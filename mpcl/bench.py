@@ -117,7 +117,7 @@ def reference_epochs(path: Path, size: int, samples: int, batch_size: int, worke
 def ffcv_epochs(path: Path, dataset: str, samples: int, batch_size: int, workers: int,
                 device: torch.device):
     """``run_epoch(e) -> samples`` for mpcl's FFCV training loader."""
-    from mpcl.config import load
+    from mpcl.configure import load
     from mpcl.data.datasets import get_dataset
     from mpcl.data.ffcv_loader import FFCVTrainLoader
 

@@ -145,17 +145,18 @@ class StepReport:
 def method_config(method: str, dataset: str, backbone: str, batch_size: int, device: str,
                   setting: Setting, overrides: list[str]):
     """The method's preset for ``dataset`` (``configs/<dataset>_<method>.yaml``, else the
-    defaults) with the bench's scale and this setting."""
-    from mpcl.config import load
+    defaults) with the bench's scale and this setting (``method.*`` keys of other methods
+    left out)."""
+    from mpcl.configure import declared_only, load
 
     preset = ROOT / "configs" / f"{PRESET_PREFIX.get(dataset, dataset)}_{method}.yaml"
-    return load(str(preset) if preset.is_file() else None, [
+    return load(str(preset) if preset.is_file() else None, declared_only(method, [
         f"method.name={method}", f"data.dataset={dataset}", "data.loader=torch",
         f"data.batch_size={batch_size}", f"model.backbone={backbone}", f"train.device={device}",
         f"train.precision={setting.precision}", f"model.channels_last={str(setting.channels_last).lower()}",
         f"train.compile={str(setting.compile).lower()}",
         "method.bank_warmup_epochs=0",  # simsiam_multi reads its bank at the timed epoch (1)
-        *overrides])
+        *overrides]))
 
 
 def _sync(device: torch.device) -> None:
@@ -448,9 +449,9 @@ def measure(methods: list[str], settings: list[str], dataset: str, backbone: str
         for key, runner in runners.items():
             m = runner.method
             names = set(m.worker_consistent_buffers())
-            agree[m.cfg.method.name] = agree.get(m.cfg.method.name, True) and buffers_agree(m)
-            consistent[m.cfg.method.name] = sum(_nbytes(m.get_buffer(n)) for n in names)
-            expected[m.cfg.method.name] = sum(_nbytes(b) for n, b in m.named_buffers() if n not in names)
+            agree[m.params.name] = agree.get(m.params.name, True) and buffers_agree(m)
+            consistent[m.params.name] = sum(_nbytes(m.get_buffer(n)) for n in names)
+            expected[m.params.name] = sum(_nbytes(b) for n, b in m.named_buffers() if n not in names)
     return rows, agree, consistent, expected
 
 

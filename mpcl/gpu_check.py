@@ -51,7 +51,7 @@ def _small(device: torch.device) -> bool:
 
 def _method(name: str, device: torch.device, **extra):
     """A method built by the engine from its Fashion-MNIST preset (small on CPU), in fp32."""
-    from mpcl.config import load
+    from mpcl.configure import load
     from mpcl.methods import build_method
 
     overrides = [f"method.name={name}", "data.batch_size=64", "train.precision=fp32", *[f"{k}={v}" for k, v in extra.items()]]
@@ -125,7 +125,7 @@ def check_augment_matches_cpu(device: torch.device) -> str:
 def check_bf16_step_close_to_fp32(device: torch.device) -> str:
     """The same SimCLR step (weights, batch) under bf16 autocast: loss within 2 % of fp32's, and a
     whole optimizer step leaves finite, changed weights."""
-    from mpcl.config import load
+    from mpcl.configure import load
     from mpcl.engine.loop import Runtime, TrainStep, optimizer_step, runtime
     from mpcl.engine.optim import build_optimizer
 

@@ -155,10 +155,10 @@ def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
 def test_worker_consistent_buffers_are_the_banks_queues_and_pseudo_labels(method, expected):
     """What DDP is told to leave out of its broadcast: exactly the buffers kept consistent by
     gathered writes or rank-0 broadcasts; BN statistics stay in."""
-    from mpcl.config import load
+    from mpcl.configure import declared_only, load
     from mpcl.methods import build_method
 
-    cfg = load(None, [f"method.name={method}", "model.backbone=small_cnn", *SMALL_HEADS])
+    cfg = load(None, declared_only(method, [f"method.name={method}", "model.backbone=small_cnn", *SMALL_HEADS]))
     m = build_method(cfg, 10, 64)
     names = set(m.worker_consistent_buffers())
     assert names == expected

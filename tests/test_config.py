@@ -5,9 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import run
-from mpcl.config import ConfigError, dump, load
+from mpcl.config import SECTIONS, field_types
+from mpcl.config import ConfigError, dump, to_dict
+from mpcl.configure import declared_only, from_dict, load
+from mpcl.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,42 +40,97 @@ def test_dump_and_reload_round_trip(tmp_path):
     assert load(tmp_path / "c.yaml") == cfg
 
 
+# (override, the key the one-line error names, the method it is given to)
 BAD = [
-    ("method.temperature=0", "method.temperature"),
-    ("method.temperature=-0.5", "method.temperature"),
-    ("method.attention_weight=1.5", "method.attention_weight"),
-    ("method.attention_weight=-0.1", "method.attention_weight"),
-    ("method.bank_mix=2", "method.bank_mix"),
-    ("method.attention_target=both", "method.attention_target"),
-    ("method.classifier_outputs=labels", "method.classifier_outputs"),
-    ("method.pseudo_label_order=random", "method.pseudo_label_order"),
-    ("method.pair_labels=ground_truth", "method.pair_labels"),
-    ("method.name=byol", "method.name"),
-    ("model.backbone=vgg", "model.backbone"),
-    ("data.dataset=mnist", "data.dataset"),
-    ("train.epochs=two", "train.epochs"),
-    ("data.subset=1.5", "data.subset"),
-    ("model.cifar_stem=3", "model.cifar_stem"),
-    ("method.temprature=0.2", "method.temprature"),
-    ("methods.temperature=0.2", "methods.temperature"),
+    ("method.temperature=0", "method.temperature", "simclr"),
+    ("method.temperature=-0.5", "method.temperature", "simclr"),
+    ("method.attention_weight=1.5", "method.attention_weight", "simclr_attn"),
+    ("method.attention_weight=-0.1", "method.attention_weight", "simclr_attn_multi"),
+    ("method.bank_mix=2", "method.bank_mix", "simsiam_multi"),
+    ("method.attention_target=both", "method.attention_target", "simclr_attn"),
+    ("method.classifier_outputs=labels", "method.classifier_outputs", "spcl"),
+    ("method.pseudo_label_order=random", "method.pseudo_label_order", "spcl"),
+    ("method.pair_labels=ground_truth", "method.pair_labels", "spcl"),
+    ("method.name=byol", "method.name", "simclr"),
+    ("model.backbone=vgg", "model.backbone", "simclr"),
+    ("data.dataset=mnist", "data.dataset", "simclr"),
+    ("train.epochs=two", "train.epochs", "simclr"),
+    ("data.subset=1.5", "data.subset", "simclr"),
+    ("model.cifar_stem=3", "model.cifar_stem", "simclr"),
+    ("method.temprature=0.2", "method.temprature", "simclr"),
+    ("methods.temperature=0.2", "methods.temperature", "simclr"),
+    ("method.bank_mix=0.3", "method.bank_mix", "simclr"),         # another method's knob
+    ("method.queue_size=64", "method.queue_size", "mcl_nope"),    # an unknown method first
 ]
 
 
-@pytest.mark.parametrize("override,key", BAD)
-def test_bad_value_exits_2_naming_the_key(override, key, capsys, tmp_path):
+@pytest.mark.parametrize("override,key,method", BAD)
+def test_bad_value_exits_2_naming_the_key(override, key, method, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", override, f"out={tmp_path / 'r'}"])
+        run.main(["train", "--no-ray", f"method.name={method}", override, f"out={tmp_path / 'r'}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and key in err
+    assert len(err.splitlines()) == 1 and (key in err if method != "mcl_nope" else "mcl_nope" in err)
     assert not (tmp_path / "r").exists()           # nothing was started
+
+
+def test_a_key_the_method_does_not_have_names_the_method_and_its_keys():
+    with pytest.raises(ConfigError) as e:
+        load(None, ["method.name=simclr", "method.bank_mix=0.3"])
+    assert str(e.value) == "method.bank_mix: not a parameter of method 'simclr' (it has: temperature)"
+    with pytest.raises(ConfigError, match=r"^method.temperature: not a parameter of method 'simsiam' \(it has: no "):
+        load(ROOT / "configs/fmnist_simsiam.yaml", ["method.temperature=0.2"])
+    # the method is resolved first, whatever the order of the keys: preset, then overrides
+    cfg = load(ROOT / "configs/fmnist_simsiam.yaml", ["method.bank_mix=0.3", "method.name=simsiam_multi"])
+    assert cfg.method.name == "simsiam_multi" and cfg.method.bank_mix == 0.3
+    with pytest.raises(ConfigError, match=r"^method.attention_weight: not a parameter of method 'simclr'"):
+        load(ROOT / "configs/fmnist_simclr_attn.yaml", ["method.name=simclr"])   # the preset's knobs
+
+
+def test_a_config_lists_only_its_methods_keys(tmp_path):
+    cfg = load(ROOT / "configs/fmnist_simclr_attn.yaml", [f"out={tmp_path}"])
+    dump(cfg, tmp_path / "config.yaml")
+    method = yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]
+    assert list(method) == ["name", "temperature", "attention_weight", "attention_temperature", "attention_target"]
+    assert not {"alpha", "kmeans_iters", "bank_dtype", "bank_mix", "queue_size"} & set(method)
+
+
+def test_a_stored_config_of_every_method_key_is_read_back(tmp_path):
+    """config.yaml written before each method declared its keys lists all of them: from_dict
+    (resume, eval, report) keeps the method's own and drops the rest; user input does not."""
+    cfg = load(ROOT / "configs/fmnist_simclr_attn.yaml", ["method.attention_weight=0.3", f"out={tmp_path}"])
+    old = to_dict(cfg)
+    old["method"].update({"bank_mix": 0.5, "alpha": 0.1, "kmeans_iters": 20, "mode": "unsupervised"})
+    assert from_dict(old) == cfg
+    assert from_dict(old, ["method.temperature=0.3"]).method.temperature == 0.3
+    with pytest.raises(ConfigError, match="^method.alpha: not a parameter of method 'simclr_attn'"):
+        from_dict(old, ["method.alpha=0.2"])
+    with pytest.raises(ConfigError, match="^data.nope: unknown key"):     # only method keys are dropped
+        from_dict({**old, "data": {**old["data"], "nope": 1}})
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    with pytest.raises(ConfigError, match="^method.bank_mix: not a parameter"):  # a preset is user input
+        load(tmp_path / "old.yaml")
+
+
+def test_lambda_alias_and_mcl_rules():
+    assert load(None, ["method.name=barlow_twins", "method.lambda=0.01"]).method.barlow_lambda == 0.01
+    with pytest.raises(ConfigError, match="^method.eval_network=2: must be < method.num_networks=2$"):
+        load(None, ["method.name=mcl", "method.eval_network=2"])
+
+
+def test_declared_only_spreads_overrides_over_methods():
+    over = {"method.bank_mix": 0.3, "method.attention_weight": 0.5, "train.epochs": 2, "method.bank_mx": 1}
+    assert declared_only("simclr", over) == {"train.epochs": 2, "method.bank_mx": 1}
+    assert declared_only("simclr_attn_multi", over) == over
+    with pytest.raises(ConfigError, match="^method.bank_mx: not a parameter"):   # a typo stays an error
+        load(None, {"method.name": "simsiam_multi", **declared_only("simsiam_multi", over)})
 
 
 def test_error_names_the_value_and_what_is_allowed():
     with pytest.raises(ConfigError, match=r"method.name='byol'.*simclr.*simsiam_multi"):
         load(None, ["method.name=byol"])
     with pytest.raises(ConfigError, match=r"method.bank_mix=2.0: must satisfy 0.0 <= value <= 1.0"):
-        load(None, ["method.bank_mix=2"])
+        load(None, ["method.name=simsiam_multi", "method.bank_mix=2"])
 
 
 def test_cli_subprocess_exit_code(tmp_path):
@@ -88,27 +147,34 @@ def test_missing_config_file(capsys):
 
 
 NON_FINITE = ["optim.lr=nan", "method.temperature=inf", "data.crop_scale_min=nan", "train.knn_temperature=nan",
-              "optim.trust_coefficient=.nan", "scale.gpus_per_worker=-inf", "method.kd_temperature=.inf"]
+              "optim.trust_coefficient=.nan", "scale.gpus_per_worker=-inf", "method.name=mcl method.kd_temperature=.inf"]
 
 
 @pytest.mark.parametrize("override", NON_FINITE)
 def test_nan_and_inf_are_refused_naming_the_key(override, capsys, tmp_path):
-    key = override.split("=")[0]
+    key = override.split()[-1].split("=")[0]
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", override, f"out={tmp_path / 'r'}"])
+        run.main(["train", "--no-ray", *override.split(), f"out={tmp_path / 'r'}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err and "finite" in err
     assert not (tmp_path / "r").exists()
 
 
-def test_every_float_key_refuses_nan():
-    from mpcl.config import FLOAT_KEYS
+def _float_keys(method: str) -> list[str]:
+    """Every float-typed key of a config of ``method``, as ``section.key``."""
+    cfg = load(None, {"method.name": method})
+    return [f"{section}.{name}" for section in SECTIONS
+            for name, typ in field_types(type(getattr(cfg, section))).items() if typ is float]
 
-    assert "optim.lr" in FLOAT_KEYS and "scale.gpus_per_worker" in FLOAT_KEYS and "train.epochs" not in FLOAT_KEYS
-    for key in FLOAT_KEYS:
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_float_key_refuses_nan(method):
+    keys = _float_keys(method)
+    assert "optim.lr" in keys and "scale.gpus_per_worker" in keys and "train.epochs" not in keys
+    for key in keys:
         with pytest.raises(ConfigError, match=f"^{key}=nan: must be a finite number$"):
-            load(None, {key: float("nan")})
+            load(None, {"method.name": method, key: float("nan")})
 
 
 @pytest.mark.parametrize("text,expect", [
@@ -157,3 +223,12 @@ def test_eval_options_and_overrides_in_any_order(monkeypatch):
     run.main(["eval", "data.path=/x", "--checkpoint", "last.pt", "data.subset=5", "--linear-epochs", "3"])
     assert seen["overrides"] == ["data.path=/x", "data.subset=5"] and seen["checkpoint"] == "last.pt"
     assert seen["linear_epochs"] == 3
+
+
+def test_the_schema_and_the_methods_import_no_loader():
+    """Layers: the schema imports nothing of mpcl; the methods import the schema, not the loader
+    that composes a Config (mpcl.configure, above them)."""
+    code = ("import sys, mpcl.config; schema = {m for m in sys.modules if m.startswith('mpcl.')}; "
+            "import mpcl.methods; print(sorted(schema), 'mpcl.configure' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.stdout.split() == ["['mpcl.config']", "False"], proc.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import run
-from mpcl.config import load
+from mpcl.configure import load
 from mpcl.engine.checkpoint import load as load_checkpoint
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import DivergedError, fit, reported_metrics

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 
 from _fixtures_data import make_cifar  # noqa: E402
 
-from mpcl.config import load  # noqa: E402
+from mpcl.configure import load  # noqa: E402
 from mpcl.data.loaders import build_loaders  # noqa: E402
 from mpcl.data.sources import SourceError  # noqa: E402
 

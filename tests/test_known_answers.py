@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from mpcl.config import load
+from mpcl.configure import load
 from mpcl.engine import evaluate as ev
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import fit

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import run
-from mpcl.config import load
+from mpcl.configure import load
 from mpcl.launch import LaunchError
 from tests.conftest import tiny_overrides
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mpcl.config import load
+from mpcl.configure import load
 from mpcl.data.loaders import build_loaders
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import build, evaluate, fit, runtime

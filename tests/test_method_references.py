@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpcl.config import load
+from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 
@@ -30,7 +30,7 @@ def _method(name: str, **extra):
     over = {"method.name": name, "model.backbone": "small_cnn", "data.batch_size": N,
             "model.projector_hidden": 16, "model.projector_out": 8, "model.predictor_hidden": 4,
             "method.temperature": 0.4, "data.loader": "torch", "out": "/tmp/unused", **extra}
-    cfg = load(None, [f"{k}={v}" for k, v in over.items()])
+    cfg = load(None, declared_only(name, over))     # method.temperature where the method has it
     torch.manual_seed(0)
     method = build_method(cfg, CLASSES, SAMPLES)
     method.backbone = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, method.feature_dim))

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpcl.config import ConfigError, load
+from mpcl.config import ConfigError
+from mpcl.configure import load
 from mpcl.presets import read_preset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from mpcl.config import load
+from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 from tests.conftest import tiny_overrides
@@ -29,8 +29,8 @@ N, CLASSES, SAMPLES = 16, 10, 64
 
 
 def _cfg(method: str):
-    return load(None, tiny_overrides("/tmp/unused", method, **{
-        "method.bank_warmup_epochs": 0, "method.attention_weight": 0.7, "scale.sync_bn": True}))
+    return load(None, declared_only(method, tiny_overrides("/tmp/unused", method, **{   # the knobs it has
+        "method.bank_warmup_epochs": 0, "method.attention_weight": 0.7, "scale.sync_bn": True})))
 
 
 def _batch(rank: int = 0, world: int = 1) -> Batch:

@@ -23,7 +23,10 @@ def test_runs_share_the_budget_and_carry_the_papers_knobs(tmp_path):
     assert len({c.out for c in runs}) == 8
     for c in runs:
         assert (c.model.backbone, c.train.epochs, c.data.subset) == ("small_cnn", 2, 512)
-        assert (c.method.attention_weight, c.method.bank_mix) == (1.0, 0.5)
+    knobs = {c.method.name: {k: getattr(c.method, k) for k in ("attention_weight", "bank_mix") if hasattr(c.method, k)}
+             for c in runs}
+    assert knobs == {"simclr": {}, "simclr_attn": {"attention_weight": 1.0}, "simsiam": {},
+                     "simsiam_multi": {"bank_mix": 0.5}}                    # each method gets its own knobs
     multi = next(c for c in runs if c.method.name == "simsiam_multi")
     # the preset's warm-ups (10 of 100 epochs) scaled to the budget's 2 epochs
     assert multi.optim.warmup_epochs == pytest.approx(0.2)

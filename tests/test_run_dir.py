@@ -102,7 +102,7 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
     pytest.importorskip("ray")
     import ray
 
-    from mpcl.config import load
+    from mpcl.configure import load
     from mpcl.launch.train import init_ray, train
 
     os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"

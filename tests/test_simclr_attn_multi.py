@@ -1,6 +1,7 @@
 """SimCLR-Attn-Multi, the three-knob method: the mixed-positive InfoNCE against a plain loop
 in float64, and the method bit for bit equal to SimCLR-Attn at bank mix 0 and to SimCLR at
-attention weight 0 too (loss and every gradient)."""
+attention weight 0 too (loss and every gradient). SimCLR-Attn's step against the released
+loss, with two views and with multi-crop."""
 
 import math
 
@@ -8,11 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpcl.config import ConfigError, load
+from mpcl.config import ConfigError
+from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.losses import attention_weighted_nt_xent, attention_weights, mixed_positive_terms, pair_indices
 from mpcl.methods import build_method
 from tests.conftest import tiny_overrides
+from tests.test_methods_baselines import _method as small_method
+from tests.test_methods_baselines import gen
 
 N_SAMPLES = 16
 
@@ -69,9 +73,9 @@ def test_mixed_positive_loss_matches_a_plain_loop_with_gradients(T, a, t, b):
 
 
 def _method(name, **extra):
-    cfg = load(None, tiny_overrides("/tmp/unused", name, **{
+    cfg = load(None, declared_only(name, tiny_overrides("/tmp/unused", name, **{   # the knobs it has
         "method.temperature": 0.3, "method.attention_weight": 0.7, "method.attention_temperature": 0.001,
-        "method.bank_warmup_epochs": 0, **extra}))
+        "method.bank_warmup_epochs": 0, **extra})))
     torch.manual_seed(0)
     method = build_method(cfg, 10, N_SAMPLES)
     method.train()
@@ -180,3 +184,55 @@ def test_the_three_knob_sweep_searches_all_knobs_from_simclr_and_simclr_attn():
         ("simclr_attn_multi", 1.0, "loss", "fashion_mnist")
     # the bank mixes before ASHA first compares trials, so b acts in every comparison
     assert m.bank_warmup_epochs + 1 < spec.scheduler["grace_period"] <= spec.epochs
+
+
+# -- SimCLR-Attn: the method's step against the released loss -----------------------------------
+
+def _attn_method(**extra):
+    cfg = small_method("simclr_attn", **{"method.attention_weight": 0.7, "method.attention_temperature": 0.5,
+                                         "method.temperature": 0.3, **extra})
+    torch.manual_seed(0)
+    method = build_method(cfg, 10, 40)
+    method.eval()                                   # BN in eval mode: the same forward twice
+    return method
+
+
+def test_simclr_attn_step_is_the_released_loss():
+    from tests.test_losses import released_attention_loss
+
+    # the small CNN's features of random images are nearly collinear: a low attention
+    # temperature makes the weights differ between anchors
+    method = _attn_method(**{"method.attention_temperature": 0.001})
+    g = gen(21)
+    x = torch.rand(6, 3, 32, 32, generator=g)
+    batch = Batch([x, (x + 0.3 * torch.rand(6, 3, 32, 32, generator=g)).clamp(0, 1)], torch.arange(6),
+                  torch.zeros(6).long())
+    h, z = method.encode_views(batch)
+    want = released_attention_loss(z.detach().double(), h.detach().double(), 0.3, 0.7, 0.001)
+    out = method.ssl_loss(batch, 0)
+    assert out.metrics["train/attn_weight_max"] - out.metrics["train/attn_weight_min"] > 0.3
+    assert abs(out.loss.item() - want.item()) < 1e-5
+
+
+def test_simclr_attn_multi_crop_weights_every_crop():
+    """Every crop is an anchor with its multi-positive InfoNCE term l_i; w = N softmax over all
+    crops of the mean cosine to its positives / t; loss = sum c_i l_i / sum c_i."""
+    method = _attn_method(**{"data.num_small_crops": 2, "data.small_crop_size": 16, "data.loader": "torch"})
+    g = gen(22)
+    n, a, t, T = 5, 0.7, 0.5, 0.3
+    views = [torch.rand(n, 3, 32, 32, generator=g) for _ in range(2)] + \
+            [torch.rand(n, 3, 16, 16, generator=g) for _ in range(2)]
+    batch = Batch(views, torch.arange(n) + 7, torch.zeros(n).long())
+    h, z = (x.detach().double() for x in method.encode_views(batch))
+    N = 4 * n
+    ids = [i % n for i in range(N)]
+    cos, loss_terms = [], []
+    for i in range(N):
+        positives = [p for p in range(N) if p != i and ids[p] == ids[i]]
+        cos.append(sum(float(F.cosine_similarity(h[i:i + 1], h[p:p + 1])) for p in positives) / len(positives))
+        lse = math.log(sum(math.exp(float(z[i] @ z[k]) / T) for k in range(N) if k != i))
+        loss_terms.append(sum(lse - float(z[i] @ z[p]) / T for p in positives) / len(positives))
+    e = [math.exp(c / t) for c in cos]
+    c = [(1 - a) + a * N * x / sum(e) for x in e]
+    want = sum(ci * li for ci, li in zip(c, loss_terms)) / sum(c)
+    assert method.ssl_loss(batch, 0).loss.item() == pytest.approx(want, abs=1e-5)

@@ -271,13 +271,11 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
 
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None, linear_epochs: int = 100) -> dict[str, Any]:
     """``run.py eval``: kNN top-1 and a linear probe on the frozen encoder of a checkpoint."""
-    from mpcl.config import flatten, load, parse_override
+    from mpcl.configure import from_dict
     from mpcl.engine.checkpoint import load as load_checkpoint
 
     state = load_checkpoint(path)
-    tree = flatten(state["config"])
-    tree.update(dict(parse_override(o) for o in overrides or []))
-    cfg = load(None, tree)
+    cfg = from_dict(state["config"], overrides)
     rt = runtime(cfg)
     loaders = build_loaders(cfg, 0, 1, rt.device)
     method, _ = build(cfg, rt, loaders)

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from mpcl.config import Config, ConfigError, from_dict, to_dict
+from mpcl.config import Config, ConfigError, to_dict
+from mpcl.configure import from_dict
 from mpcl.data.datasets import get_dataset
 from mpcl.launch import LaunchError
 

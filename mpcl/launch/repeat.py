@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mpcl.config import Config, from_dict, to_dict
+from mpcl.config import Config, to_dict
+from mpcl.configure import from_dict
 from mpcl.tracking import read_metrics
 
 RESULT_FILE = "result.json"

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mpcl.config import Config, ConfigError, flatten, load, parse_override, to_dict
+from mpcl.config import Config, ConfigError, flatten, parse_override, to_dict
+from mpcl.configure import declared_only, load
 from mpcl.launch import LaunchError
 from mpcl.launch.repeat import run_all
 from mpcl.stats import paired_difference, summarize
@@ -30,7 +31,7 @@ PAIRS = (("simclr", "simclr_attn"), ("simsiam", "simsiam_multi"))
 PRESET_PREFIX = {"fashion_mnist": "fmnist"}  # the presets' file names; other datasets: their name
 SUMMARY_FILE = "reproduce.json"
 # The paper's settings of the two methods' knobs (SimCLR-Attn: a = 1 at attention temperature
-# 1; SimSiam-Multi: b = 0.5). They are method.* keys, so the bases ignore them.
+# 1; SimSiam-Multi: b = 0.5). Each method gets the method.* keys it declares.
 KNOBS = {"method.attention_weight": 1.0, "method.attention_temperature": 1.0, "method.bank_mix": 0.5}
 # Keys counted in epochs: scaled with train.epochs when a budget shortens the preset's run
 # (the released bank warm-up, 50 of 1,000 epochs, becomes its share of the budget's epochs).
@@ -61,8 +62,10 @@ def preset_path(dataset: str, method: str) -> Path:
 def _scaled(preset: Config, epochs: int) -> dict[str, Any]:
     """The preset's epoch-counted keys scaled from its train.epochs to ``epochs``."""
     ratio = epochs / preset.train.epochs
-    return {"optim.warmup_epochs": preset.optim.warmup_epochs * ratio,
-            "method.bank_warmup_epochs": round(preset.method.bank_warmup_epochs * ratio)}
+    scaled = {"optim.warmup_epochs": preset.optim.warmup_epochs * ratio}
+    if hasattr(preset.method, "bank_warmup_epochs"):
+        scaled["method.bank_warmup_epochs"] = round(preset.method.bank_warmup_epochs * ratio)
+    return scaled
 
 
 def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list[str] | None = None) -> list[Config]:
@@ -85,7 +88,7 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
                               f"(reproduce needs configs/<dataset>_<method>.yaml for {', '.join(METHODS)})")
         try:
             preset = load(str(path), {"data.dataset": dataset})
-            tree = {**BUDGETS[budget]["overrides"], **KNOBS, **user}
+            tree = declared_only(method, {**BUDGETS[budget]["overrides"], **KNOBS, **user})
             epochs = load(str(path), tree).train.epochs  # validates the overrides first
             if budget != "paper" and epochs != preset.train.epochs:
                 tree = {**_scaled(preset, epochs), **tree}

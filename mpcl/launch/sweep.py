@@ -51,7 +51,8 @@ from typing import Any
 
 import yaml
 
-from mpcl.config import ConfigError, load, read_yaml_mapping
+from mpcl.config import ConfigError, read_yaml_mapping
+from mpcl.configure import load
 from mpcl.launch import LaunchError
 from mpcl.launch.confirm import parse_confirm, run_confirm
 from mpcl.launch.storage import Mirror, is_uri, join, kind

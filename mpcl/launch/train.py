@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mpcl.config import Config, from_dict, to_dict
+from mpcl.config import Config, to_dict
+from mpcl.configure import from_dict
 from mpcl.launch import LaunchError
 from mpcl.launch.storage import Mirror, is_uri, join, read_text
 

@@ -1,31 +1,19 @@
-"""Methods registry: ``METHODS[name](cfg, num_classes, num_samples)`` builds one."""
+"""The methods: ``METHODS[name]`` is a ``Method`` subclass whose ``Params`` declares its knobs;
+``build_method(cfg, num_classes, num_samples)`` builds the one ``cfg.method`` names.
 
-from mpcl.methods.base import Method, SSLOutput, StepOutput
-from mpcl.methods.barlow import BarlowTwins
-from mpcl.methods.mcl import MCL
-from mpcl.methods.moco import MoCo
-from mpcl.methods.simclr import SimCLR, SimCLRAttn, SimCLRAttnMulti, SupCon
-from mpcl.methods.simsiam import SimSiam, SimSiamMulti
-from mpcl.methods.spcl import SPCL
+Every module of this package is imported here, and each registers the methods it defines
+(``register(name, cls)`` at its end), so a new method is one new file. A module outside the
+package registers its methods the same way once it is imported.
+"""
 
-METHODS: dict[str, type[Method]] = {
-    "simclr": SimCLR,
-    "simclr_attn": SimCLRAttn,
-    "simclr_attn_multi": SimCLRAttnMulti,
-    "simsiam": SimSiam,
-    "simsiam_multi": SimSiamMulti,
-    "barlow_twins": BarlowTwins,
-    "supcon": SupCon,
-    "moco": MoCo,
-    "mcl": MCL,
-    "spcl": SPCL,
-}
+import importlib
+import pkgutil
 
+from mpcl.methods.base import Method, SSLOutput, StepOutput, TemperatureParams
+from mpcl.methods.registry import METHODS, build_method, method_class, new_params, register
 
-def build_method(cfg, num_classes: int, num_samples: int) -> Method:
-    if cfg.method.name not in METHODS:
-        raise KeyError(f"unknown method {cfg.method.name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method.name](cfg, num_classes, num_samples)
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
-
-__all__ = ["METHODS", "Method", "SSLOutput", "StepOutput", "build_method"]
+__all__ = ["METHODS", "Method", "SSLOutput", "StepOutput", "TemperatureParams", "build_method", "method_class",
+           "new_params", "register"]

@@ -9,8 +9,29 @@ worker's bank holds every sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from mpcl.config import MethodParams, knob
+
+
+@dataclass
+class BankParams(MethodParams):
+    """The knobs of multi-stage aggregation through a per-sample bank (simsiam_multi,
+    simclr_attn_multi)."""
+
+    bank_mix: float = knob(0.5, ge=0.0, le=1.0)   # b in (1 - b) * z + b * bank[index]
+    # the last plain-target epoch (0-based): the first mixed epoch is bank_warmup_epochs + 1
+    # (released SimSiam-Multi: 51)
+    bank_warmup_epochs: int = knob(50, ge=0)
+    bank_dtype: str = knob("float32", choices=("float32", "bfloat16"))   # storage of the bank
+
+    def bank_mixes(self, epoch: int) -> bool:
+        """Epochs 0..``bank_warmup_epochs`` (0-based) use the plain target, as the released
+        SimSiam-Multi does (its first mixed epoch is 51 with a warm-up of 50)."""
+        return epoch > self.bank_warmup_epochs
 
 
 class SnapshotBank(nn.Module):
@@ -24,6 +45,12 @@ class SnapshotBank(nn.Module):
         self.register_buffer("pending_valid", torch.zeros(num_samples, dtype=torch.bool))
         # the epoch whose writes the snapshot holds (-1: none yet)
         self.register_buffer("snapshot_epoch", torch.tensor(-1, dtype=torch.long))
+
+    @classmethod
+    def of(cls, params: BankParams, num_samples: int, dim: int) -> SnapshotBank:
+        """The bank of a multi-stage method: one ``dim`` row per sample, stored as
+        ``bank_dtype``."""
+        return cls(num_samples, dim, getattr(torch, params.bank_dtype))
 
     def read(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, valid) of the previous epoch's snapshot for these sample indices."""
@@ -40,15 +67,3 @@ class SnapshotBank(nn.Module):
         self.snapshot.copy_(self.pending)
         self.snapshot_valid.copy_(self.pending_valid)
         self.snapshot_epoch.fill_(epoch)
-
-
-def bank_for(cfg, num_samples: int) -> SnapshotBank:
-    """The per-sample bank of a multi-stage method: one ``projector_out`` row per sample,
-    stored as ``method.bank_dtype``."""
-    return SnapshotBank(num_samples, cfg.model.projector_out, getattr(torch, cfg.method.bank_dtype))
-
-
-def bank_mixes(cfg, epoch: int) -> bool:
-    """Epochs 0..``bank_warmup_epochs`` (0-based) use the plain target, as the released
-    SimSiam-Multi does (its first mixed epoch is 51 with a warm-up of 50)."""
-    return epoch > cfg.method.bank_warmup_epochs

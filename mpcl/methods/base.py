@@ -13,9 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpcl.config import Config
+from mpcl.config import Config, MethodParams, knob
 from mpcl.data.batch import Batch
 from mpcl.models import build_backbone
+
+
+@dataclass
+class TemperatureParams(MethodParams):
+    """The knob of every InfoNCE-style method."""
+
+    temperature: float = knob(0.5, gt=0.0)   # softmax temperature of the contrastive logits
 
 
 @dataclass
@@ -32,8 +39,11 @@ class StepOutput:
 
 
 class Method(nn.Module):
-    """Subclasses set up their heads in ``__init__`` and implement ``ssl_loss``."""
+    """Subclasses declare their parameters (``Params``), set up their heads in ``__init__``
+    from them and the other sections of the config, and implement ``ssl_loss``. A method reads
+    the config in ``__init__`` only; what its steps need it keeps as attributes."""
 
+    Params: type[MethodParams] = MethodParams
     supports_multi_crop = False   # True: ssl_loss uses every view of batch.views (data.num_small_crops)
     loss_metrics: tuple[str, ...] = ()   # the keys ssl_loss puts in SSLOutput.metrics
 
@@ -43,9 +53,15 @@ class Method(nn.Module):
         step's (averaged over the epoch) and ``extra_metrics``'."""
         return ("train/loss", "train/probe_loss", "train/probe_top1", *cls.loss_metrics)
 
-    def __init__(self, cfg: Config, num_classes: int, num_samples: int):
+    @classmethod
+    def create(cls, params: MethodParams, cfg: Config, num_classes: int, num_samples: int) -> Method:
+        """Builds the method (a family with one class per variant picks the variant here)."""
+        return cls(params, cfg, num_classes, num_samples)
+
+    def __init__(self, params: MethodParams, cfg: Config, num_classes: int, num_samples: int):
         super().__init__()
-        self.cfg = cfg
+        self.params = params
+        self.optim = cfg.optim
         self.num_samples = num_samples
         self.backbone, self.feature_dim = build_backbone(
             cfg.model.backbone, cfg.model.cifar_stem, cfg.model.zero_init_residual)
@@ -100,7 +116,7 @@ class Method(nn.Module):
         """Groups for the optimizer. Keys beyond torch's: ``lars`` (adapt this group's lr),
         ``fixed_lr`` (not scheduled), ``name``. BN parameters and biases get no weight decay
         and no LARS adaptation when ``optim.exclude_bn_bias``."""
-        o = self.cfg.optim
+        o = self.optim
         decay, no_decay, fixed = [], [], []
         fixed_names = {f"{n}." for n in self.fixed_lr_modules()}
         for name, p in self.named_parameters():

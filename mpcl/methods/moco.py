@@ -11,15 +11,34 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mpcl import distributed as dist
+from mpcl.config import knob
 from mpcl.data.batch import Batch
 from mpcl.losses import infonce_queue
-from mpcl.methods.base import Method, SSLOutput
+from mpcl.methods.base import Method, SSLOutput, TemperatureParams
+from mpcl.methods.registry import register
+
+
+@dataclass
+class MomentumQueueParams(TemperatureParams):
+    """The knobs of a momentum key encoder and a queue of keys (moco, mcl)."""
+
+    momentum: float = knob(0.99, ge=0.0, le=1.0)     # EMA of the key encoder
+    # constant, or cosine: towards 1 over training (BYOL-style)
+    momentum_schedule: str = knob("constant", choices=("constant", "cosine"))
+    queue_size: int = knob(4096, ge=1)   # rounded down to a multiple of the keys enqueued per step
+    mlp: bool = True                     # MLP projection head (MoCo v2) or linear (v1)
+
+
+@dataclass
+class MoCoParams(MomentumQueueParams):
+    symmetric: bool = False              # both views as queries, mean of the two losses
 
 
 def moco_head(in_dim: int, hidden: int, out: int, mlp: bool = True) -> nn.Sequential:
@@ -106,11 +125,12 @@ class MoCo(Method):
     """InfoNCE of a query (view 1) against its key (view 2, key encoder) and the queue, T =
     ``method.temperature``; ``method.symmetric`` adds the swapped term (mean of both)."""
 
+    Params = MoCoParams
     loss_metrics = ("train/pos_sim",)
 
-    def __init__(self, cfg, num_classes: int, num_samples: int):
-        super().__init__(cfg, num_classes, num_samples)
-        m, mc = cfg.model, cfg.method
+    def __init__(self, params: MoCoParams, cfg, num_classes: int, num_samples: int):
+        super().__init__(params, cfg, num_classes, num_samples)
+        m, mc = cfg.model, params
         self.projector = moco_head(self.feature_dim, m.projector_hidden, m.projector_out, mc.mlp)
         self.key_encoder = momentum_copy(self.backbone, self.projector)
         per_step = cfg.data.batch_size * (2 if mc.symmetric else 1)
@@ -120,7 +140,7 @@ class MoCo(Method):
         return [*self.backbone.parameters(), *self.projector.parameters()]
 
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
-        mc = self.cfg.method
+        mc = self.params
         x1, x2 = batch.views[:2]
         n = x1.shape[0]
         queue = self.queue.snapshot()
@@ -142,5 +162,8 @@ class MoCo(Method):
         return SSLOutput(loss, h, {"train/pos_sim": pos_sim})
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        mc = self.cfg.method
+        mc = self.params
         ema_(self.key_encoder, self.query_params(), momentum_at(mc.momentum, mc.momentum_schedule, step, total_steps))
+
+
+register("moco", MoCo)

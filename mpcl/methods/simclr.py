@@ -8,6 +8,8 @@ form; with two views this is exactly NT-Xent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -15,17 +17,35 @@ from mpcl import distributed as dist
 from mpcl.data.batch import Batch
 from mpcl.losses import (attention_weighted_nt_xent, attention_weights, contrastive_terms, mixed_positive_terms,
                          multi_positive_cosine, multi_positive_terms, pair_indices)
-from mpcl.methods.bank import bank_for, bank_mixes
-from mpcl.methods.base import Method, SSLOutput
+from mpcl.config import knob
+from mpcl.methods.bank import BankParams, SnapshotBank
+from mpcl.methods.base import Method, SSLOutput, TemperatureParams
+from mpcl.methods.registry import register
 from mpcl.models import projector
 
 
+@dataclass
+class AttentionParams(TemperatureParams):
+    """The graph-attention knobs (simclr_attn, simclr_attn_multi)."""
+
+    attention_weight: float = knob(1.0, ge=0.0, le=1.0)    # a in ((1 - a) + a * w_i): 0 = SimCLR
+    attention_temperature: float = knob(1.0, gt=0.0)       # softmax temperature of the weights w
+    # loss: each anchor's whole InfoNCE term (the released form); alignment: only its positive logit
+    attention_target: str = knob("loss", choices=("loss", "alignment"))
+
+
+@dataclass
+class AttentionBankParams(BankParams, AttentionParams):
+    """simclr_attn_multi: graph attention plus the memory bank's positive mix."""
+
+
 class SimCLR(Method):
+    Params = TemperatureParams
     supports_multi_crop = True
     multi_positive = False  # True: always the multi-positive path (SupCon)
 
-    def __init__(self, cfg, num_classes: int, num_samples: int):
-        super().__init__(cfg, num_classes, num_samples)
+    def __init__(self, params: TemperatureParams, cfg, num_classes: int, num_samples: int):
+        super().__init__(params, cfg, num_classes, num_samples)
         m = cfg.model
         self.projector = projector("simclr", self.feature_dim, m.projector_hidden, m.projector_out)
 
@@ -49,11 +69,11 @@ class SimCLR(Method):
         if n_views == 2 and not self.multi_positive:
             n = z.shape[0] // 2
             self_idx, pos_idx = pair_indices(n, dist.rank(), z.device)
-            return contrastive_terms(z, dist.gather_with_grad(z), self_idx, pos_idx, self.cfg.method.temperature)
+            return contrastive_terms(z, dist.gather_with_grad(z), self_idx, pos_idx, self.params.temperature)
         ids = self.positive_ids(batch).repeat(n_views)
         self_idx = dist.rank() * z.shape[0] + torch.arange(z.shape[0], device=z.device)
         pos, lse, _ = multi_positive_terms(z, dist.gather_with_grad(z), ids, dist.gather(ids), self_idx,
-                                           self.cfg.method.temperature)
+                                           self.params.temperature)
         return pos, lse
 
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
@@ -74,6 +94,7 @@ class SimCLRAttn(SimCLR):
     softmax over all crops of the global batch of the mean cosine to its positives, scaled to
     average 1 over all crops (with two views exactly the two-view weights)."""
 
+    Params = AttentionParams
     loss_metrics = ("train/attn_weight_max", "train/attn_weight_min")
 
     def infonce_terms(self, z: torch.Tensor, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +102,7 @@ class SimCLRAttn(SimCLR):
         return self.contrast(z, batch)
 
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
-        m = self.cfg.method
+        m = self.params
         h, z = self.encode_views(batch)
         pos, lse = self.infonce_terms(z, batch, epoch)
         h_all = dist.gather(h.detach())
@@ -118,17 +139,18 @@ class SimCLRAttnMulti(SimCLRAttn):
     With b = 0 the step is SimCLR-Attn's (and at a = 0 too, SimCLR's) bit for bit. Two views
     only (no multi-crop)."""
 
+    Params = AttentionBankParams
     supports_multi_crop = False
 
-    def __init__(self, cfg, num_classes: int, num_samples: int):
-        super().__init__(cfg, num_classes, num_samples)
-        self.bank = bank_for(cfg, num_samples)
+    def __init__(self, params: AttentionBankParams, cfg, num_classes: int, num_samples: int):
+        super().__init__(params, cfg, num_classes, num_samples)
+        self.bank = SnapshotBank.of(params, num_samples, cfg.model.projector_out)
 
     def bank_active(self, epoch: int) -> bool:
-        return bank_mixes(self.cfg, epoch)
+        return self.params.bank_mixes(epoch)
 
     def infonce_terms(self, z: torch.Tensor, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.cfg.method
+        m = self.params
         if m.bank_mix == 0:  # never read: neither written (no gather)
             return self.contrast(z, batch)
         n = batch.index.shape[0]
@@ -153,3 +175,9 @@ class SupCon(SimCLR):
 
     def positive_ids(self, batch: Batch) -> torch.Tensor:
         return batch.label
+
+
+register("simclr", SimCLR)
+register("simclr_attn", SimCLRAttn)
+register("simclr_attn_multi", SimCLRAttnMulti)
+register("supcon", SupCon)

@@ -7,22 +7,28 @@ import torch
 from mpcl import distributed as dist
 from mpcl.data.batch import Batch
 from mpcl.losses import bank_target, symmetric_negative_cosine
-from mpcl.methods.bank import bank_for, bank_mixes
+from mpcl.config import MethodParams
+from mpcl.methods.bank import BankParams, SnapshotBank
 from mpcl.methods.base import Method, SSLOutput
+from mpcl.methods.registry import register
 from mpcl.models import predictor, projector
 
 
 class SimSiam(Method):
+    """Negative cosine between each view's prediction and the other view's stop-gradient
+    projection (no knobs of its own; ``optim.predictor_fixed_lr`` keeps the predictor's lr fixed)."""
+
+    Params = MethodParams
     loss_metrics = ("train/z_std",)
 
-    def __init__(self, cfg, num_classes: int, num_samples: int):
-        super().__init__(cfg, num_classes, num_samples)
+    def __init__(self, params: MethodParams, cfg, num_classes: int, num_samples: int):
+        super().__init__(params, cfg, num_classes, num_samples)
         m = cfg.model
         self.projector = projector("simsiam", self.feature_dim, m.projector_hidden, m.projector_out)
         self.predictor = predictor(m.projector_out, m.predictor_hidden)
 
     def fixed_lr_modules(self) -> list[str]:
-        return ["predictor"] if self.cfg.optim.predictor_fixed_lr else []
+        return ["predictor"] if self.optim.predictor_fixed_lr else []
 
     def encode_views(self, batch: Batch):
         x = torch.cat(batch.views[:2])
@@ -54,20 +60,26 @@ class SimSiamMulti(SimSiam):
     released code mixed in a random vector there).
     """
 
-    def __init__(self, cfg, num_classes: int, num_samples: int):
-        super().__init__(cfg, num_classes, num_samples)
-        self.bank = bank_for(cfg, num_samples)
+    Params = BankParams
+
+    def __init__(self, params: BankParams, cfg, num_classes: int, num_samples: int):
+        super().__init__(params, cfg, num_classes, num_samples)
+        self.bank = SnapshotBank.of(params, num_samples, cfg.model.projector_out)
 
     def bank_active(self, epoch: int) -> bool:
-        return bank_mixes(self.cfg, epoch)
+        return self.params.bank_mixes(epoch)
 
     def targets(self, batch: Batch, z1: torch.Tensor, z2: torch.Tensor, epoch: int):
         self.bank.write(dist.gather(batch.index), dist.gather(z2.detach()))
         if not self.bank_active(epoch):
             return z2, z1
         values, valid = self.bank.read(batch.index)
-        b = self.cfg.method.bank_mix
+        b = self.params.bank_mix
         return bank_target(z2, values, b, valid), bank_target(z1, values, b, valid)
 
     def on_epoch_end(self, epoch: int) -> None:
         self.bank.end_epoch(epoch)
+
+
+register("simsiam", SimSiam)
+register("simsiam_multi", SimSiamMulti)

@@ -25,16 +25,44 @@ of the r-th sample its with-replacement sampler drew), ``method.pair_labels`` ps
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from mpcl import distributed as dist
+from mpcl.config import ConfigError, knob
 from mpcl.data.batch import Batch
 from mpcl.engine import evaluate as ev
 from mpcl.losses import prototype_pairs, spcl_terms
-from mpcl.methods.base import SSLOutput
+from mpcl.methods.base import SSLOutput, TemperatureParams
 from mpcl.methods.clustering import cluster_features
+from mpcl.methods.registry import register
 from mpcl.methods.simclr import SimCLR
+
+
+@dataclass
+class SPCLParams(TemperatureParams):
+    num_prototypes: int = knob(10, ge=2)       # k-means clusters = classifier outputs
+    reassign: int = knob(1, ge=1)              # epochs between re-clusterings
+    cluster_weight: float = knob(1.0, ge=0.0)  # weight of CE(classifier(h), pseudo_label[index])
+    metric_weight: float = knob(1.0, ge=0.0)   # weight of the siamese metric BCE
+    pca_dim: int = knob(128, ge=0)             # PCA-whitening dimension before k-means (0 = feature dim)
+    kmeans_iters: int = knob(20, ge=1)
+    # the released code's defects, fixed by default; the other position reproduces them
+    classifier_outputs: str = knob("prototypes", choices=("prototypes", "classes"))  # released: classes
+    pseudo_label_order: str = knob("index", choices=("index", "loader"))  # released: its sampler's draw order
+    pair_labels: str = knob("pseudo", choices=("pseudo", "true"))  # released: pairs from ground-truth classes
+
+    def check(self, cfg) -> None:
+        from mpcl.data.datasets import DATASETS
+
+        if self.classifier_outputs != "classes":
+            return
+        classes = DATASETS[cfg.data.dataset].num_classes
+        if self.num_prototypes > classes:
+            raise ConfigError(f"method.classifier_outputs='classes': method.num_prototypes={self.num_prototypes} "
+                              f"needs at most {cfg.data.dataset}'s {classes} classifier outputs (or prototypes)")
 
 
 def dataset_order(features: torch.Tensor, indices: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -55,12 +83,14 @@ def loader_order_draws(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class SPCL(SimCLR):
+    Params = SPCLParams
     supports_multi_crop = False
     loss_metrics = ("train/nce", "train/cluster_ce", "train/metric_bce", "train/metric_same_frac")
 
-    def __init__(self, cfg, num_classes: int, num_samples: int):
-        super().__init__(cfg, num_classes, num_samples)
-        mc = cfg.method
+    def __init__(self, params: SPCLParams, cfg, num_classes: int, num_samples: int):
+        super().__init__(params, cfg, num_classes, num_samples)
+        mc = params
+        self.seed = cfg.train.seed   # seeds the clustering and the classifier's re-initialisation
         outputs = num_classes if mc.classifier_outputs == "classes" else mc.num_prototypes
         self.classifier = nn.Linear(self.feature_dim, outputs)
         self.metric_head = nn.Linear(self.feature_dim, 1)
@@ -75,10 +105,10 @@ class SPCL(SimCLR):
     @torch.no_grad()
     def assign_prototypes(self, features: torch.Tensor, epoch: int) -> torch.Tensor:
         """Cluster dataset-ordered features on rank 0 and broadcast the assignments."""
-        mc = self.cfg.method
+        mc = self.params
         if dist.rank() == 0:
             labels = cluster_features(features, mc.num_prototypes, mc.pca_dim, mc.kmeans_iters,
-                                      seed=self.cfg.train.seed * 100_003 + epoch)
+                                      seed=self.seed * 100_003 + epoch)
         else:
             labels = torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
         return dist.broadcast(labels.to(features.device))
@@ -87,28 +117,24 @@ class SPCL(SimCLR):
     def reset_classifier(self, epoch: int) -> None:
         """Weights normal(0, 0.01), bias 0 (the released init), from a generator seeded by
         (seed, epoch): the same on every worker."""
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch + 1)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1)
         w = self.classifier.weight
         w.copy_(torch.empty(w.shape).normal_(0.0, 0.01, generator=gen))
         self.classifier.bias.zero_()
 
     def on_epoch_start(self, epoch: int, loaders, autocast) -> list[nn.Parameter]:
-        mc = self.cfg.method
+        mc = self.params
         if epoch % mc.reassign and int(self.clustered_epoch) >= 0:   # resumed mid-interval: keep them
             self._clustered = True
             return []
         was_training = self.training
         self.eval()
         feats, _ = ev.extract(self, loaders.train_eval, autocast)
-        loader = loaders.train_eval
-        if hasattr(loader, "sample_indices"):
-            indices = dist.gather_uneven(loader.sample_indices().to(feats.device))
-        else:  # loaders whose ranks hold contiguous, rank-ordered shares (the ffcv loader)
-            indices = torch.arange(feats.shape[0], device=feats.device)
+        indices = dist.gather_uneven(loaders.train_eval.sample_indices().to(feats.device))
         feats = dataset_order(feats, indices, self.num_samples)
         labels = self.assign_prototypes(feats, epoch)
         if mc.pseudo_label_order == "loader":
-            labels = labels[loader_order_draws(self.num_samples, self.cfg.train.seed, epoch).to(labels.device)]
+            labels = labels[loader_order_draws(self.num_samples, self.seed, epoch).to(labels.device)]
         self.pseudo_labels.copy_(labels.to(self.pseudo_labels.device))
         self.clustered_epoch.fill_(epoch)
         self._clustered = True
@@ -118,7 +144,7 @@ class SPCL(SimCLR):
 
     # -- training ---------------------------------------------------------------------------
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
-        mc = self.cfg.method
+        mc = self.params
         n = batch.index.shape[0]
         h, z = self.encode_views(batch)
         if not self._clustered:      # no clustering yet (only when called outside the engine)
@@ -142,3 +168,6 @@ class SPCL(SimCLR):
         return SSLOutput(loss, h, {"train/nce": terms["nce"].detach(), "train/cluster_ce": terms["cluster"].detach(),
                                    "train/metric_bce": terms["metric"].detach(),
                                    "train/metric_same_frac": same.mean()})
+
+
+register("spcl", SPCL)

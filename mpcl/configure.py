@@ -1,0 +1,122 @@
+"""Composing a run's ``Config``: the defaults, a YAML preset, then ``section.key=value``
+overrides, validated before any work (``ConfigError``: one line naming the key, the value and
+what is allowed).
+
+The method section is the chosen method's own parameter class, so the method name is resolved
+first (the preset's, then the overrides'; ``simclr`` when neither sets it) and the other
+``method.*`` keys are applied to that class: a key the method does not declare is an error.
+This module sits above ``mpcl.methods`` (it needs the registry); ``mpcl.config`` below holds the
+schema that the methods and the data import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from mpcl.config import (ALIASES, Config, ConfigError, apply, check_values, coerce, field_types, flatten,
+                         has_key, parse_override)
+from mpcl.data.datasets import DATASETS
+from mpcl.methods import METHODS, method_class, new_params
+from mpcl.models import BACKBONES
+from mpcl.presets import read_preset
+
+DEFAULT_METHOD = "simclr"
+Items = Iterable[tuple[str, Any]]
+
+
+def _items(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    return [parse_override(o) for o in overrides or []]
+
+
+def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML preset <- overrides; validated. Raises ConfigError."""
+    tree = {} if path is None else read_preset(path)
+    return compose([], [*flatten(tree).items(), *_items(overrides)])
+
+
+def from_dict(tree: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """A stored config (``to_dict``'s output: config.yaml, a checkpoint's, a worker's copy)
+    back as a validated Config, then ``overrides``. The stored ``method.*`` keys that the method
+    does not declare are dropped: configs written before each method declared its own
+    parameters list every method's keys. The overrides are checked as ``load`` checks them."""
+    return compose(flatten(tree).items(), _items(overrides))
+
+
+def compose(stored: Items, given: Items) -> Config:
+    """A validated Config from ``stored`` keys (undeclared method keys dropped) and then
+    ``given`` keys (every key must exist)."""
+    stored = [(ALIASES.get(k, k), v) for k, v in stored]
+    given = [(ALIASES.get(k, k), v) for k, v in given]
+    names = [v for k, v in [*stored, *given] if k == "method.name"]
+    name = coerce("method.name", names[-1], str) if names else DEFAULT_METHOD
+    cfg = Config(method=new_params(name))
+    for key, value in stored:
+        if key != "method.name" and (has_key(cfg, key) or not key.startswith("method.")):
+            apply(cfg, key, value)
+    for key, value in given:
+        if key != "method.name":
+            apply(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Every value against its knob, the registries, then the rules between keys."""
+    params_class = method_class(cfg.method.name).Params
+    if type(cfg.method) is not params_class:
+        raise ConfigError(f"method.name={cfg.method.name!r}: its parameters are {params_class.__name__}, "
+                          f"not {type(cfg.method).__name__}")
+    check_values(cfg)
+    for key, registry, value in (("model.backbone", BACKBONES, cfg.model.backbone),
+                                 ("data.dataset", DATASETS, cfg.data.dataset)):
+        if value not in registry:
+            raise ConfigError(f"{key}={value!r}: unknown; allowed: {', '.join(sorted(registry))}")
+    if cfg.data.batch_size % cfg.scale.workers:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: must be a multiple of "
+                          f"scale.workers={cfg.scale.workers}")
+    _validate_batches(cfg)
+    cfg.method.check(cfg)
+
+
+def _validate_batches(cfg: Config) -> None:
+    """Multi-crop needs a method that uses every view and the torch loader; class-grouped
+    batches need the torch loader and groups that divide the per-worker batch."""
+    d = cfg.data
+    if d.num_small_crops:
+        if not method_class(cfg.method.name).supports_multi_crop:
+            allowed = sorted(k for k, v in METHODS.items() if v.supports_multi_crop)
+            raise ConfigError(f"data.num_small_crops={d.num_small_crops}: multi-crop is supported by "
+                              f"{', '.join(allowed)}, not method.name={cfg.method.name!r}")
+        if d.loader == "ffcv":
+            raise ConfigError(f"data.num_small_crops={d.num_small_crops}: multi-crop needs data.loader=torch "
+                              "(the ffcv loader yields two views)")
+    if d.min_per_class == 1 or d.min_per_class < 0:
+        raise ConfigError(f"data.min_per_class={d.min_per_class}: must be 0 (off) or >= 2")
+    if d.min_per_class:
+        if d.loader == "ffcv":
+            raise ConfigError(f"data.min_per_class={d.min_per_class}: class-grouped batches need data.loader=torch")
+        local = d.batch_size // cfg.scale.workers
+        if local % d.min_per_class:
+            raise ConfigError(f"data.min_per_class={d.min_per_class}: must divide the per-worker batch "
+                              f"data.batch_size / scale.workers = {local}")
+
+
+def declared_only(name: str, overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` without the ``method.*`` keys that another method declares but method
+    ``name`` does not: one set of overrides given to several methods (bench, reproduce). A
+    ``method.*`` key that no method declares stays, so that loading reports it."""
+    own = set(field_types(method_class(name).Params))
+    anyone = {k for m in METHODS.values() for k in field_types(m.Params)}
+    kept = {}
+    for key, value in _items(overrides):
+        knob_name = ALIASES.get(key, key).removeprefix("method.")
+        if key.startswith("method.") and knob_name not in own and knob_name in anyone:
+            continue
+        kept[key] = value
+    return kept
+
+
+__all__ = ["load", "from_dict", "compose", "validate", "declared_only", "DEFAULT_METHOD"]
