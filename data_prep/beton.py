@@ -19,7 +19,7 @@ from time import sleep
 
 import numpy as np
 
-from mpcl.data import available_cpus
+from mpcl.data.process import available_cpus
 
 FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}
 MIN_PAGE_SIZE = 8 << 20  # ffcv's default (4 x 2 MiB)

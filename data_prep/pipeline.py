@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data_prep.beton import (FIELDS, WriteError, sha256_file, show_progress,
                             write_beton)
-from mpcl.data import available_cpus
+from mpcl.data.process import available_cpus
 from mpcl.data.sources import (FASHION_MNIST_CLASSES, IMAGE_FOLDER_LAYOUT,
                                BadImageError, SourceError, cifar_classes, fashion_mnist_present,
                                gray_to_rgb_padded, list_image_folder, load_rgb, read_cifar,

@@ -185,7 +185,7 @@ def versions(*extra: str) -> dict[str, str]:
 
 
 def render_section(result: BenchResult, command: str, load_before: tuple, load_after: tuple) -> str:
-    from mpcl.data import available_cpus
+    from mpcl.data.process import available_cpus
 
     v = versions()
     gpu = ""
@@ -263,7 +263,7 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
                  out_file: str | os.PathLike = "BENCHMARKS.md", command: str | None = None,
                  say=None) -> BenchResult:
     from mpcl.data.datasets import get_dataset
-    from mpcl.data import available_cpus
+    from mpcl.data.process import available_cpus
 
     say = say or (lambda *a: print(*a, flush=True))
     spec = get_dataset(dataset)

@@ -633,7 +633,7 @@ def section_markers(report: StepReport, methods: list[str]) -> tuple[str, str]:
 def render_section(report: StepReport, table: str, command: str, load_before, load_after,
                    start: str, end: str) -> str:
     from mpcl.bench import versions
-    from mpcl.data import available_cpus
+    from mpcl.data.process import available_cpus
 
     workers = f"{report.workers} workers (DDP, {'NCCL' if report.device == 'cuda' else 'gloo'})" \
         if report.workers > 1 else "1 process"

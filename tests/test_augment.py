@@ -130,7 +130,7 @@ def test_color_jitter_matches_torchvision_per_sample_order(jitter, block_size):
 def test_cpu_colour_kernel_matches_torchvision(jitter):
     """The compiled CPU colour stage against torchvision, op by op in each sample's order,
     on the awkward pixels (gray, ties, saturated), then the grayscale coin."""
-    from mpcl.data import colour_cpu
+    from mpcl.data.augment import colour_cpu
 
     x = _images(n=37, h=10, w=12)
     g = torch.Generator().manual_seed(4)

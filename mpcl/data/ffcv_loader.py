@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mpcl.config import Config, ConfigError
-from mpcl.data import available_cpus
+from mpcl.data.process import available_cpus
 from mpcl.data.batch import Batch
 from mpcl.data.datasets import DatasetSpec
 from mpcl.data.loaders import (VAL_PAIRS, Loaders, TensorTrainLoader,
