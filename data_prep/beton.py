@@ -1,8 +1,8 @@
-"""The one generic FFCV writer (and a small reader) used by every dataset.
+"""The one generic FFCV writer used by every dataset.
 
 A sample is ``(image, label, index)``: ``image`` an (H, W, 3) uint8 RGB array (or PIL image),
-``label`` an int (-1 for unlabeled data), ``index`` the sample's position 0..N-1 in its split.
-The fields are ``image`` (RGBImageField), ``label`` and ``index`` (IntField), in that order.
+``label`` an int (-1 for unlabeled data), ``index`` the sample's position 0..N-1 in its split;
+the fields are ``mpcl.data.betons.FIELDS``, the schema mpcl's readers check.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from multiprocessing import Process, Queue, Value
 from pathlib import Path
 from time import sleep
 
-import numpy as np
 
+from mpcl.data.betons import FIELDS
 from mpcl.data.process import available_cpus
 
-FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}
 MIN_PAGE_SIZE = 8 << 20  # ffcv's default (4 x 2 MiB)
 
 
@@ -56,12 +55,10 @@ def write_beton(path: str | os.PathLike, dataset, *, write_mode: str = "raw",
     """
     from ffcv.fields import IntField, RGBImageField
 
-    fields = {
-        "image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
-                               jpeg_quality=jpeg_quality),
-        "label": IntField(),
-        "index": IntField(),
-    }
+    make = {"RGBImageField": lambda: RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
+                                                   jpeg_quality=jpeg_quality),
+            "IntField": IntField}
+    fields = {name: make[kind]() for name, kind in FIELDS.items()}
     writer = _writer_class()(str(path), fields, page_size=page_size_for(max_sample_bytes),
                      num_workers=max(1, min(int(workers), available_cpus())))
     writer.desc = desc or Path(path).name
@@ -147,48 +144,3 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-class BetonReader:
-    """Random access to a .beton written by :func:`write_beton`, without ffcv's Loader.
-
-    ``reader[i]`` is ``(image, label, index)`` with ``image`` an (H, W, 3) uint8 RGB array
-    (JPEG samples decoded with OpenCV). ``labels`` and ``indices`` are int64 arrays.
-    Usable as a map-style torch Dataset.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        from ffcv.reader import Reader
-
-        self.path = Path(path)
-        reader = Reader(str(self.path))
-        if reader.field_names != list(FIELDS):
-            raise ValueError(f"{self.path}: fields {reader.field_names}, expected {list(FIELDS)}")
-        columns = reader.metadata.dtype.names           # ffcv names them f0, f1, f2
-        self.meta = reader.metadata[columns[0]]
-        self.labels = np.asarray(reader.metadata[columns[1]], dtype=np.int64)
-        self.indices = np.asarray(reader.metadata[columns[2]], dtype=np.int64)
-        table = reader.alloc_table
-        self._sizes = dict(zip(table["ptr"].tolist(), table["size"].tolist(), strict=True))
-        self._data = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def image(self, i: int) -> np.ndarray:
-        if self._data is None:  # opened lazily: workers forked after __init__ map their own
-            self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        m = self.meta[i]
-        ptr, h, w = int(m["data_ptr"]), int(m["height"]), int(m["width"])
-        buf = self._data[ptr: ptr + self._sizes[ptr]]
-        if m["mode"] == 1:  # raw
-            return np.array(buf[: h * w * 3]).reshape(h, w, 3)
-        import cv2
-
-        bgr = cv2.imdecode(np.asarray(buf), cv2.IMREAD_COLOR)
-        if bgr is None or bgr.shape[:2] != (h, w):
-            raise ValueError(f"{self.path}: sample {i} is not a {w}x{h} JPEG")
-        return np.ascontiguousarray(bgr[..., ::-1])
-
-    def __getitem__(self, i: int):
-        return self.image(i), int(self.labels[i]), int(self.indices[i])

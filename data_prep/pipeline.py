@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.beton import (FIELDS, WriteError, sha256_file, show_progress,
-                            write_beton)
+from data_prep.beton import WriteError, sha256_file, show_progress, write_beton
+from mpcl.data.betons import FIELDS
 from mpcl.data.process import available_cpus
 from mpcl.data.sources import (FASHION_MNIST_CLASSES, IMAGE_FOLDER_LAYOUT,
                                BadImageError, SourceError, cifar_classes, fashion_mnist_present,

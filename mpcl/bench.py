@@ -5,7 +5,7 @@ batch size and the same number of workers:
 
 (a) mpcl's FFCV pipeline (``mpcl.data.ffcv_loader.FFCVTrainLoader``): crop + flip while
     decoding in FFCV, colour ops batched on the device (on CPU the jitter and grayscale run
-    in ``mpcl.data.colour_cpu``'s compiled kernel);
+    in ``mpcl.data.augment.colour_cpu``'s compiled kernel);
 (b) the reference, the way the seed repositories feed SimCLR/SimSiam: a torch ``DataLoader``
     whose dataset returns two views of a PIL image, each through torchvision's
     RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1),
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mpcl.data.betons import BetonReader, write_betons_if_missing
 
 SECTION_START = "<!-- bench:loader:start -->"
 SECTION_END = "<!-- bench:loader:end -->"
@@ -56,7 +58,6 @@ class TwoViewBeton(torch.utils.data.Dataset):
     """(view1, view2, label, index) from a .beton through per-sample PIL transforms."""
 
     def __init__(self, path: Path, n: int, size: int, crop_scale_min: float = 0.08):
-        from data_prep.beton import BetonReader
         from torchvision import transforms as T
 
         self.reader = BetonReader(path)
@@ -244,20 +245,6 @@ def write_section(path: Path, section: str, start: str = SECTION_START, end: str
 
 # -- entry point ------------------------------------------------------------------------------
 
-def ensure_betons(dataset: str, root: Path, say) -> Path:
-    """``root/train.beton`` (and val.beton), written from the raw files when missing."""
-    from mpcl.data.datasets import get_dataset
-
-    spec = get_dataset(dataset)
-    if not (root / "train.beton").is_file() or not (root / "val.beton").is_file():
-        import data_prep
-
-        say(f"writing {root}/train.beton and val.beton from {spec.raw_path} (once)")
-        writer = "imagefolder" if dataset == "imagenet100" else dataset
-        data_prep.prepare(writer, spec.raw_path, root, quiet=True)
-    return root / "train.beton"
-
-
 def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, batch_size: int = 512,
                  epochs: int = 2, samples: int = 20_000, device: str = "auto", data_dir: str = "",
                  out_file: str | os.PathLike = "BENCHMARKS.md", command: str | None = None,
@@ -273,9 +260,9 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     workers = min(workers or available_cpus(), available_cpus())
-    path = ensure_betons(dataset, Path(data_dir or spec.beton_dir), say)
-    from data_prep.beton import BetonReader
-
+    root = Path(data_dir or spec.beton_dir)
+    write_betons_if_missing(spec, root, say)
+    path = root / "train.beton"
     n_total = len(BetonReader(path))
     samples = min(samples, n_total) if samples else n_total
     if samples < batch_size:

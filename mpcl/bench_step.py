@@ -171,7 +171,9 @@ class StepRunner:
     def __init__(self, cfg, images: torch.Tensor, labels: torch.Tensor, device: torch.device, comm=None):
         from mpcl import distributed as dist
         from mpcl.data.datasets import get_dataset
-        from mpcl.data.loaders import EvalLoader, Loaders, TensorTrainLoader, eval_transform, ssl_augment
+        from mpcl.data.batch import Loaders
+        from mpcl.data.recipe import eval_transform, ssl_augment
+        from mpcl.data.tensor_loader import EvalLoader, TensorTrainLoader
         from mpcl.engine.loop import build, distributed_step, runtime
 
         self.cfg, self.device = cfg, device

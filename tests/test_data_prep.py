@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from _fixtures_data import make_cifar, make_fashion_mnist, make_stl10, save, smooth_images, tar_gz
-from data_prep import BetonReader, OptionError, SourceError, WriteError, prepare
+from data_prep import OptionError, SourceError, WriteError, prepare
 from data_prep.__main__ import main
+from mpcl.data.betons import BetonReader
 from mpcl.data.sources import (FASHION_MNIST_CLASSES, fashion_mnist_present, gray_to_rgb_padded,
                                read_fashion_mnist)
 
