@@ -68,74 +68,94 @@ def write_beton(path: str | os.PathLike, dataset, *, write_mode: str = "raw",
 
 @functools.cache
 def _writer_class():
-    """Built on first use: importing ffcv (numba, cv2) takes seconds."""
-    from ffcv.memory_allocator import MemoryAllocator
+    """ffcv's DatasetWriter with :class:`_WatchedWorkers`; built on first use, because importing
+    ffcv (numba, cv2) takes seconds."""
     from ffcv.writer import DatasetWriter
-    from tqdm import tqdm
 
-    class Writer(DatasetWriter):
-        """ffcv 1.0.2's DatasetWriter with two changes to ``_write_common``: a dead worker
-        raises instead of hanging the progress loop, and the progress bar only shows on a
-        terminal. Everything else is ffcv's code, unchanged."""
+    return type("Writer", (_WatchedWorkers, DatasetWriter), {})
 
-        desc = None
 
-        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-            self.num_samples = num_samples
-            self.prepare()
-            processes = []
-            try:
-                workqueue = Queue()
-                for todo in queue_content:
-                    workqueue.put(todo)
-                allocations_queue = Queue()
-                for _ in range(self.num_workers):
-                    workqueue.put(None)
-                done_number = Value(ctypes.c_uint64, 0)
-                allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-                worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
-                               allocator, done_number, allocations_queue, *extra_worker_args)
-                processes = [Process(target=work_fn, args=worker_args, daemon=True)
-                             for _ in range(self.num_workers)]
-                for p in processes:
-                    p.start()
-                with tqdm(total=num_samples, desc=self.desc, disable=not show_progress(),
-                          unit="img") as progress:
-                    previous = 0
-                    while previous != num_samples:
-                        self._check_workers(processes, previous)
-                        value = done_number.value
-                        progress.update(value - previous)
-                        previous = value
-                        if previous != num_samples:
-                            sleep(0.05)
-                allocations = []
-                for _ in processes:
-                    while True:
-                        try:
-                            allocations.extend(allocations_queue.get(timeout=1.0))
-                            break
-                        except queue.Empty:  # is someone dead?
-                            self._check_workers(processes, previous)
-                for p in processes:
+class _WatchedWorkers:
+    """ffcv 1.0.2's ``DatasetWriter._write_common`` with two changes: a dead worker raises
+    :class:`WriteError` instead of hanging the progress loop, and the progress bar only shows
+    on a terminal. The steps are ffcv's, in ffcv's order."""
+
+    desc = None
+
+    def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
+        self.num_samples = num_samples
+        self.prepare()
+        processes = []
+        try:
+            done_number, allocations_queue = self._start_workers(processes, queue_content, work_fn,
+                                                                 extra_worker_args)
+            self._follow_progress(processes, done_number)
+            allocations = self._collect_allocations(processes, allocations_queue)
+            for p in processes:
+                p.join()
+            self.finalize(allocations)
+        finally:
+            for p in processes:
+                if p.is_alive():
+                    p.terminate()
                     p.join()
-                self.finalize(allocations)
-            finally:
-                for p in processes:
-                    if p.is_alive():
-                        p.terminate()
-                        p.join()
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
+            self.metadata_sm.close()
+            self.metadata_sm.unlink()
 
-        def _check_workers(self, processes, done):
-            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-            if dead:
-                raise WriteError(f"{self.fname}: a writer worker died (exit code {dead[0]}) "
-                                 f"after {done} of {self.num_samples} samples; its traceback "
-                                 "is above")
+    def _start_workers(self, processes, queue_content, work_fn, extra_worker_args):
+        """Queue the work, start ``num_workers`` processes (appended to ``processes``); returns
+        the shared done counter and the queue the workers hand their allocations back on."""
+        from ffcv.memory_allocator import MemoryAllocator
 
-    return Writer
+        workqueue = Queue()
+        for todo in queue_content:
+            workqueue.put(todo)
+        allocations_queue = Queue()
+        for _ in range(self.num_workers):
+            workqueue.put(None)
+        done_number = Value(ctypes.c_uint64, 0)
+        allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+        worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
+                       allocator, done_number, allocations_queue, *extra_worker_args)
+        processes += [Process(target=work_fn, args=worker_args, daemon=True)
+                      for _ in range(self.num_workers)]
+        for p in processes:
+            p.start()
+        return done_number, allocations_queue
+
+    def _follow_progress(self, processes, done_number) -> None:
+        """Wait until every sample is written, checking that no worker died."""
+        from tqdm import tqdm
+
+        with tqdm(total=self.num_samples, desc=self.desc, disable=not show_progress(),
+                  unit="img") as progress:
+            previous = 0
+            while previous != self.num_samples:
+                self._check_workers(processes, previous)
+                value = done_number.value
+                progress.update(value - previous)
+                previous = value
+                if previous != self.num_samples:
+                    sleep(0.05)
+
+    def _collect_allocations(self, processes, allocations_queue) -> list:
+        """Every worker's page allocations, checking for dead workers while waiting."""
+        allocations = []
+        for _ in processes:
+            while True:
+                try:
+                    allocations.extend(allocations_queue.get(timeout=1.0))
+                    break
+                except queue.Empty:  # is someone dead?
+                    self._check_workers(processes, self.num_samples)
+        return allocations
+
+    def _check_workers(self, processes, done):
+        dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+        if dead:
+            raise WriteError(f"{self.fname}: a writer worker died (exit code {dead[0]}) "
+                             f"after {done} of {self.num_samples} samples; its traceback "
+                             "is above")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

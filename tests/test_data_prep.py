@@ -318,7 +318,7 @@ def test_empty_class_folder_warns_and_is_recorded(tmp_path, capsys):
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
     """Temporary files of a writer that died (SIGKILL) go at the next run; those of a writer
     still running, and of writers on other hosts, stay."""
-    from data_prep.pipeline import temp_name
+    from data_prep.outputs import temp_name
 
     data = make_fashion_mnist(tmp_path / "raw", n_train=10, n_val=5)
     out = tmp_path / "out"
@@ -349,7 +349,7 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
 
 @pytest.mark.timeout(120)
 def test_failed_write_leaves_previous_output_intact(tmp_path, monkeypatch):
-    import data_prep.pipeline as dp
+    import data_prep.plan as dp
 
     src = tmp_path / "raw"
     for k in range(6):
