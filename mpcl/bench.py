@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import shlex
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpcl.bench_report import cpu_model, versions, write_section
 from mpcl.data.betons import BetonReader, write_betons_if_missing
 
 SECTION_START = "<!-- bench:loader:start -->"
@@ -155,36 +155,6 @@ def run_interleaved(runners: dict, epochs: int, device: torch.device, say) -> di
 
 # -- report -----------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def versions(*extra: str) -> dict[str, str]:
-    """Versions of the libraries a benchmark depends on (read from the installed metadata, so
-    nothing optional is imported), plus the distributions named in ``extra``."""
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "ffcv": _dist_version("ffcv"),
-            "numba": _dist_version("numba"), "numpy": np.__version__,
-            **{name: _dist_version(name) for name in extra}}
-
-
 def render_section(result: BenchResult, command: str, load_before: tuple, load_after: tuple) -> str:
     from mpcl.data.process import available_cpus
 
@@ -228,21 +198,6 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
     ])
 
 
-def write_section(path: Path, section: str, start: str = SECTION_START, end: str = SECTION_END) -> None:
-    """Insert or replace the section between the ``start`` and ``end`` markers of ``path``
-    (created with a title if missing); ``section`` includes both markers."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `run.py bench`.\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # -- entry point ------------------------------------------------------------------------------
 
 def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, batch_size: int = 512,
@@ -282,6 +237,7 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
     say(f"ratio:     {result.ratio:10.1f}x   (load average {load_before[0]:.2f} -> {load_after[0]:.2f})")
     if out_file:
         command = command or "python " + " ".join(map(shlex.quote, sys.argv))
-        write_section(Path(out_file), render_section(result, command, load_before, load_after))
+        write_section(Path(out_file), render_section(result, command, load_before, load_after),
+                      SECTION_START, SECTION_END)
         say(f"wrote {out_file}")
     return result
