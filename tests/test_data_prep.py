@@ -468,3 +468,29 @@ def test_real_fashion_mnist(tmp_path):
             std = np.sqrt(s2 / n / 255**2 - mean**2)
             np.testing.assert_allclose(manifest["mean"], [mean] * 3, atol=1e-9)
             np.testing.assert_allclose(manifest["std"], [std] * 3, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ betons for mpcl
+
+def test_mpcl_has_missing_betons_written_by_data_prep(tmp_path):
+    """mpcl.data.betons.write_betons_if_missing runs `python -m data_prep` (the only writer):
+    it writes what the reader then reads, once, and a bad source is data_prep's one-line error."""
+    import dataclasses
+
+    from mpcl.data.betons import write_betons_if_missing
+    from mpcl.data.datasets import get_dataset
+
+    folder, data, _ = make_cifar(tmp_path / "raw", "cifar10")
+    spec = dataclasses.replace(get_dataset("cifar10"), raw_path=str(folder))
+    said = []
+    assert write_betons_if_missing(spec, tmp_path / "out", said.append)
+    assert len(said) == 1 and str(folder) in said[0]
+    reader = BetonReader(tmp_path / "out" / "train.beton")
+    assert len(reader) == len(data["train"][1]) and np.array_equal(reader[3][0], data["train"][0][3])
+    assert not write_betons_if_missing(spec, tmp_path / "out", said.append) and len(said) == 1
+
+    missing = dataclasses.replace(spec, raw_path=str(tmp_path / "nowhere"))
+    with pytest.raises(SourceError) as e:
+        write_betons_if_missing(missing, tmp_path / "out2")
+    assert "\n" not in str(e.value) and str(tmp_path / "nowhere") in str(e.value)
+    assert not (tmp_path / "out2").exists()
