@@ -100,8 +100,8 @@ def sharded_random(rank: int, world: int):
 
 def replayable_quasi_random():
     """ffcv's QUASI_RANDOM order made a function of (seed, epoch): ffcv 1.0.2 shuffles its
-    page table in place, so an epoch's order also depended on the epochs drawn before it
-    (a resumed run would not replay). Here every epoch shuffles a fresh copy."""
+    page table in place, so its epoch order depends on the epochs drawn before it and a
+    resumed run would not replay; here every epoch shuffles a fresh copy."""
     from ffcv.traversal_order import QuasiRandom
     from ffcv.traversal_order.quasi_random import generate_order_inner
 

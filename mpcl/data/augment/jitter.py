@@ -213,9 +213,7 @@ class JitterPlan:
 def apply_color_jitter(x: Tensor, params: JitterParams, block_size: int | None = None) -> Tensor:
     """Apply ``params`` (from :func:`sample_jitter_params`) to batch ``x``; returns float."""
     check_batch(x)
-    dtype = float_dtype(x)
-    plan = JitterPlan(params, dtype, p_is_one=False)
-    return run_blocks(x, params.perm, block_size, lambda xb, s, e, dst: plan.block_(float_block(xb, dst), s, e), x.shape[1:], dtype)
+    return _jitter_batch(x, params, block_size, p_is_one=False)
 
 
 def color_jitter(
@@ -232,6 +230,12 @@ def color_jitter(
     if p <= 0:
         return owned_float(x)
     params = sample_jitter_params(x, brightness, contrast, saturation, hue, p, generator)
+    return _jitter_batch(x, params, None, p_is_one=p >= 1)
+
+
+def _jitter_batch(x: Tensor, params: JitterParams, block_size: int | None, p_is_one: bool) -> Tensor:
+    """The whole batch through :class:`JitterPlan`, block by block in the visiting order."""
     dtype = float_dtype(x)
-    plan = JitterPlan(params, dtype, p_is_one=p >= 1)
-    return run_blocks(x, params.perm, None, lambda xb, s, e, dst: plan.block_(float_block(xb, dst), s, e), x.shape[1:], dtype)
+    plan = JitterPlan(params, dtype, p_is_one=p_is_one)
+    return run_blocks(x, params.perm, block_size, lambda xb, s, e, dst: plan.block_(float_block(xb, dst), s, e),
+                      x.shape[1:], dtype)
