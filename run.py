@@ -183,9 +183,9 @@ def cmd_bench(args) -> None:
     # FFCV pipeline (every small colour op then wakes sleeping threads; 17.8k -> 8.3k samples/s
     # on 2 cores) and ACTIVE slows the reference (its main thread spins while workers decode)
     from mpcl.bench import bench_loader
-    from mpcl.data.augment import tune_cpu_malloc
+    from mpcl.data.process import keep_freed_memory
 
-    tune_cpu_malloc()  # freed batch buffers stay in the process: no page faults per batch
+    keep_freed_memory()  # freed batch buffers stay in the process: no page faults per batch
     from mpcl.data.sources import SourceError
 
     dataset, batch_size = args.dataset or "fashion_mnist", args.batch_size or 512

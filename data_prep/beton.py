@@ -1,8 +1,8 @@
-"""The one generic FFCV writer (and a small reader) used by every dataset.
+"""The one generic FFCV writer used by every dataset.
 
 A sample is ``(image, label, index)``: ``image`` an (H, W, 3) uint8 RGB array (or PIL image),
-``label`` an int (-1 for unlabeled data), ``index`` the sample's position 0..N-1 in its split.
-The fields are ``image`` (RGBImageField), ``label`` and ``index`` (IntField), in that order.
+``label`` an int (-1 for unlabeled data), ``index`` the sample's position 0..N-1 in its split;
+the fields are ``mpcl.data.betons.FIELDS``, the schema mpcl's readers check.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from multiprocessing import Process, Queue, Value
 from pathlib import Path
 from time import sleep
 
-import numpy as np
 
-from mpcl.data import available_cpus
+from mpcl.data.betons import FIELDS
+from mpcl.data.process import available_cpus
 
-FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}
 MIN_PAGE_SIZE = 8 << 20  # ffcv's default (4 x 2 MiB)
 
 
@@ -56,12 +55,10 @@ def write_beton(path: str | os.PathLike, dataset, *, write_mode: str = "raw",
     """
     from ffcv.fields import IntField, RGBImageField
 
-    fields = {
-        "image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
-                               jpeg_quality=jpeg_quality),
-        "label": IntField(),
-        "index": IntField(),
-    }
+    make = {"RGBImageField": lambda: RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
+                                                   jpeg_quality=jpeg_quality),
+            "IntField": IntField}
+    fields = {name: make[kind]() for name, kind in FIELDS.items()}
     writer = _writer_class()(str(path), fields, page_size=page_size_for(max_sample_bytes),
                      num_workers=max(1, min(int(workers), available_cpus())))
     writer.desc = desc or Path(path).name
@@ -71,74 +68,94 @@ def write_beton(path: str | os.PathLike, dataset, *, write_mode: str = "raw",
 
 @functools.cache
 def _writer_class():
-    """Built on first use: importing ffcv (numba, cv2) takes seconds."""
-    from ffcv.memory_allocator import MemoryAllocator
+    """ffcv's DatasetWriter with :class:`_WatchedWorkers`; built on first use, because importing
+    ffcv (numba, cv2) takes seconds."""
     from ffcv.writer import DatasetWriter
-    from tqdm import tqdm
 
-    class Writer(DatasetWriter):
-        """ffcv 1.0.2's DatasetWriter with two changes to ``_write_common``: a dead worker
-        raises instead of hanging the progress loop, and the progress bar only shows on a
-        terminal. Everything else is ffcv's code, unchanged."""
+    return type("Writer", (_WatchedWorkers, DatasetWriter), {})
 
-        desc = None
 
-        def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-            self.num_samples = num_samples
-            self.prepare()
-            processes = []
-            try:
-                workqueue = Queue()
-                for todo in queue_content:
-                    workqueue.put(todo)
-                allocations_queue = Queue()
-                for _ in range(self.num_workers):
-                    workqueue.put(None)
-                done_number = Value(ctypes.c_uint64, 0)
-                allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-                worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
-                               allocator, done_number, allocations_queue, *extra_worker_args)
-                processes = [Process(target=work_fn, args=worker_args, daemon=True)
-                             for _ in range(self.num_workers)]
-                for p in processes:
-                    p.start()
-                with tqdm(total=num_samples, desc=self.desc, disable=not show_progress(),
-                          unit="img") as progress:
-                    previous = 0
-                    while previous != num_samples:
-                        self._check_workers(processes, previous)
-                        value = done_number.value
-                        progress.update(value - previous)
-                        previous = value
-                        if previous != num_samples:
-                            sleep(0.05)
-                allocations = []
-                for _ in processes:
-                    while True:
-                        try:
-                            allocations.extend(allocations_queue.get(timeout=1.0))
-                            break
-                        except queue.Empty:  # is someone dead?
-                            self._check_workers(processes, previous)
-                for p in processes:
+class _WatchedWorkers:
+    """ffcv 1.0.2's ``DatasetWriter._write_common`` with two changes: a dead worker raises
+    :class:`WriteError` instead of hanging the progress loop, and the progress bar only shows
+    on a terminal. The steps are ffcv's, in ffcv's order."""
+
+    desc = None
+
+    def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
+        self.num_samples = num_samples
+        self.prepare()
+        processes = []
+        try:
+            done_number, allocations_queue = self._start_workers(processes, queue_content, work_fn,
+                                                                 extra_worker_args)
+            self._follow_progress(processes, done_number)
+            allocations = self._collect_allocations(processes, allocations_queue)
+            for p in processes:
+                p.join()
+            self.finalize(allocations)
+        finally:
+            for p in processes:
+                if p.is_alive():
+                    p.terminate()
                     p.join()
-                self.finalize(allocations)
-            finally:
-                for p in processes:
-                    if p.is_alive():
-                        p.terminate()
-                        p.join()
-                self.metadata_sm.close()
-                self.metadata_sm.unlink()
+            self.metadata_sm.close()
+            self.metadata_sm.unlink()
 
-        def _check_workers(self, processes, done):
-            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-            if dead:
-                raise WriteError(f"{self.fname}: a writer worker died (exit code {dead[0]}) "
-                                 f"after {done} of {self.num_samples} samples; its traceback "
-                                 "is above")
+    def _start_workers(self, processes, queue_content, work_fn, extra_worker_args):
+        """Queue the work, start ``num_workers`` processes (appended to ``processes``); returns
+        the shared done counter and the queue the workers hand their allocations back on."""
+        from ffcv.memory_allocator import MemoryAllocator
 
-    return Writer
+        workqueue = Queue()
+        for todo in queue_content:
+            workqueue.put(todo)
+        allocations_queue = Queue()
+        for _ in range(self.num_workers):
+            workqueue.put(None)
+        done_number = Value(ctypes.c_uint64, 0)
+        allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+        worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
+                       allocator, done_number, allocations_queue, *extra_worker_args)
+        processes += [Process(target=work_fn, args=worker_args, daemon=True)
+                      for _ in range(self.num_workers)]
+        for p in processes:
+            p.start()
+        return done_number, allocations_queue
+
+    def _follow_progress(self, processes, done_number) -> None:
+        """Wait until every sample is written, checking that no worker died."""
+        from tqdm import tqdm
+
+        with tqdm(total=self.num_samples, desc=self.desc, disable=not show_progress(),
+                  unit="img") as progress:
+            previous = 0
+            while previous != self.num_samples:
+                self._check_workers(processes, previous)
+                value = done_number.value
+                progress.update(value - previous)
+                previous = value
+                if previous != self.num_samples:
+                    sleep(0.05)
+
+    def _collect_allocations(self, processes, allocations_queue) -> list:
+        """Every worker's page allocations, checking for dead workers while waiting."""
+        allocations = []
+        for _ in processes:
+            while True:
+                try:
+                    allocations.extend(allocations_queue.get(timeout=1.0))
+                    break
+                except queue.Empty:  # is someone dead?
+                    self._check_workers(processes, self.num_samples)
+        return allocations
+
+    def _check_workers(self, processes, done):
+        dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+        if dead:
+            raise WriteError(f"{self.fname}: a writer worker died (exit code {dead[0]}) "
+                             f"after {done} of {self.num_samples} samples; its traceback "
+                             "is above")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -147,48 +164,3 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-class BetonReader:
-    """Random access to a .beton written by :func:`write_beton`, without ffcv's Loader.
-
-    ``reader[i]`` is ``(image, label, index)`` with ``image`` an (H, W, 3) uint8 RGB array
-    (JPEG samples decoded with OpenCV). ``labels`` and ``indices`` are int64 arrays.
-    Usable as a map-style torch Dataset.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        from ffcv.reader import Reader
-
-        self.path = Path(path)
-        reader = Reader(str(self.path))
-        if reader.field_names != list(FIELDS):
-            raise ValueError(f"{self.path}: fields {reader.field_names}, expected {list(FIELDS)}")
-        columns = reader.metadata.dtype.names           # ffcv names them f0, f1, f2
-        self.meta = reader.metadata[columns[0]]
-        self.labels = np.asarray(reader.metadata[columns[1]], dtype=np.int64)
-        self.indices = np.asarray(reader.metadata[columns[2]], dtype=np.int64)
-        table = reader.alloc_table
-        self._sizes = dict(zip(table["ptr"].tolist(), table["size"].tolist(), strict=True))
-        self._data = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def image(self, i: int) -> np.ndarray:
-        if self._data is None:  # opened lazily: workers forked after __init__ map their own
-            self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        m = self.meta[i]
-        ptr, h, w = int(m["data_ptr"]), int(m["height"]), int(m["width"])
-        buf = self._data[ptr: ptr + self._sizes[ptr]]
-        if m["mode"] == 1:  # raw
-            return np.array(buf[: h * w * 3]).reshape(h, w, 3)
-        import cv2
-
-        bgr = cv2.imdecode(np.asarray(buf), cv2.IMREAD_COLOR)
-        if bgr is None or bgr.shape[:2] != (h, w):
-            raise ValueError(f"{self.path}: sample {i} is not a {w}x{h} JPEG")
-        return np.ascontiguousarray(bgr[..., ::-1])
-
-    def __getitem__(self, i: int):
-        return self.image(i), int(self.labels[i]), int(self.indices[i])

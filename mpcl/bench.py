@@ -5,7 +5,7 @@ batch size and the same number of workers:
 
 (a) mpcl's FFCV pipeline (``mpcl.data.ffcv_loader.FFCVTrainLoader``): crop + flip while
     decoding in FFCV, colour ops batched on the device (on CPU the jitter and grayscale run
-    in ``mpcl.data.colour_cpu``'s compiled kernel);
+    in ``mpcl.data.augment.colour_cpu``'s compiled kernel);
 (b) the reference, the way the seed repositories feed SimCLR/SimSiam: a torch ``DataLoader``
     whose dataset returns two views of a PIL image, each through torchvision's
     RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1),
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import shlex
 import sys
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mpcl.bench_report import cpu_model, versions, write_section
+from mpcl.data.betons import BetonReader, write_betons_if_missing
 
 SECTION_START = "<!-- bench:loader:start -->"
 SECTION_END = "<!-- bench:loader:end -->"
@@ -56,7 +58,6 @@ class TwoViewBeton(torch.utils.data.Dataset):
     """(view1, view2, label, index) from a .beton through per-sample PIL transforms."""
 
     def __init__(self, path: Path, n: int, size: int, crop_scale_min: float = 0.08):
-        from data_prep.beton import BetonReader
         from torchvision import transforms as T
 
         self.reader = BetonReader(path)
@@ -154,38 +155,8 @@ def run_interleaved(runners: dict, epochs: int, device: torch.device, say) -> di
 
 # -- report -----------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def versions(*extra: str) -> dict[str, str]:
-    """Versions of the libraries a benchmark depends on (read from the installed metadata, so
-    nothing optional is imported), plus the distributions named in ``extra``."""
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "ffcv": _dist_version("ffcv"),
-            "numba": _dist_version("numba"), "numpy": np.__version__,
-            **{name: _dist_version(name) for name in extra}}
-
-
 def render_section(result: BenchResult, command: str, load_before: tuple, load_after: tuple) -> str:
-    from mpcl.data import available_cpus
+    from mpcl.data.process import available_cpus
 
     v = versions()
     gpu = ""
@@ -227,43 +198,14 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
     ])
 
 
-def write_section(path: Path, section: str, start: str = SECTION_START, end: str = SECTION_END) -> None:
-    """Insert or replace the section between the ``start`` and ``end`` markers of ``path``
-    (created with a title if missing); ``section`` includes both markers."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `run.py bench`.\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # -- entry point ------------------------------------------------------------------------------
-
-def ensure_betons(dataset: str, root: Path, say) -> Path:
-    """``root/train.beton`` (and val.beton), written from the raw files when missing."""
-    from mpcl.data.datasets import get_dataset
-
-    spec = get_dataset(dataset)
-    if not (root / "train.beton").is_file() or not (root / "val.beton").is_file():
-        import data_prep
-
-        say(f"writing {root}/train.beton and val.beton from {spec.raw_path} (once)")
-        writer = "imagefolder" if dataset == "imagenet100" else dataset
-        data_prep.prepare(writer, spec.raw_path, root, quiet=True)
-    return root / "train.beton"
-
 
 def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, batch_size: int = 512,
                  epochs: int = 2, samples: int = 20_000, device: str = "auto", data_dir: str = "",
                  out_file: str | os.PathLike = "BENCHMARKS.md", command: str | None = None,
                  say=None) -> BenchResult:
     from mpcl.data.datasets import get_dataset
-    from mpcl.data import available_cpus
+    from mpcl.data.process import available_cpus
 
     say = say or (lambda *a: print(*a, flush=True))
     spec = get_dataset(dataset)
@@ -273,9 +215,9 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     workers = min(workers or available_cpus(), available_cpus())
-    path = ensure_betons(dataset, Path(data_dir or spec.beton_dir), say)
-    from data_prep.beton import BetonReader
-
+    root = Path(data_dir or spec.beton_dir)
+    write_betons_if_missing(spec, root, say)
+    path = root / "train.beton"
     n_total = len(BetonReader(path))
     samples = min(samples, n_total) if samples else n_total
     if samples < batch_size:
@@ -295,6 +237,7 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
     say(f"ratio:     {result.ratio:10.1f}x   (load average {load_before[0]:.2f} -> {load_after[0]:.2f})")
     if out_file:
         command = command or "python " + " ".join(map(shlex.quote, sys.argv))
-        write_section(Path(out_file), render_section(result, command, load_before, load_after))
+        write_section(Path(out_file), render_section(result, command, load_before, load_after),
+                      SECTION_START, SECTION_END)
         say(f"wrote {out_file}")
     return result

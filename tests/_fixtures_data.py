@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import os
 import pickle
 import struct
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def smooth_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -125,3 +129,53 @@ def save(path: Path, array: np.ndarray, mode: str | None = None, **kwargs) -> Pa
     image = Image.fromarray(array)
     (image.convert(mode) if mode else image).save(path, **kwargs)
     return path
+
+
+def check_output(out: Path, manifest: dict, expected: dict, atol: float = 0.0) -> dict:
+    """The folder holds exactly the manifest's files; every split reads back as ``expected``
+    (split -> (images, labels)); checksums, sizes and train mean/std are right."""
+    files = manifest["files"]
+    assert sorted(os.listdir(out)) == sorted([*files.values(), "manifest.json"])  # no temp files
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert set(files) == set(expected) and manifest["sizes"] == {
+        s: len(y) for s, (_, y) in expected.items()}
+    from mpcl.data.betons import BetonReader
+
+    readers = {}
+    for split, (images, labels) in expected.items():
+        path = out / files[split]
+        assert manifest["sha256"][path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert manifest["bytes"][path.name] == path.stat().st_size
+        reader = readers[split] = BetonReader(path)
+        assert len(reader) == len(labels)
+        np.testing.assert_array_equal(reader.indices, np.arange(len(labels)))
+        np.testing.assert_array_equal(reader.labels, labels)
+        for i, want in enumerate(images):
+            got = reader.image(i)
+            assert got.shape == want.shape, (split, i)
+            if atol == 0:
+                np.testing.assert_array_equal(got, want, err_msg=f"{split}[{i}]")
+            else:
+                assert np.abs(got.astype(int) - want).mean() <= atol, (split, i)
+    return readers
+
+
+def check_stats(manifest: dict, train_images) -> None:
+    pixels = np.concatenate([np.asarray(im, np.float64).reshape(-1, 3) for im in train_images])
+    pixels /= 255
+    np.testing.assert_allclose(manifest["mean"], pixels.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(manifest["std"], pixels.std(axis=0), atol=1e-9)
+
+
+def awkward_images(n: int = 12, h: int = 20, w: int = 24, seed: int = 0) -> torch.Tensor:
+    """Float images in [0, 1] with the awkward cases: gray pixels, ties, saturated pixels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, h, w, generator=g)
+    x[0, :, :4] = 0.5  # gray (max == min)
+    x[1, 0] = x[1, 1]  # r == g ties
+    x[2, 1] = x[2, 2]  # g == b ties
+    x[3, :, :, :3] = 1.0  # white
+    x[4, :, :, :3] = 0.0  # black
+    x[5] = (x[5] * 255).round() / 255  # uint8-like values
+    return x
+

@@ -9,22 +9,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from _fixtures_data import awkward_images
 from mpcl.data import augment as A
 
 TV_JITTER = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
-
-
-def _images(n: int = 12, h: int = 20, w: int = 24, seed: int = 0) -> torch.Tensor:
-    """Float images in [0, 1] with the awkward cases: gray pixels, ties, saturated pixels."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, h, w, generator=g)
-    x[0, :, :4] = 0.5  # gray (max == min)
-    x[1, 0] = x[1, 1]  # r == g ties
-    x[2, 1] = x[2, 2]  # g == b ties
-    x[3, :, :, :3] = 1.0  # white
-    x[4, :, :, :3] = 0.0  # black
-    x[5] = (x[5] * 255).round() / 255  # uint8-like values
-    return x
 
 
 def _per_sample(fn, x, factors):
@@ -41,13 +29,13 @@ def _per_sample(fn, x, factors):
     [(A.adjust_brightness, TF.adjust_brightness), (A.adjust_contrast, TF.adjust_contrast), (A.adjust_saturation, TF.adjust_saturation)],
 )
 def test_cheap_colour_ops_match_torchvision(ours, theirs):
-    x = _images()
+    x = awkward_images()
     f = torch.linspace(0.0, 2.0, x.shape[0])
     torch.testing.assert_close(ours(x, f), _per_sample(theirs, x, f), atol=1e-6, rtol=0)
 
 
 def test_hue_matches_torchvision():
-    x = _images(n=16)
+    x = awkward_images(n=16)
     f = torch.linspace(-0.5, 0.5, x.shape[0])
     ours = A.adjust_hue(x, f)
     theirs = _per_sample(TF.adjust_hue, x, f)
@@ -59,7 +47,7 @@ def test_hue_matches_torchvision():
 
 
 def test_grayscale_matches_torchvision():
-    x = _images()
+    x = awkward_images()
     torch.testing.assert_close(A.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=0, rtol=0)
     torch.testing.assert_close(A.rgb_to_grayscale(x, 3), TF.rgb_to_grayscale(x, 3), atol=0, rtol=0)
     torch.testing.assert_close(A.random_grayscale(x, p=1.0), TF.rgb_to_grayscale(x, 3), atol=0, rtol=0)
@@ -67,7 +55,7 @@ def test_grayscale_matches_torchvision():
 
 @pytest.mark.parametrize("k, size", [(3, 16), (9, 24), (23, 40)])
 def test_gaussian_blur_matches_torchvision(k, size):
-    x = _images(n=6, h=size, w=size + 4)
+    x = awkward_images(n=6, h=size, w=size + 4)
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 3.0])
     ours = A.apply_gaussian_blur(x, sigma, k)
     theirs = torch.stack([TF.gaussian_blur(x[i], [k, k], [float(sigma[i])] * 2) for i in range(6)])
@@ -78,13 +66,13 @@ def test_gaussian_blur_matches_torchvision(k, size):
 
 @pytest.mark.parametrize("threshold", [0.5, 0.3])
 def test_solarize_matches_torchvision(threshold):
-    x = _images()
+    x = awkward_images()
     x[6, :, 0, :5] = threshold  # exactly at the threshold
     torch.testing.assert_close(A.solarize(x, p=1.0, threshold=threshold), TF.solarize(x, threshold), atol=0, rtol=0)
 
 
 def test_normalize_matches_torchvision():
-    x = _images()
+    x = awkward_images()
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
     torch.testing.assert_close(A.normalize(x, mean, std), TF.normalize(x, list(mean), list(std)), atol=1e-6, rtol=1e-6)
 
@@ -111,7 +99,7 @@ def _jitter_reference(x, params):
 )
 @pytest.mark.parametrize("block_size", [None, 5])
 def test_color_jitter_matches_torchvision_per_sample_order(jitter, block_size):
-    x = _images(n=37, h=10, w=12)
+    x = awkward_images(n=37, h=10, w=12)
     params = A.sample_jitter_params(x, *jitter, p=0.8, generator=torch.Generator().manual_seed(3))
     ours = A.apply_color_jitter(x, params, block_size=block_size)
     assert (ours - _jitter_reference(x, params)).abs().max() < 1e-5
@@ -130,9 +118,9 @@ def test_color_jitter_matches_torchvision_per_sample_order(jitter, block_size):
 def test_cpu_colour_kernel_matches_torchvision(jitter):
     """The compiled CPU colour stage against torchvision, op by op in each sample's order,
     on the awkward pixels (gray, ties, saturated), then the grayscale coin."""
-    from mpcl.data import colour_cpu
+    from mpcl.data.augment import colour_cpu
 
-    x = _images(n=37, h=10, w=12)
+    x = awkward_images(n=37, h=10, w=12)
     g = torch.Generator().manual_seed(4)
     params = A.sample_jitter_params(x, *jitter, p=0.8, generator=g)
     gray = torch.rand(37, generator=g) < 0.3
@@ -211,7 +199,7 @@ def _tv_resized_crop(x, boxes, size, interpolation, antialias):
 @pytest.mark.parametrize("antialias", [False, True])
 @pytest.mark.parametrize("size", [32, 12, 80])  # up-, down-scaling; 80 takes the grid_sample path
 def test_resized_crop_matches_torchvision(interpolation, antialias, size):
-    x = _images(n=10, h=30, w=36)
+    x = awkward_images(n=10, h=30, w=36)
     boxes = A.sample_crop_boxes(x, generator=torch.Generator().manual_seed(1))
     boxes[0] = torch.tensor([0, 0, 30, 36])  # whole image
     boxes[1] = torch.tensor([29, 35, 1, 1])  # one pixel, bottom-right corner
@@ -228,7 +216,7 @@ def test_resized_crop_matches_torchvision(interpolation, antialias, size):
 
 
 def test_resized_crop_flip_and_uint8():
-    x = _images(n=8, h=16, w=16)
+    x = awkward_images(n=8, h=16, w=16)
     xu = (x * 255).round().to(torch.uint8)
     boxes = A.sample_crop_boxes(x, generator=torch.Generator().manual_seed(2))
     flip = torch.tensor([True, False] * 4)
@@ -264,7 +252,7 @@ def test_crop_boxes_follow_torchvision_rules():
 
 
 def test_random_flip_probabilities():
-    x = _images(n=6)
+    x = awkward_images(n=6)
     assert torch.equal(A.random_flip(x, p=0.0), x)
     assert torch.equal(A.random_flip(x, p=1.0), x.flip(3))
     big = torch.arange(4).float().view(1, 1, 1, 4).expand(4000, 3, 2, 4) / 3
@@ -321,30 +309,8 @@ def test_random_resized_crop_independent_and_seeded():
     assert len({tuple(v) for v in a.flatten(1).mul(1e4).round().tolist()}) == 32
 
 
-# ---------------------------------------------------------------------------------------------
-# SSLAugment / EvalTransform
-# ---------------------------------------------------------------------------------------------
-
-
-def test_ssl_augment_shapes_dtypes_range():
-    g = torch.Generator().manual_seed(0)
-    xu = torch.randint(0, 256, (20, 3, 40, 48), dtype=torch.uint8, generator=g)
-    aug = A.SSLAugment(32, blur_prob=0.5, solarize_prob=0.2)
-    y = aug(xu, g)
-    assert y.shape == (20, 3, 32, 32) and y.dtype == torch.float32
-    assert y.min() >= 0 and y.max() <= 1
-    y64 = aug(xu.double() / 255, g)
-    assert y64.dtype == torch.float64 and y64.shape == (20, 3, 32, 32)
-    # crop=False: dtype conversion + colour ops only, on an already-sized batch
-    x32 = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = A.SSLAugment(32, crop=False)(x32, g)
-    assert y.shape == (20, 3, 32, 32) and 0 <= y.min() and y.max() <= 1
-    plain = A.SSLAugment(32, crop=False, jitter=None, grayscale_prob=0.0)(x32)
-    torch.testing.assert_close(plain, TF.to_dtype(x32, torch.float32, scale=True), atol=0, rtol=0)
-
-
 def test_inputs_are_not_modified():
-    x = _images(n=10, h=16, w=16)
+    x = awkward_images(n=10, h=16, w=16)
     keep = x.clone()
     A.SSLAugment(16, crop=False, blur_prob=0.5, solarize_prob=0.5, mean=(0.5,) * 3, std=(0.2,) * 3)(x)
     A.SSLAugment(16, crop=False, jitter=(0.4, 0.4, 0.4, 0.0), block_size=3)(x)
@@ -354,69 +320,3 @@ def test_inputs_are_not_modified():
     A.color_jitter(x, hue=0.0, p=1.0)
     A.adjust_contrast(x, 0.5)
     assert torch.equal(x, keep)
-
-
-def test_ssl_augment_seeded_blocked_and_normalized():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (50, 3, 24, 24), dtype=torch.uint8, generator=g)
-    kw = dict(blur_prob=0.5, solarize_prob=0.3)
-    a = A.SSLAugment(24, **kw)(x, torch.Generator().manual_seed(5))
-    b = A.SSLAugment(24, block_size=7, **kw)(x, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # blocking does not change the result
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    n = A.SSLAugment(24, mean=mean, std=std, **kw)(x, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(n, A.normalize(a, mean, std), atol=1e-5, rtol=0)
-    c = A.SSLAugment(24, **kw)(x, torch.Generator().manual_seed(6))
-    assert not torch.equal(a, c)
-    # two calls with one generator give two different views of the same images
-    g2 = torch.Generator().manual_seed(5)
-    aug = A.SSLAugment(24, **kw)
-    assert not torch.equal(aug(x, g2), aug(x, g2))
-
-
-def test_ssl_augment_single_ops():
-    x = _images(n=8, h=16, w=16)
-    off = dict(crop=False, jitter=None, grayscale_prob=0.0)
-    gray = TF.rgb_to_grayscale(x, 3)
-    torch.testing.assert_close(A.SSLAugment(16, cpu_kernel=False, **{**off, "grayscale_prob": 1.0})(x), gray, atol=0, rtol=0)
-    # the compiled CPU kernel sums the luma without fused multiply-adds: within one float32 ulp
-    torch.testing.assert_close(A.SSLAugment(16, **{**off, "grayscale_prob": 1.0})(x), gray, atol=1.2e-7, rtol=0)
-    torch.testing.assert_close(A.SSLAugment(16, **{**off, "solarize_prob": 1.0})(x), TF.solarize(x, 0.5), atol=0, rtol=0)
-    blurred = A.SSLAugment(16, **{**off, "blur_prob": 1.0, "blur_sigma": (1.0, 1.0), "blur_kernel": 5})(x)
-    torch.testing.assert_close(blurred, TF.gaussian_blur(x, [5, 5], [1.0, 1.0]), atol=2e-6, rtol=0)
-
-
-def test_ssl_augment_validates_arguments():
-    with pytest.raises(ValueError, match="jitter_prob"):
-        A.SSLAugment(32, jitter_prob=1.5)
-    with pytest.raises(ValueError, match="mean and std"):
-        A.SSLAugment(32, mean=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match="interpolation"):
-        A.SSLAugment(32, interpolation="nearest")
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        A.SSLAugment(32)(torch.zeros(3, 32, 32))
-
-
-def test_eval_transform():
-    g = torch.Generator().manual_seed(0)
-    xu = torch.randint(0, 256, (4, 3, 40, 50), dtype=torch.uint8, generator=g)
-    y = A.EvalTransform()(xu)
-    torch.testing.assert_close(y, TF.to_dtype(xu, torch.float32, scale=True), atol=0, rtol=0)
-    y = A.EvalTransform(size=32, resize=36, mean=(0.5,) * 3, std=(0.25,) * 3)(xu)
-    ref = TF.center_crop(TF.resize(xu.float() / 255, [36], antialias=True), [32, 32])
-    assert y.shape == (4, 3, 32, 32)
-    torch.testing.assert_close(y, TF.normalize(ref.clamp(0, 1), [0.5] * 3, [0.25] * 3), atol=1e-4, rtol=0)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_given_parameters():
-    x = _images(n=16)
-    params = A.sample_jitter_params(x, generator=torch.Generator().manual_seed(0))
-    xc = x.cuda()
-    pc = A.JitterParams(params.apply.cuda(), params.factors.cuda(), params.order.cuda(), params.perm.cuda(), params.cheap, params.hue)
-    torch.testing.assert_close(A.apply_color_jitter(xc, pc).cpu(), A.apply_color_jitter(x, params), atol=1e-5, rtol=0)
-    boxes = A.sample_crop_boxes(x, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(A.resized_crop(xc, boxes.cuda(), 32).cpu(), A.resized_crop(x, boxes, 32), atol=1e-5, rtol=0)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    y = A.SSLAugment(16, blur_prob=0.5, solarize_prob=0.2)((xc * 255).to(torch.uint8), g)
-    assert y.device.type == "cuda" and y.shape == (16, 3, 16, 16)

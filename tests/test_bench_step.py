@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mpcl.bench_step import Row, StepReport, bench_step, format_table, peak_bf16_flops
+from mpcl.bench_step import bench_step
+from mpcl.bench_step_report import format_table
+from mpcl.bench_step_settings import Row, StepReport, peak_bf16_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_HEADS = ["model.projector_hidden=32", "model.projector_out=16", "model.predictor_hidden=8",

@@ -16,7 +16,7 @@ from mpcl.config import ConfigError
 from mpcl.configure import load
 from mpcl.data.augment import SSLAugment
 from mpcl.data.batch import Batch
-from mpcl.data.loaders import TensorTrainLoader, class_grouped_order
+from mpcl.data.tensor_loader import EvalLoader, TensorTrainLoader, class_grouped_order
 from mpcl.engine.loop import reported_metrics
 from mpcl.losses import (barlow_twins_loss, infonce_queue, mcl_queue_terms, mcl_supervised_terms, mcl_weighted,
                          multi_positive_terms, nt_xent, pair_indices, soft_kl, supcon_loss)

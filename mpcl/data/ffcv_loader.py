@@ -27,56 +27,14 @@ import numpy as np
 import torch
 
 from mpcl.config import Config, ConfigError
-from mpcl.data import available_cpus
-from mpcl.data.batch import Batch
+from mpcl.data.batch import Batch, Loaders
+from mpcl.data.betons import check_beton, data_dir
 from mpcl.data.datasets import DatasetSpec
-from mpcl.data.loaders import (VAL_PAIRS, Loaders, TensorTrainLoader,
-                               eval_batch_size, eval_transform, ssl_augment)
-from mpcl.data.sources import SourceError
+from mpcl.data.process import available_cpus
+from mpcl.data.recipe import eval_batch_size, eval_transform, ssl_augment, val_pair_count
+from mpcl.data.tensor_loader import augment_generator, val_pairs_loader
 
-REQUIRED_FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}
 EVAL_CROP_RATIO = 224 / 256  # centre crop of images larger than the training size
-
-
-# -- files ------------------------------------------------------------------------------------
-
-def data_dir(cfg: Config, spec: DatasetSpec) -> Path:
-    """The directory holding train.beton / val.beton (``data.path``, else the spec's default)."""
-    return Path(cfg.data.path or spec.default_path("ffcv"))
-
-
-def prep_command(spec: DatasetSpec, out: Path) -> str:
-    """The ``python -m data_prep`` command that writes the .beton files of ``spec`` into ``out``."""
-    writer = "imagefolder" if spec.name == "imagenet100" else spec.name
-    return f"python -m data_prep {writer} --src {spec.raw_path} --out {out}"
-
-
-def check_beton(path: Path, spec: DatasetSpec) -> "object":
-    """Open ``path`` with ffcv's Reader and check the fields mpcl reads; returns the Reader.
-
-    A missing file or a file without the fields is a ``SourceError`` with a one-line message.
-    """
-    from ffcv.reader import Reader
-
-    if not path.is_file():
-        raise SourceError(f"{path}: .beton file not found; create it with "
-                          f"`{prep_command(spec, path.parent)}`")
-    try:
-        reader = Reader(str(path))
-    except Exception as e:  # ffcv raises AssertionError / numpy errors on foreign files
-        raise SourceError(f"{path}: not a readable ffcv .beton file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'unreadable header'}); "
-                          f"rewrite it with `{prep_command(spec, path.parent)}`") from None
-    for name, kind in REQUIRED_FIELDS.items():
-        if name not in reader.handlers:
-            raise SourceError(f"{path}: field {name!r} missing (fields: "
-                              f"{', '.join(reader.handlers) or 'none'}); mpcl needs "
-                              f"{', '.join(REQUIRED_FIELDS)}; rewrite it with "
-                              f"`{prep_command(spec, path.parent)}`")
-        if type(reader.handlers[name]).__name__ != kind:
-            raise SourceError(f"{path}: field {name!r} is a {type(reader.handlers[name]).__name__}, "
-                              f"expected {kind}")
-    return reader
 
 
 # -- resources --------------------------------------------------------------------------------
@@ -142,8 +100,8 @@ def sharded_random(rank: int, world: int):
 
 def replayable_quasi_random():
     """ffcv's QUASI_RANDOM order made a function of (seed, epoch): ffcv 1.0.2 shuffles its
-    page table in place, so an epoch's order also depended on the epochs drawn before it
-    (a resumed run would not replay). Here every epoch shuffles a fresh copy."""
+    page table in place, so its epoch order depends on the epochs drawn before it and a
+    resumed run would not replay; here every epoch shuffles a fresh copy."""
     from ffcv.traversal_order import QuasiRandom
     from ffcv.traversal_order.quasi_random import generate_order_inner
 
@@ -261,8 +219,7 @@ class FFCVTrainLoader:
         return len(self.loader)
 
     def generator(self) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(
-            (self.seed * 1_000_003 + self.epoch) * 1024 + self.rank)
+        return augment_generator(self.seed, self.epoch, self.rank, self.device)
 
     def __iter__(self) -> Iterator[Batch]:
         self.loader.next_epoch = self.epoch  # ffcv seeds the epoch's order with next_epoch
@@ -354,9 +311,7 @@ def build_ffcv_loaders(cfg: Config, spec: DatasetSpec, rank: int, world: int,
 
     # alignment / uniformity: a fixed validation subset, two views replayed identically each
     # evaluation (decoded once; crops drawn by torch with a seeded generator, not by ffcv)
-    n_pairs = min(VAL_PAIRS, n_val) // world * world
+    n_pairs = val_pair_count(n_val, world)
     vx, vy = decode_all(val_path, val_reader, spec, np.arange(n_pairs, dtype=np.int64), workers)
-    bs = eval_batch_size(cfg)
-    val_pairs = TensorTrainLoader(vx, vy, min(n_pairs, bs // world * world), rank, world,
-                                  cfg.train.seed, ssl_augment(cfg, spec), device)
+    val_pairs = val_pairs_loader(cfg, spec, vx, vy, rank, world, device)
     return Loaders(train, train_eval, val, val_pairs, spec, n_train)

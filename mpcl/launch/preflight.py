@@ -22,8 +22,6 @@ from mpcl.configure import from_dict
 from mpcl.data.datasets import get_dataset
 from mpcl.launch import LaunchError
 
-BETON_FILES = ("train.beton", "val.beton")
-
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -51,6 +49,7 @@ def write_fashion_mnist_betons_if_missing(beton_dir: str | os.PathLike) -> bool:
     """Write Fashion-MNIST's ``.beton`` files into ``beton_dir`` when one is missing and the
     raw files are on the machine (``make setup`` installs them); says so in one line.
     Returns whether it wrote them; raises ``LaunchError`` when writing fails."""
+    from mpcl.data.betons import BETON_FILES, write_betons_if_missing
     from mpcl.data.sources import fashion_mnist_present
 
     spec = get_dataset("fashion_mnist")
@@ -60,10 +59,8 @@ def write_fashion_mnist_betons_if_missing(beton_dir: str | os.PathLike) -> bool:
     print(f"data: writing the Fashion-MNIST .beton files into {beton_dir} (from {spec.raw_path}, once)",
           file=sys.stderr, flush=True)
     try:
-        from data_prep import prepare
-
-        prepare("fashion_mnist", spec.raw_path, beton_dir, quiet=True)
-    except Exception as e:  # SourceError, OptionError, WriteError: each one line
+        write_betons_if_missing(spec, beton_dir)
+    except Exception as e:  # SourceError (bad source), RuntimeError (failed write): each one line
         raise LaunchError(f"data.path={beton_dir}: could not write the Fashion-MNIST .beton files "
                           f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     return True

@@ -1,10 +1,9 @@
 """The colour stage of ``SSLAugment`` (per-sample colour jitter, then random grayscale) as one
 compiled CPU kernel.
 
-On CPU the eager tensor version in ``augment.py`` runs about 30 elementwise passes over every
-block and spends ~20 us per 32x32 sample on 2 cores; this kernel does one sample at a time in
-cache, each op a loop over its pixels, in the sample's own drawn op order, and is 2-3x faster
-(about 60 % of the FFCV pipeline's time was this stage). It consumes the same ``JitterParams``
+The eager tensor version (:mod:`.colour`, :mod:`.jitter`) makes about 30 elementwise passes
+over every block; this kernel does one sample at a time in cache, each op a loop over its
+pixels, in the sample's own drawn op order, which is faster on CPU. It consumes the same ``JitterParams``
 and grayscale coins as the eager path, so with one seed both give the same views to float
 rounding (~1e-6), and both follow torchvision's ``adjust_*`` formulas.
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mpcl.data.augment.constants import GRAY_WEIGHTS, HUE_CENTER
+
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -33,10 +34,8 @@ def _kernel():
         import numba
     except ImportError:  # pragma: no cover - numba comes with ffcv
         return None
-    from mpcl.data.augment import _HUE_CENTER, GRAY_WEIGHTS  # compile-time constants below
-
-    luma_r, luma_g, luma_b = GRAY_WEIGHTS
-    hue_r, hue_g, hue_b = _HUE_CENTER
+    luma_r, luma_g, luma_b = GRAY_WEIGHTS   # compile-time constants in the kernel
+    hue_r, hue_g, hue_b = HUE_CENTER
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def clamp01(v):
@@ -91,7 +90,7 @@ def _kernel():
                             h += f * six
                             h -= np.floor(h / six) * six
                             # channel = max - c * clamp(| |h - a| - 3 | - 1, 0, 1), a = the
-                            # hue at which the channel is the minimum (augment._hue)
+                            # hue at which the channel is the minimum (colour.rotate_hue)
                             r[i] = mx - c * min(max(abs(abs(h - hue_r) - 3.0) - 1.0, 0.0), 1.0)
                             g[i] = mx - c * min(max(abs(abs(h - hue_g) - 3.0) - 1.0, 0.0), 1.0)
                             bl[i] = mx - c * min(max(abs(abs(h - hue_b) - 3.0) - 1.0, 0.0), 1.0)
