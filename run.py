@@ -117,7 +117,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from mpcl.engine.loop import evaluate_checkpoint
+    from mpcl.engine.evaluate import evaluate_checkpoint
     from mpcl.launch.storage import fetch, is_uri
 
     try:

@@ -126,8 +126,9 @@ def check_bf16_step_close_to_fp32(device: torch.device) -> str:
     """The same SimCLR step (weights, batch) under bf16 autocast: loss within 2 % of fp32's, and a
     whole optimizer step leaves finite, changed weights."""
     from mpcl.config import load
-    from mpcl.engine.loop import Runtime, TrainStep, optimizer_step, runtime
+    from mpcl.engine.loop import TrainStep, optimizer_step
     from mpcl.engine.optim import build_optimizer
+    from mpcl.engine.runtime import Runtime, runtime
 
     method, cfg = _method("simclr", device)
     batch = _batch(device)

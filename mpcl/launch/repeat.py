@@ -41,7 +41,7 @@ def finish(cfg: Config, metrics: dict[str, Any], checkpoint: Path | None, linear
     """Evaluates the last checkpoint (when asked) and writes ``result.json``."""
     result: dict[str, Any] = {"metrics": metrics}
     if linear_epochs > 0:
-        from mpcl.engine.loop import evaluate_checkpoint
+        from mpcl.engine.evaluate import evaluate_checkpoint
 
         if checkpoint is None or not checkpoint.is_file():
             raise FileNotFoundError(f"{cfg.out}: no checkpoint to evaluate")
