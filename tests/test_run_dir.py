@@ -103,7 +103,8 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
     import ray
 
     from mpcl.config import load
-    from mpcl.launch.train import init_ray, train
+    from mpcl.launch.cluster import init_ray
+    from mpcl.launch.train import train
 
     os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
     out = tmp_path / "run"

@@ -20,12 +20,9 @@ from pathlib import Path
 from mpcl.config import Config, ConfigError, from_dict, to_dict
 from mpcl.data.datasets import get_dataset
 from mpcl.launch import LaunchError
+from mpcl.launch.storage import is_uri
 
 BETON_FILES = ("train.beton", "val.beton")
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def absolute(path: str, base: Path) -> str:

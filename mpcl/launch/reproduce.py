@@ -13,8 +13,6 @@ finished), ``reproduce.json`` (the summary), and, written by the caller, ``RESUL
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from mpcl.config import Config, ConfigError, flatten, load, parse_override, to_d
 from mpcl.launch import LaunchError
 from mpcl.launch.repeat import run_all
 from mpcl.stats import paired_difference, summarize
+from mpcl.tracking import read_metrics, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("simclr", "simclr_attn", "simsiam", "simsiam_multi")
@@ -151,11 +150,7 @@ def run_reproduce(dataset: str, budget: str = "smoke", seeds: int = 3, out: str 
         "subset": example.data.subset, "wall_s_this_call": wall, "mode": "ray" if use_ray else "local",
         "train_s": {c.method.name: 0.0 for c in runs}, **summarize_runs(runs, results),
     }
-    from mpcl.tracking import read_metrics
-
     for c in runs:  # training time summed over epochs (kept across resumed calls)
         summary["train_s"][c.method.name] += sum(float(r.get("time/epoch_s", 0)) for r in read_metrics(c.out))
-    tmp = out_dir / f".{SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out_dir / SUMMARY_FILE)
+    write_json(out_dir / SUMMARY_FILE, summary)
     return summary, out_dir
