@@ -23,6 +23,7 @@ from typing import Any
 from mpcl.config import Config
 from mpcl.launch import LaunchError
 from mpcl.launch.storage import Mirror, is_uri, join, read_text
+from mpcl.tracking import write_json
 
 FAILED_FILE = "FAILED.json"
 STATE_FILE = "state.pt"
@@ -56,9 +57,7 @@ def read_failure(out: str | os.PathLike) -> dict[str, str] | None:
 def write_failure(out: str | os.PathLike, reason: str, kind: str) -> None:
     run_dir = Mirror(out)
     run_dir.local.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.local / f".{FAILED_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"reason": reason, "kind": kind}))
-    os.replace(tmp, run_dir.local / FAILED_FILE)
+    write_json(run_dir.local / FAILED_FILE, {"reason": reason, "kind": kind})
     run_dir.push(FAILED_FILE)
 
 
