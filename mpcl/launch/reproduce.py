@@ -31,10 +31,6 @@ SUMMARY_FILE = "reproduce.json"
 # The paper's settings of the two methods' knobs (SimCLR-Attn: a = 1 at attention temperature
 # 1; SimSiam-Multi: b = 0.5). They are method.* keys, so the bases ignore them.
 KNOBS = {"method.attention_weight": 1.0, "method.attention_temperature": 1.0, "method.bank_mix": 0.5}
-# Keys counted in epochs: scaled with train.epochs when a budget shortens the preset's run
-# (the released bank warm-up, 50 of 1,000 epochs, becomes its share of the budget's epochs).
-EPOCH_KEYS = ("optim.warmup_epochs", "method.bank_warmup_epochs")
-
 QUIET = {"train.progress": "false"}
 BUDGETS: dict[str, dict[str, Any]] = {
     # the 2-core CPU in a few minutes: a small CNN on a subset, the in-memory torch loader
@@ -58,7 +54,9 @@ def preset_path(dataset: str, method: str) -> Path:
 
 
 def _scaled(preset: Config, epochs: int) -> dict[str, Any]:
-    """The preset's epoch-counted keys scaled from its train.epochs to ``epochs``."""
+    """The preset's epoch-counted keys scaled from its train.epochs to ``epochs``, when a budget
+    shortens the preset's run (the released bank warm-up, 50 of 1,000 epochs, becomes its share
+    of the budget's epochs)."""
     ratio = epochs / preset.train.epochs
     return {"optim.warmup_epochs": preset.optim.warmup_epochs * ratio,
             "method.bank_warmup_epochs": round(preset.method.bank_warmup_epochs * ratio)}
