@@ -277,7 +277,7 @@ def run_benches(out_file: str, device: torch.device, quick: bool, say) -> tuple[
 
 
 def goals(rates: dict, epochs: list[Line]) -> list[Line]:
-    """The issue's goals, as measured here (figures, not pass/fail of the check)."""
+    """The performance goals of a GPU node, as measured here (figures, not pass/fail of the check)."""
     out = []
     best = rates.get("simclr/bf16_cl_compile/step")
     fp32 = rates.get("simclr/fp32/step")

@@ -280,8 +280,8 @@ def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[
     metric, mode = objective.get("metric", "val/knn_top1"), objective.get("mode", "max")
     _check(path, "objective.mode", mode, mode in ("max", "min"), "allowed: max, min")
     _check(path, "objective.metric", metric, isinstance(metric, str), "expected a metric name")
-    scheduler = {"type": "asha", **_mapping(path, tree, "scheduler",
-                                              {"type", "grace_period", "reduction_factor", "max_t"})}
+    scheduler_keys = {"type", "grace_period", "reduction_factor", "max_t"}
+    scheduler = {"type": "asha", **_mapping(path, tree, "scheduler", scheduler_keys)}
     _check_scheduler(path, scheduler)
     sampler = {"type": "tpe", "seed": 0, "multivariate": True,
                **_mapping(path, tree, "sampler", {"type", "seed", "multivariate", "n_startup_trials"})}

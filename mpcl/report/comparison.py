@@ -85,19 +85,19 @@ def reproduce_section(summary: dict[str, Any], out_dir: Path) -> list[str]:
     """HTML of ``reproduce.json``: ours beside the paper's, and kNN curves of every run."""
     body = [f"<p>{html.escape(_setup_line(summary).replace('`', ''))}.</p><h2>Ours: mean ± sd over seeds</h2>",
             html_table(["method", "kNN top-1 (%)", "linear top-1 (%)", "seeds"],
-                   [[LABELS.get(m, m), mean_sd(v["knn_top1"]), mean_sd(v["linear_top1"]), v["knn_top1"]["n"]]
-                    for m, v in summary["methods"].items()]),
+                       [[LABELS.get(m, m), mean_sd(v["knn_top1"]), mean_sd(v["linear_top1"]), v["knn_top1"]["n"]]
+                        for m, v in summary["methods"].items()]),
             "<h2>Variant − base, paired by seed (95 % t interval)</h2>",
             html_table(["comparison", "kNN top-1", "linear top-1"],
-                   [[f"{LABELS.get(p['variant'])} − {LABELS.get(p['base'])}", interval(p["knn_top1"]),
-                     interval(p["linear_top1"])] for p in summary["pairs"]])]
+                       [[f"{LABELS.get(p['variant'])} − {LABELS.get(p['base'])}", interval(p["knn_top1"]),
+                         interval(p["linear_top1"])] for p in summary["pairs"]])]
     fails = _failures(summary)
     if fails:
         body.append(f"<p class='note'>Runs without a result: {html.escape('; '.join(fails))}.</p>")
     body.append("<h2>The paper's numbers (not ours): linear top-1 (%), released recipes</h2>")
     body.append(html_table(["backbone", "method", *PAPER_DATASETS],
-                       [[b, LABELS[m], *rows[m]] for b, rows in PAPER.items()
-                        for m in ("simclr", "simclr_attn", "simsiam", "simsiam_multi")]))
+                           [[b, LABELS[m], *rows[m]] for b, rows in PAPER.items()
+                            for m in ("simclr", "simclr_attn", "simsiam", "simsiam_multi")]))
     runs = {f"{m} s{r['seed']}": read_metrics(r["run_dir"]) for m, v in summary["methods"].items() for r in v["runs"]}
     body.append("<h2>Learning curves</h2>")
     body.append(img_tag(curves(runs, "val/knn_top1", "val/knn_top1 per run", out_dir, "reproduce_knn")))

@@ -110,7 +110,7 @@ def write_page(run_dir: str | Path, out_file: str | Path) -> Path:
         body.append(f"<pre>{html.escape(summary['command'])}</pre>")
     keys = [k for k, _ in CURVES]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["variant", "align", "uniform", "attention", "bank_mix",
-                                                           *keys, "max gradient error"])
+                                                          *keys, "max gradient error"])
     rows = []
     for name, v in variants.items():
         spec, final = v["variant"], v["final"]

@@ -36,7 +36,7 @@ def save_png(fig, out_dir: Path, name: str) -> tuple[str, str]:
 
 
 def curves(runs: dict[str, list[dict]], key: str, title: str, out_dir: Path, name: str,
-            states: dict[str, str] | None = None):
+           states: dict[str, str] | None = None):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
