@@ -43,7 +43,7 @@ def cmd_train(args) -> None:
             raise LaunchError(f"out={cfg.out}: --no-ray writes a local run directory; a URI needs Ray "
                               "(drop --no-ray)")
         if not args.no_ray:
-            from mpcl.launch.train import check_address
+            from mpcl.launch.cluster import check_address
 
             address = check_address(args.address)
         # paths made absolute here, once: Ray workers run in other directories
@@ -74,9 +74,9 @@ def train_without_ray(cfg) -> dict:
 
 
 def train_with_ray(cfg, address: str | None) -> dict:
+    from mpcl.engine.loop import DivergedError
     from mpcl.launch import LaunchError
     from mpcl.launch.train import train
-    from mpcl.engine.loop import DivergedError
 
     try:
         return train(cfg, address)
@@ -91,7 +91,8 @@ def train_with_ray(cfg, address: str | None) -> dict:
 
 def cmd_sweep(args) -> None:
     from mpcl.launch import LaunchError
-    from mpcl.launch.sweep import format_table, run_sweep
+    from mpcl.launch.sweep import run_sweep
+    from mpcl.tracking.sweep_results import format_table
 
     try:
         rows, spec, sweep_dir = run_sweep(args.sweep_file, address=args.address, resume=args.resume,
@@ -105,9 +106,8 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from mpcl.report import ReportError, write_report
-
     from mpcl.launch.storage import fetch_for_report, is_uri
+    from mpcl.report import ReportError, write_report
 
     try:
         directory = fetch_for_report(args.directory) if is_uri(args.directory) else args.directory
@@ -118,7 +118,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from mpcl.engine.loop import evaluate_checkpoint
+    from mpcl.engine.evaluate import evaluate_checkpoint
     from mpcl.launch.storage import fetch, is_uri
 
     try:
@@ -179,9 +179,9 @@ def cmd_bench(args) -> None:
 
     if args.what == "step":
         return cmd_bench_step(args)
-    # OpenMP's default wait policy (spin briefly, then sleep) is left alone: PASSIVE halves the
-    # FFCV pipeline (every small colour op then wakes sleeping threads; 17.8k -> 8.3k samples/s
-    # on 2 cores) and ACTIVE slows the reference (its main thread spins while workers decode)
+    # OpenMP's default wait policy (spin briefly, then sleep) is left alone: under PASSIVE every
+    # small colour op of the FFCV pipeline wakes sleeping threads, and under ACTIVE the
+    # reference's main thread spins while its workers decode
     from mpcl.bench import bench_loader
     from mpcl.data.process import keep_freed_memory
 
@@ -202,8 +202,15 @@ def cmd_bench(args) -> None:
 
 def cmd_dynamics(args) -> None:
     from mpcl.data.sources import SourceError
-    from mpcl.dynamics import GraphError, Settings, default_variants, fashion_mnist_graph, synthetic_graph
+    from mpcl.dynamics import (
+        GraphError,
+        Settings,
+        default_variants,
+        fashion_mnist_graph,
+        synthetic_graph,
+    )
     from mpcl.dynamics.runner import run_dynamics
+    from mpcl.report.dynamics import write_page
 
     try:
         settings = Settings(steps=args.steps, lr=args.lr, temperature=args.temperature, dim=args.dim,
@@ -218,13 +225,14 @@ def cmd_dynamics(args) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         fail(f"--out {args.out}: exists and is not a directory")
     summary = run_dynamics(graph, variants, settings, args.out, command="python run.py " + " ".join(sys.argv[1:]))
+    page = write_page(args.out, Path(args.out) / "report" / "index.html")
     print(f"{'variant':18s} {'eff. rank':>9s} {'kNN':>6s} {'equilibrium':>11s} {'alignment':>9s} {'uniformity':>10s}")
     for name, v in summary["variants"].items():
         f = v["final"]
         print(f"{name:18s} {f['effective_rank']:9.2f} {f['knn_accuracy']:6.3f} {f['equilibrium_distance']:11.3f} "
               f"{f['alignment']:9.3f} {f['uniformity']:10.3f}")
     print(f"simulated in {summary['simulation_seconds']} s; numbers: {Path(args.out) / 'dynamics.json'}")
-    print(f"report: {summary['report']}")
+    print(f"report: {page}")
 
 
 def cmd_bench_step(args) -> None:
@@ -241,17 +249,7 @@ def cmd_bench_step(args) -> None:
         fail(str(e))
 
 
-def not_yet(issue: int, what: str):
-    def run(args) -> None:
-        fail(f"{what} arrives with issue #{issue}", code=EXIT_USAGE)
-    return run
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one config (section.key=value overrides)")
     t.add_argument("--config", help="YAML preset, e.g. configs/fmnist_simclr.yaml")
     t.add_argument("--no-ray", action="store_true", help="run the engine in this process, without Ray")
@@ -260,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.temperature=0.2 out=/tmp/r")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="kNN and linear probe of a saved encoder")
     e.add_argument("--checkpoint", required=True, help="a checkpoint file (out/checkpoints/last.pt, "
                    "out/checkpoint_N/state.pt), a path or a URI")
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="config overrides (e.g. data.path=...)")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_sweep(sub) -> None:
     s = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over a sweeps/*.yaml file")
     s.add_argument("sweep_file")
     s.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
@@ -279,12 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "for every trial (added to the file's overrides)")
     s.set_defaults(func=cmd_sweep)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="HTML results dashboard of a run or sweep directory")
     r.add_argument("directory", help="a sweep directory (results.json / optuna.db) or a run directory; "
                    "a path or a URI (s3://, gs://)")
     r.add_argument("--out", help="the HTML file (default: DIRECTORY/report/index.html)")
     r.set_defaults(func=cmd_report)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: loader (FFCV vs DataLoader), step (the training step)")
     b.add_argument("what", choices=["loader", "step"])
     b.add_argument("--dataset", help="loader: the dataset read (default fashion_mnist); step: whose presets, "
@@ -311,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="step: a config override (repeatable), e.g. --override model.projector_out=256")
     b.set_defaults(func=cmd_bench)
 
+
+def _add_dynamics(sub) -> None:
     dy = sub.add_parser("dynamics", help="feature-space contrastive dynamics as message passing on a visible graph")
     dy.add_argument("--out", default="runs/dynamics", help="output directory (dynamics.json, arrays.npz, report/)")
     dy.add_argument("--graph", choices=["synthetic", "fashion_mnist"], default="synthetic")
@@ -339,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip comparing the messages with autograd's gradient at every step")
     dy.set_defaults(func=cmd_dynamics)
 
+
+def _add_reproduce(sub) -> None:
     rp = sub.add_parser("reproduce", help="the paper's comparison: SimCLR(-Attn), SimSiam(-Multi), N seeds each")
     rp.add_argument("--dataset", default="fashion_mnist", help="a dataset with presets configs/<dataset>_<method>.yaml")
     rp.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 0..N-1)")
@@ -350,9 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("overrides", nargs="*", help="section.key=value for every run, e.g. data.path=/data/fmnist")
     rp.set_defaults(func=cmd_reproduce)
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
     d.add_argument("--out", default="runs/demo", help="the sweep directory")
     d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_sweep, _add_report, _add_bench, _add_dynamics, _add_reproduce, _add_demo):
+        add(sub)
     p.commands = sub.choices  # name -> subparser, for the intermixed parsing in main
     return p
 

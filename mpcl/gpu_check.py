@@ -126,8 +126,9 @@ def check_bf16_step_close_to_fp32(device: torch.device) -> str:
     """The same SimCLR step (weights, batch) under bf16 autocast: loss within 2 % of fp32's, and a
     whole optimizer step leaves finite, changed weights."""
     from mpcl.configure import load
-    from mpcl.engine.loop import Runtime, TrainStep, optimizer_step, runtime
+    from mpcl.engine.loop import TrainStep, optimizer_step
     from mpcl.engine.optim import build_optimizer
+    from mpcl.engine.runtime import Runtime, runtime
 
     method, cfg = _method("simclr", device)
     batch = _batch(device)
@@ -276,7 +277,7 @@ def run_benches(out_file: str, device: torch.device, quick: bool, say) -> tuple[
 
 
 def goals(rates: dict, epochs: list[Line]) -> list[Line]:
-    """The issue's goals, as measured here (figures, not pass/fail of the check)."""
+    """The performance goals of a GPU node, as measured here (figures, not pass/fail of the check)."""
     out = []
     best = rates.get("simclr/bf16_cl_compile/step")
     fp32 = rates.get("simclr/fp32/step")

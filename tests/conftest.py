@@ -40,7 +40,7 @@ def free_port() -> int:
 def local_ray():
     """One local Ray (2 CPUs) for the tests of a module; shut down after them."""
     ray = pytest.importorskip("ray")
-    from mpcl.launch.train import init_ray
+    from mpcl.launch.cluster import init_ray
 
     os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
     init_ray(num_cpus=2)

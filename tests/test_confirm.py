@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from mpcl.launch import LaunchError
-from mpcl.launch.confirm import BASELINE, candidates, confirmed_best, verdict
-from mpcl.launch.sweep import load_sweep
-
+from mpcl.launch.confirm import BASELINE, candidates, verdict
+from mpcl.launch.sweep_spec import load_sweep
+from mpcl.tracking.sweep_results import confirmed_best
 from tests.conftest import tiny_sweep_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_sweep_with_confirm_end_to_end(tmp_path, fmnist_path):
 
 
 def test_best_config_is_the_confirmed_winner_not_the_search_best(tmp_path):
-    from mpcl.report import best_config
+    from mpcl.report.sweep import best_config
 
     confirm = _confirm({BASELINE: {1: 70.0, 2: 71.0}, "t1": {1: 72.0, 2: 73.0}}, "t1")
     confirm["configs"][1]["run_dirs"] = [str(tmp_path / "confirm_t1_seed1")]

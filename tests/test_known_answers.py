@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
+from mpcl import metrics as ev
 from mpcl.configure import load
-from mpcl.engine import evaluate as ev
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import fit
 from mpcl.engine.optim import LARS, base_lr, build_optimizer, lr_factor, set_lr

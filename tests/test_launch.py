@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import importlib.metadata
 import json
-import os
 import sys
 import threading
 import time
@@ -178,7 +177,7 @@ def test_an_address_that_is_not_a_ray_gcs_is_one_line(tmp_path, monkeypatch, cap
 
 @pytest.mark.ray
 def test_a_real_gcs_answers_the_probe(local_ray):
-    from mpcl.launch.train import check_address
+    from mpcl.launch.cluster import check_address
 
     gcs = local_ray.get_runtime_context().gcs_address
     assert check_address(gcs) == gcs
@@ -204,7 +203,7 @@ def test_a_request_the_cluster_cannot_hold_is_one_line(overrides, expect, tmp_pa
 @pytest.mark.ray
 @pytest.mark.timeout(60)
 def test_a_cluster_that_may_grow_is_waited_for_a_bounded_time(tmp_path, local_ray, capsys):
-    from mpcl.launch.train import check_cluster_fits
+    from mpcl.launch.cluster import check_cluster_fits
 
     cfg = load(None, ["scale.cpus_per_worker=64", f"out={tmp_path}"])
     t0 = time.monotonic()
@@ -239,7 +238,8 @@ def test_a_data_error_in_a_worker_fails_once(tmp_path, local_ray):
     """Data the workers cannot read (here: ``train`` called without ``preflight``; on a
     cluster, a node without the files): the workers agree on it before training and the run
     ends once with the error's line, even with unlimited retries."""
-    from mpcl.launch.train import read_failure, train
+    from mpcl.launch.train import train
+    from mpcl.launch.worker import read_failure
 
     (tmp_path / "empty").mkdir()
     cfg = load(None, tiny_overrides(tmp_path / "r", "simclr", **{
@@ -255,8 +255,8 @@ def test_a_recorded_worker_error_is_one_line_and_its_restart_returns_at_once(tmp
     """A config or data error raised inside ``fit`` is recorded before it stops the worker
     group: the driver reports its line (not Ray's error), and the restart Ray makes
     (``scale.max_failures``) returns without training."""
-    from mpcl.config import to_dict
     from mpcl.launch import train as launch_train
+    from mpcl.launch.worker import write_failure
 
     cfg = load(None, [f"out={tmp_path}"])
     reason = "data/x/train.beton: .beton file not found"
@@ -267,13 +267,13 @@ def test_a_recorded_worker_error_is_one_line_and_its_restart_returns_at_once(tmp
 
         def fit(self):
             if self.record:
-                launch_train.write_failure(tmp_path, reason, "error")
+                write_failure(tmp_path, reason, "error")
             raise RuntimeError("TrainingFailedError: worker group failed")
 
     monkeypatch.setattr(launch_train, "make_trainer", lambda *a, **k: FailingTrainer(True))
     with pytest.raises(LaunchError, match=f"^{reason}$"):
         launch_train.run_trainer(cfg)
-    assert launch_train.train_loop_per_worker({"cfg": to_dict(cfg)}) is None  # outside Ray: no ray.train call
+    assert launch_train.train_loop_per_worker({"cfg": cfg}) is None  # outside Ray: no ray.train call
     monkeypatch.setattr(launch_train, "make_trainer", lambda *a, **k: FailingTrainer(False))
     with pytest.raises(RuntimeError, match="worker group failed"):          # anything else: Ray's error
         launch_train.run_trainer(cfg)

@@ -7,8 +7,10 @@ import pytest
 
 from mpcl.configure import load
 from mpcl.data.loaders import build_loaders
+from mpcl.engine.evaluate import evaluate
 from mpcl.engine.local import LocalReporter
-from mpcl.engine.loop import build, evaluate, fit, runtime
+from mpcl.engine.loop import fit
+from mpcl.engine.runtime import build, runtime
 
 LEARNING_RUN = {  # about 1,300 steps: ~3 minutes on a 2-core laptop CPU
     "model.backbone": "small_cnn", "data.subset": 4096, "data.val_subset": 2000, "data.batch_size": 64,

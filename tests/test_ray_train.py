@@ -143,10 +143,10 @@ def _loop_that_dies(flag_dir: Path):
     def loop(config: dict) -> None:
         import time
 
-        from mpcl.launch import train as launch
+        from mpcl.launch import worker
 
         registered = flag_dir / REGISTERED_FLAG.format(FAULT_EPOCH - 1)
-        report = launch.RayReporter.report
+        report = worker.RayReporter.report
 
         def report_or_die(self, metrics, state):
             if metrics["epoch"] == FAULT_EPOCH and self.rank == 0 and not self.resumed:
@@ -157,8 +157,8 @@ def _loop_that_dies(flag_dir: Path):
                 os._exit(1)
             report(self, metrics, state)
 
-        launch.RayReporter.report = report_or_die
-        launch.train_loop_per_worker(config)
+        worker.RayReporter.report = report_or_die
+        worker.train_loop_per_worker(config)
 
     return loop
 
@@ -173,6 +173,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_
     from mpcl.engine.local import LocalReporter
     from mpcl.engine.loop import fit
     from mpcl.launch import train as launch
+    from mpcl.launch.worker import STATE_FILE
 
     extra = {"data.path": fmnist_path, "train.epochs": 3, "method.bank_warmup_epochs": 1,
              "data.subset": 256, "data.batch_size": 64, "scale.max_failures": 1, "scale.num_to_keep": 3,
@@ -194,7 +195,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_
     ref_rows = [json.loads(x) for x in (tmp_path / "ref/metrics.jsonl").read_text().splitlines()]
     for a, b in zip(ref_rows, rows):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4, abs=1e-5), a["epoch"]
-    checkpoints = sorted((tmp_path / "ray").glob("checkpoint_*/" + launch.STATE_FILE))
+    checkpoints = sorted((tmp_path / "ray").glob("checkpoint_*/" + STATE_FILE))
     assert len(checkpoints) == 3
     saved = load_checkpoint(checkpoints[1])                  # what the killed attempt left
     final = load_checkpoint(checkpoints[2])

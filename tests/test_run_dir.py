@@ -103,7 +103,8 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
     import ray
 
     from mpcl.configure import load
-    from mpcl.launch.train import init_ray, train
+    from mpcl.launch.cluster import init_ray
+    from mpcl.launch.train import train
 
     os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
     out = tmp_path / "run"
@@ -122,3 +123,24 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
     assert len(list(out.glob("checkpoint_*/state.pt"))) == 1
     aside = sorted(tmp_path.glob("run.old-*"))
     assert len(aside) == 1 and _files(aside[0]) == before
+
+
+def test_run_record_pushes_every_file_it_writes_and_drops_replayed_epochs(tmp_path, capsys):
+    """The record both reporters keep: each write is followed by ``push`` of that file (a URI
+    run directory copies it there); resuming after epoch 0 drops the log lines of later epochs."""
+    from mpcl.configure import load
+    from mpcl.tracking import RunRecord
+
+    cfg = load(None, [f"out={tmp_path}", "tracking.wandb=disabled"])
+    pushed: list[str] = []
+    record = RunRecord(cfg, tmp_path, push=pushed.append)
+    record.start(None)
+    assert sorted(pushed) == ["config.yaml", "metrics.jsonl"] and (tmp_path / "config.yaml").is_file()
+    for epoch in (0, 1):
+        record.append({"epoch": epoch, "train/loss": 1.0})
+    assert pushed[2:] == ["metrics.jsonl", "metrics.jsonl"] and _epochs(tmp_path) == [0, 1]
+    record.close()
+    pushed.clear()
+    RunRecord(cfg, tmp_path, push=pushed.append).start({"epoch": 0})
+    assert _epochs(tmp_path) == [0] and "metrics.jsonl" in pushed
+    assert f"resuming {tmp_path} after epoch 0" in capsys.readouterr().err

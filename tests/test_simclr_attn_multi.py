@@ -173,7 +173,7 @@ def test_multi_crop_is_refused():
 def test_the_three_knob_sweep_searches_all_knobs_from_simclr_and_simclr_attn():
     from pathlib import Path
 
-    from mpcl.launch.sweep import load_sweep
+    from mpcl.launch.sweep_spec import load_sweep
 
     spec = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "fmnist_simclr_attn_multi.yaml")
     assert {"method.temperature", "method.attention_weight", "method.bank_mix"} <= spec.space.keys()

@@ -5,7 +5,6 @@ driver), resume from there; report and eval read from there."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import tiny_overrides
-from tests.conftest import free_port
+from tests.conftest import free_port, tiny_overrides
 from tests.test_sweep import ROOT, _env, _sweep_file
 
 BUCKET = "mpcl"
@@ -218,7 +216,8 @@ def test_study_goes_to_the_storage_url_given(tmp_path, fmnist_path):
     """--storage: the Optuna study is created in that database, not beside the results."""
     import optuna
 
-    from mpcl.launch.sweep import load_sweep, make_searcher
+    from mpcl.launch.search import make_searcher
+    from mpcl.launch.sweep_spec import load_sweep
 
     spec = load_sweep(_sweep_file(tmp_path, fmnist_path))
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"

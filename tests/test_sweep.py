@@ -18,6 +18,8 @@ import yaml
 from tests.conftest import tiny_sweep_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+HOLD_HOOK = Path(__file__).resolve().parent / "hold_after_first_epoch"
+HELD_FILE, RELEASE_FILE = "HELD", "RELEASE"   # written and awaited by the hook
 
 
 def _sweep_file(tmp_path, fmnist_path, **extra) -> Path:
@@ -78,21 +80,22 @@ def _env():
 
 @pytest.mark.ray
 def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
-    """Every trial that trains holds after reporting its first epoch (MPCL_HOLD_AFTER_EPOCH):
-    the first to hold is released and finishes; the sweep is interrupted while the second
+    """Every trial that trains holds after reporting its first epoch (the test-only hook in
+    tests/hold_after_first_epoch, on the sweep's PYTHONPATH): the first to hold is released
+    and finishes; the sweep is interrupted while the second
     holds, its first epoch reported and checkpointed. --resume keeps the finished trial as it
     was and continues the interrupted one from its checkpoint, the study keeping both epochs'
     intermediate values."""
     import optuna
 
-    from mpcl.launch.train import HELD_FILE, HOLD_ENV, RELEASE_FILE
-
     path = _sweep_file(tmp_path, fmnist_path)
     sweep_dir = tmp_path / "sweep"
     log_path = tmp_path / "first.log"
     log = open(log_path, "w")
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOLD_HOOK), str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT,
-                            env={**_env(), HOLD_ENV: "0"}, stdout=log, stderr=subprocess.STDOUT)
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     held = lambda: sorted(p.parent for p in (sweep_dir / "trials").glob(f"*/{HELD_FILE}"))  # noqa: E731
     first = _wait_for("held trial", held, proc, log_path)[0]
     (first / RELEASE_FILE).touch()
@@ -152,7 +155,9 @@ def test_searcher_records_pruned_failed_and_complete(tmp_path):
     pytest.importorskip("ray.tune")
     import optuna
 
-    from mpcl.launch.sweep import OBJECTIVE_KEY, SweepSpec, make_searcher
+    from mpcl.launch.search import make_searcher
+    from mpcl.launch.sweep_spec import SweepSpec
+    from mpcl.launch.worker import OBJECTIVE_KEY
 
     spec = SweepSpec(name="unit", base=None, overrides={},
                      space={"method.temperature": {"type": "uniform", "low": 0.1, "high": 1.0}})
@@ -193,7 +198,7 @@ def test_bad_sweep_file_is_one_line(tmp_path, capsys):
 def test_attention_sweeps_try_the_released_simclr_attn(name):
     """Every sweep over method.attention_weight has a point that is the released method:
     a = 1, attention temperature 1, the whole InfoNCE term weighted."""
-    from mpcl.launch.sweep import load_sweep
+    from mpcl.launch.sweep_spec import load_sweep
 
     spec = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
     assert "method.attention_weight" in spec.space
@@ -249,7 +254,7 @@ def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, caps
 
 
 def test_objective_is_checked_against_the_methods_metrics(tmp_path):
-    from mpcl.launch.sweep import load_sweep
+    from mpcl.launch.sweep_spec import load_sweep
 
     base = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
     mcl = {**base, "base": str(ROOT / "configs/fmnist_mcl.yaml"),
@@ -266,7 +271,7 @@ def test_objective_is_checked_against_the_methods_metrics(tmp_path):
 
 
 def test_every_shipped_sweep_file_is_valid():
-    from mpcl.launch.sweep import load_sweep
+    from mpcl.launch.sweep_spec import load_sweep
 
     files = sorted((ROOT / "sweeps").glob("*.yaml"))
     assert len(files) >= 5
@@ -281,7 +286,10 @@ def test_results_tell_interrupted_trials_from_pruned_ones(tmp_path):
     pytest.importorskip("ray.tune")
     from types import SimpleNamespace
 
-    from mpcl.launch.sweep import OBJECTIVE_KEY, SweepSpec, collect_results, make_searcher
+    from mpcl.launch.search import make_searcher
+    from mpcl.launch.sweep import collect_results
+    from mpcl.launch.sweep_spec import SweepSpec
+    from mpcl.launch.worker import OBJECTIVE_KEY
 
     spec = SweepSpec(name="unit", base=None, overrides={},
                      space={"method.temperature": {"type": "uniform", "low": 0.1, "high": 1.0}})

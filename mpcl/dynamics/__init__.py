@@ -3,7 +3,7 @@
 ``graph`` builds augmentation graphs (synthetic latent classes, or Fashion-MNIST views),
 ``messages`` the feature-space loss and its gradient step computed as message passing,
 ``metrics`` what is tracked, ``simulate`` the dynamics of each variant, ``runner`` the
-``run.py dynamics`` command and ``page`` its HTML report page. Pure torch, float64.
+``run.py dynamics`` command (its page: ``mpcl.report.dynamics``). Pure torch, float64.
 """
 
 from mpcl.dynamics.graph import AugmentationGraph, GraphError, fashion_mnist_graph, synthetic_graph

@@ -38,10 +38,6 @@ class AugmentationGraph:
         d = self.adjacency.sum(1).rsqrt()
         return d[:, None] * self.adjacency * d[None, :]
 
-    def row_normalized(self) -> Tensor:
-        """D^{-1} A: row i is the distribution of the positive partner of view i."""
-        return self.adjacency / self.adjacency.sum(1, keepdim=True)
-
     def components(self) -> int:
         """Number of connected components (alignment alone collapses each one to a point)."""
         linked = self.adjacency > 0

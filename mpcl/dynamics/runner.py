@@ -1,10 +1,11 @@
-"""``run.py dynamics``: simulate every variant on one graph, write the numbers and the page.
+"""``run.py dynamics``: simulate every variant on one graph and write the numbers.
 
 Output directory:
   dynamics.json   settings, graph statistics, per-variant metric histories and final values,
                   and the largest gap between the message-passing update and autograd's gradient
   arrays.npz      the graph (adjacency, labels, origin), the start and every variant's final features
-  report/         index.html (self-contained) and the PNG plots, drawn from the two files above
+
+The page drawn from the two files is ``mpcl.report.dynamics`` (``run.py report DIR``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from mpcl.dynamics.simulate import Settings, initial_features, simulate
 
 def run_dynamics(graph: AugmentationGraph, variants: tuple[Variant, ...], settings: Settings,
                  out_dir: str | os.PathLike, command: str = "") -> dict:
-    """Simulate each variant from the same start; write dynamics.json, arrays.npz and the report."""
-    from mpcl.dynamics.page import write_page
-
+    """Simulate each variant from the same start; write dynamics.json and arrays.npz."""
     out = Path(out_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # n x n matrices of a few hundred: extra threads only add waiting
@@ -46,5 +45,4 @@ def run_dynamics(graph: AugmentationGraph, variants: tuple[Variant, ...], settin
                         origin=graph.origin.numpy(), start=f0.numpy(),
                         **{f"final_{name}": r["features"].numpy() for name, r in results.items()})
     (out / "dynamics.json").write_text(json.dumps(summary, indent=1) + "\n")
-    summary["report"] = str(write_page(out, out / "report" / "index.html"))
     return summary

@@ -1,90 +1,65 @@
-"""Evaluation of an encoder: weighted kNN, online-probe accuracy, alignment / uniformity,
-and an offline linear probe on frozen features (``run.py eval``)."""
+"""Evaluation of a method: at the end of an epoch (``evaluate``, inside ``fit``) and of a
+saved checkpoint (``evaluate_checkpoint``, ``run.py eval``). The measures themselves are in
+``mpcl.metrics``."""
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mpcl import distributed as dist
+from mpcl import metrics
+from mpcl.config import Config
+from mpcl.data.loaders import Loaders, build_loaders
+from mpcl.engine.runtime import Runtime, build, runtime
+from mpcl.methods import Method
 
 
 @torch.no_grad()
-def extract(model, loader, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features (float32) and labels of every sample the loader yields, gathered."""
-    feats, labels = [], []
-    for x, y in loader:
-        with autocast():
-            feats.append(model(x).float())
-        labels.append(y)
-    dim = getattr(model, "feature_dim", None)
-    f = torch.cat(feats) if feats else torch.zeros(0, dim or 1)
-    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    return dist.gather_uneven(f), dist.gather_uneven(y)
+def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict[str, float]:
+    """kNN top-1 on the validation split (bank: the training split without augmentation),
+    the online probe's top-1, and alignment / uniformity of the normalised embeddings."""
+    was_training = method.training
+    method.eval()
+    feats = metrics.split_features(method, loaders, rt.autocast)
+    out = {
+        "val/knn_top1": feats.knn_top1(loaders.spec.num_classes, cfg.train.knn_k, cfg.train.knn_temperature),
+        "val/online_top1": metrics.probe_top1(method.probe, feats.val_f, feats.val_y),
+    }
+    z1s, z2s = [], []
+    for batch in loaders.val_pairs:
+        with rt.autocast():
+            z1s.append(method.embed(method(batch.views[0])).float())
+            z2s.append(method.embed(method(batch.views[1])).float())
+    if z1s:
+        z1, z2 = dist.gather_uneven(torch.cat(z1s)), dist.gather_uneven(torch.cat(z2s))
+        out["val/align"] = metrics.alignment(z1, z2)
+        out["val/uniform"] = metrics.uniformity(z1)
+    out.update(method.extra_metrics(loaders, rt.autocast))
+    method.train(was_training)
+    return out
 
 
-@torch.no_grad()
-def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-             num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> float:
-    """Weighted kNN top-1 (%) with cosine similarity: each of the k nearest training samples
-    votes for its class with weight exp(sim / T) (Wu et al. 2018, the SSL standard)."""
-    train_f = F.normalize(train_f, dim=1)
-    test_f = F.normalize(test_f, dim=1)
-    k = min(k, train_f.shape[0])
-    correct = 0
-    for start in range(0, test_f.shape[0], chunk):
-        sims = test_f[start:start + chunk] @ train_f.T
-        top_sim, top_idx = sims.topk(k, dim=1)
-        votes = torch.zeros(sims.shape[0], num_classes, device=sims.device)
-        votes.scatter_add_(1, train_y[top_idx], (top_sim / temperature).exp())
-        correct += (votes.argmax(1) == test_y[start:start + chunk]).sum().item()
-    return 100.0 * correct / max(test_f.shape[0], 1)
+def evaluate_checkpoint(path: str, overrides: list[str] | None = None, linear_epochs: int = 100) -> dict[str, Any]:
+    """``run.py eval``: kNN top-1 and a linear probe on the frozen encoder of a checkpoint."""
+    from mpcl.configure import from_dict
+    from mpcl.engine.checkpoint import load as load_checkpoint
 
-
-@torch.no_grad()
-def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> float:
-    """E ||f(x) - f(x+)||^alpha over positive pairs of normalised embeddings (lower: aligned)."""
-    return (F.normalize(z1, dim=1) - F.normalize(z2, dim=1)).norm(dim=1).pow(alpha).mean().item()
-
-
-@torch.no_grad()
-def uniformity(z: torch.Tensor, t: float = 2.0, max_samples: int = 4096) -> float:
-    """log E exp(-t ||f(x) - f(y)||^2) over distinct pairs (lower: more uniform)."""
-    z = F.normalize(z[:max_samples], dim=1)
-    sq = torch.pdist(z).pow(2)
-    return (torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())).item()
-
-
-@torch.no_grad()
-def probe_top1(probe: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (probe(feats).argmax(1) == labels).float().mean().item()
-
-
-def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, epochs: int = 100, lr: float = 0.1, weight_decay: float = 1e-4,
-                 batch_size: int = 1024, seed: int = 0) -> float:
-    """Top-1 (%) of a zero-initialised linear classifier trained on frozen, standardised
-    features with SGD (momentum 0.9) and a cosine schedule (the recipes' linear evaluation,
-    minus augmentation: features are extracted once)."""
-    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
-    train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
-    clf = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
-    torch.nn.init.zeros_(clf.weight)
-    torch.nn.init.zeros_(clf.bias)
-    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    steps = epochs * math.ceil(train_f.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(train_f.shape[0], generator=gen).to(train_f.device)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(clf(train_f[idx]), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    with torch.no_grad():
-        return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"], overrides)
+    rt = runtime(cfg)
+    loaders = build_loaders(cfg, 0, 1, rt.device)
+    method, _ = build(cfg, rt, loaders)
+    method.load_state_dict(state["model"])
+    method.eval()
+    feats = metrics.split_features(method, loaders, rt.autocast)
+    n = loaders.spec.num_classes
+    return {
+        "checkpoint": str(path), "epoch": state["epoch"], "method": cfg.method.name,
+        "knn_top1": feats.knn_top1(n, cfg.train.knn_k, cfg.train.knn_temperature),
+        "linear_top1": metrics.linear_probe(feats.train_f, feats.train_y, feats.val_f, feats.val_y, n,
+                                            epochs=linear_epochs),
+        "online_top1": metrics.probe_top1(method.probe, feats.val_f, feats.val_y),
+        **method.extra_metrics(loaders, rt.autocast),  # e.g. mcl's per-network metrics
+    }

@@ -10,19 +10,7 @@ from typing import Any
 from mpcl import distributed as dist
 from mpcl.config import Config
 from mpcl.engine import checkpoint as ckpt
-from mpcl.tracking import RunRecord
-
-SUMMARY_KEYS = ("train/loss", "val/knn_top1", "val/online_top1", "val/align", "val/uniform", "lr",
-                "time/epoch_s")
-
-
-def summary_line(metrics: dict[str, Any]) -> str:
-    parts = [f"epoch {metrics.get('epoch')}"]
-    for k in SUMMARY_KEYS:
-        if k in metrics:
-            v = metrics[k]
-            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return "  ".join(parts)
+from mpcl.tracking import RunRecord, summary_line
 
 
 def start_over(out: str | Path) -> Path | None:
@@ -62,11 +50,8 @@ class LocalReporter:
         return ckpt.load(self.checkpoint_path)
 
     def start(self, state: dict[str, Any] | None) -> None:
-        if self.record is None:
-            return
-        self.record.start(state["epoch"] if state is not None else -1)
-        if state is not None and self.echo:
-            print(f"resuming {self.checkpoint_path} after epoch {state['epoch']}", file=sys.stderr)
+        if self.record is not None:
+            self.record.start(state)
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if self.record is None:

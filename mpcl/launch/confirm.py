@@ -15,7 +15,6 @@ rerun (``run.py sweep --resume``) keeps the finished ones.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from mpcl.launch import LaunchError
 from mpcl.launch.repeat import run_all
 from mpcl.stats import paired_difference, summarize
+from mpcl.tracking.sweep_results import RESULTS_FILE, write_results
 
 BASELINE = "baseline"
 
@@ -112,21 +112,8 @@ def run_confirm(spec, sweep_dir: Path, rows: list[dict[str, Any]], address: str 
                "winner": max(scored, key=lambda c: sign * c["summary"]["mean"])["label"] if scored else None}
     confirm["verdict"] = verdict(confirm, spec.mode) if confirm["winner"] else "no confirmation run finished"
     print(f"confirm: {confirm['verdict']}", file=sys.stderr, flush=True)
-    path = sweep_dir / "results.json"
+    path = sweep_dir / RESULTS_FILE
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary["confirm"] = confirm
-    tmp = sweep_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
+    write_results(sweep_dir, summary)
     return confirm
-
-
-def confirmed_best(summary: dict[str, Any]) -> dict[str, Any] | None:
-    """The confirmed winner as a trial row (for best_config.yaml), or None without a stage."""
-    confirm = summary.get("confirm") or {}
-    winner = next((c for c in confirm.get("configs", []) if c["label"] == confirm.get("winner")), None)
-    if winner is None:
-        return None
-    return {"trial_id": winner["label"], "state": "complete", "objective": winner["summary"]["mean"],
-            "params": winner["params"], "run_dir": winner["run_dirs"][0],
-            "note": f"confirmed mean over {winner['summary']['n']} seed(s)"}

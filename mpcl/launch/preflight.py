@@ -21,10 +21,7 @@ from mpcl.config import Config, ConfigError, to_dict
 from mpcl.configure import from_dict
 from mpcl.data.datasets import get_dataset
 from mpcl.launch import LaunchError
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
+from mpcl.launch.storage import is_uri
 
 
 def absolute(path: str, base: Path) -> str:

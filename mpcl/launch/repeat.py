@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from mpcl.config import Config, to_dict
-from mpcl.configure import from_dict
-from mpcl.tracking import read_metrics
+from mpcl.config import Config
+from mpcl.tracking import read_metrics, write_json
 
 RESULT_FILE = "result.json"
 
@@ -31,10 +31,7 @@ def read_result(out: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _write_result(out: str | os.PathLike, result: dict[str, Any]) -> dict[str, Any]:
-    path = Path(out) / RESULT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, path)
+    write_json(Path(out) / RESULT_FILE, result)
     return result
 
 
@@ -42,7 +39,7 @@ def finish(cfg: Config, metrics: dict[str, Any], checkpoint: Path | None, linear
     """Evaluates the last checkpoint (when asked) and writes ``result.json``."""
     result: dict[str, Any] = {"metrics": metrics}
     if linear_epochs > 0:
-        from mpcl.engine.loop import evaluate_checkpoint
+        from mpcl.engine.evaluate import evaluate_checkpoint
 
         if checkpoint is None or not checkpoint.is_file():
             raise FileNotFoundError(f"{cfg.out}: no checkpoint to evaluate")
@@ -63,20 +60,21 @@ def run_local(cfg: Config, linear_epochs: int) -> dict[str, Any]:
 
 def latest_ray_checkpoint(out: str | os.PathLike) -> Path | None:
     """The newest ``checkpoint_*/state.pt`` Ray Train left in the run directory."""
-    from mpcl.launch.train import STATE_FILE
+    from mpcl.launch.worker import STATE_FILE
 
     found = sorted(Path(out).glob(f"checkpoint_*/{STATE_FILE}"))
     return found[-1] if found else None
 
 
-def run_on_ray(cfg_tree: dict[str, Any], linear_epochs: int) -> dict[str, Any]:
+def run_on_ray(cfg: Config, linear_epochs: int) -> dict[str, Any]:
     """The body of one Ray run (a task that reserves nothing itself): its ``TorchTrainer``
     takes the workers' resources, the evaluation a task with one worker's resources."""
     import ray
 
-    from mpcl.launch.train import failure_reason, make_trainer, use_gpu
+    from mpcl.launch.cluster import use_gpu
+    from mpcl.launch.train import make_trainer
+    from mpcl.launch.worker import failure_reason
 
-    cfg = from_dict(cfg_tree)
     make_trainer(cfg).fit()
     reason = failure_reason(cfg.out)
     if reason:
@@ -104,11 +102,11 @@ def run_all(configs: list[Config], use_ray: bool, address: str | None = None, li
     elif todo:
         import ray
 
-        from mpcl.launch.train import init_ray
+        from mpcl.launch.cluster import init_ray
 
         log(f"ray: {init_ray(address)}; {len(todo)} run(s), {todo[0].scale.workers} worker(s) each")
         task = ray.remote(num_cpus=0, memory=1)(run_on_ray)  # the trainers reserve the resources
-        pending = {task.remote(to_dict(c), linear_epochs): c for c in todo}
+        pending = {task.remote(c, linear_epochs): c for c in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             cfg = pending.pop(done[0])

@@ -13,8 +13,6 @@ finished), ``reproduce.json`` (the summary), and, written by the caller, ``RESUL
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from mpcl.configure import declared_only, load
 from mpcl.launch import LaunchError
 from mpcl.launch.repeat import run_all
 from mpcl.stats import paired_difference, summarize
+from mpcl.tracking import read_metrics, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("simclr", "simclr_attn", "simsiam", "simsiam_multi")
@@ -33,10 +32,6 @@ SUMMARY_FILE = "reproduce.json"
 # The paper's settings of the two methods' knobs (SimCLR-Attn: a = 1 at attention temperature
 # 1; SimSiam-Multi: b = 0.5). Each method gets the method.* keys it declares.
 KNOBS = {"method.attention_weight": 1.0, "method.attention_temperature": 1.0, "method.bank_mix": 0.5}
-# Keys counted in epochs: scaled with train.epochs when a budget shortens the preset's run
-# (the released bank warm-up, 50 of 1,000 epochs, becomes its share of the budget's epochs).
-EPOCH_KEYS = ("optim.warmup_epochs", "method.bank_warmup_epochs")
-
 QUIET = {"train.progress": "false"}
 BUDGETS: dict[str, dict[str, Any]] = {
     # the 2-core CPU in a few minutes: a small CNN on a subset, the in-memory torch loader
@@ -60,7 +55,9 @@ def preset_path(dataset: str, method: str) -> Path:
 
 
 def _scaled(preset: Config, epochs: int) -> dict[str, Any]:
-    """The preset's epoch-counted keys scaled from its train.epochs to ``epochs``."""
+    """The preset's epoch-counted keys scaled from its train.epochs to ``epochs``, when a budget
+    shortens the preset's run (the released bank warm-up, 50 of 1,000 epochs, becomes its share
+    of the budget's epochs)."""
     ratio = epochs / preset.train.epochs
     scaled = {"optim.warmup_epochs": preset.optim.warmup_epochs * ratio}
     if hasattr(preset.method, "bank_warmup_epochs"):
@@ -154,11 +151,7 @@ def run_reproduce(dataset: str, budget: str = "smoke", seeds: int = 3, out: str 
         "subset": example.data.subset, "wall_s_this_call": wall, "mode": "ray" if use_ray else "local",
         "train_s": {c.method.name: 0.0 for c in runs}, **summarize_runs(runs, results),
     }
-    from mpcl.tracking import read_metrics
-
     for c in runs:  # training time summed over epochs (kept across resumed calls)
         summary["train_s"][c.method.name] += sum(float(r.get("time/epoch_s", 0)) for r in read_metrics(c.out))
-    tmp = out_dir / f".{SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out_dir / SUMMARY_FILE)
+    write_json(out_dir / SUMMARY_FILE, summary)
     return summary, out_dir

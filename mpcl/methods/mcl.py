@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcl import distributed as dist
+from mpcl import metrics as ev
 from mpcl.config import ConfigError, knob
 from mpcl.data.batch import Batch
-from mpcl.engine import evaluate as ev
 from mpcl.losses import mcl_queue_terms, mcl_supervised_terms, mcl_weighted, soft_kl
 from mpcl.methods.base import Method, SSLOutput
 from mpcl.methods.moco import (KeyQueue, MomentumQueueParams, ema_, momentum_at, momentum_copy, moco_head,

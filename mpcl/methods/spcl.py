@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from mpcl import distributed as dist
+from mpcl import metrics as ev
 from mpcl.config import ConfigError, knob
 from mpcl.data.batch import Batch
-from mpcl.engine import evaluate as ev
 from mpcl.losses import prototype_pairs, spcl_terms
 from mpcl.methods.base import SSLOutput, TemperatureParams
 from mpcl.methods.clustering import cluster_features

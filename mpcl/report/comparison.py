@@ -5,9 +5,11 @@ this module only lays them out."""
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
+from mpcl.report.page import curves, html_page, html_table, img_tag
 from mpcl.tracking import read_metrics
 
 LABELS = {"simclr": "SimCLR", "simclr_attn": "SimCLR-Attn", "simsiam": "SimSiam", "simsiam_multi": "SimSiam-Multi"}
@@ -55,7 +57,7 @@ def results_markdown(summary: dict[str, Any], command: str = "") -> str:
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Setup: {_setup_line(summary)}.", "",
-              f"Training time summed over epochs (s): " + ", ".join(
+              "Training time summed over epochs (s): " + ", ".join(
                   f"{LABELS.get(m, m)} {t:.0f}" for m, t in summary.get("train_s", {}).items()) +
               f"; wall time of the last call: {summary.get('wall_s_this_call', 0):.0f} s ({summary.get('mode')}).", "",
               "| method | kNN top-1 (%) | linear top-1 (%) | seeds |", "| --- | ---: | ---: | ---: |"]
@@ -79,35 +81,27 @@ def results_markdown(summary: dict[str, Any], command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" +
-            "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows) +
-            "</table>")
-
-
 def reproduce_section(summary: dict[str, Any], out_dir: Path) -> list[str]:
     """HTML of ``reproduce.json``: ours beside the paper's, and kNN curves of every run."""
-    from mpcl.report import _curves, _img
-
     body = [f"<p>{html.escape(_setup_line(summary).replace('`', ''))}.</p><h2>Ours: mean ± sd over seeds</h2>",
-            _table(["method", "kNN top-1 (%)", "linear top-1 (%)", "seeds"],
-                   [[LABELS.get(m, m), mean_sd(v["knn_top1"]), mean_sd(v["linear_top1"]), v["knn_top1"]["n"]]
-                    for m, v in summary["methods"].items()]),
+            html_table(["method", "kNN top-1 (%)", "linear top-1 (%)", "seeds"],
+                       [[LABELS.get(m, m), mean_sd(v["knn_top1"]), mean_sd(v["linear_top1"]), v["knn_top1"]["n"]]
+                        for m, v in summary["methods"].items()]),
             "<h2>Variant − base, paired by seed (95 % t interval)</h2>",
-            _table(["comparison", "kNN top-1", "linear top-1"],
-                   [[f"{LABELS.get(p['variant'])} − {LABELS.get(p['base'])}", interval(p["knn_top1"]),
-                     interval(p["linear_top1"])] for p in summary["pairs"]])]
+            html_table(["comparison", "kNN top-1", "linear top-1"],
+                       [[f"{LABELS.get(p['variant'])} − {LABELS.get(p['base'])}", interval(p["knn_top1"]),
+                         interval(p["linear_top1"])] for p in summary["pairs"]])]
     fails = _failures(summary)
     if fails:
         body.append(f"<p class='note'>Runs without a result: {html.escape('; '.join(fails))}.</p>")
     body.append("<h2>The paper's numbers (not ours): linear top-1 (%), released recipes</h2>")
-    body.append(_table(["backbone", "method", *PAPER_DATASETS],
-                       [[b, LABELS[m], *rows[m]] for b, rows in PAPER.items()
-                        for m in ("simclr", "simclr_attn", "simsiam", "simsiam_multi")]))
+    body.append(html_table(["backbone", "method", *PAPER_DATASETS],
+                           [[b, LABELS[m], *rows[m]] for b, rows in PAPER.items()
+                            for m in ("simclr", "simclr_attn", "simsiam", "simsiam_multi")]))
     runs = {f"{m} s{r['seed']}": read_metrics(r["run_dir"]) for m, v in summary["methods"].items() for r in v["runs"]}
     body.append("<h2>Learning curves</h2>")
-    body.append(_img(_curves(runs, "val/knn_top1", "val/knn_top1 per run", out_dir, "reproduce_knn")))
-    body.append(_img(_curves(runs, "train/loss", "train/loss per run", out_dir, "reproduce_loss")))
+    body.append(img_tag(curves(runs, "val/knn_top1", "val/knn_top1 per run", out_dir, "reproduce_knn")))
+    body.append(img_tag(curves(runs, "train/loss", "train/loss per run", out_dir, "reproduce_loss")))
     return body
 
 
@@ -124,7 +118,14 @@ def confirm_section(confirm: dict[str, Any]) -> list[str]:
             f"<p>The top {confirm['top_k']} configuration(s) of the search and the baseline (the first "
             f"<code>points</code> entry) trained again; {html.escape(metric)} mean ± sd and the difference to "
             f"the baseline paired by seed (95 % t interval).</p>",
-            _table(["configuration", "parameters", f"{metric} mean ± sd", "difference to the baseline"], rows)]
+            html_table(["configuration", "parameters", f"{metric} mean ± sd", "difference to the baseline"], rows)]
     if winner:
         body.append(f"<p><b>{html.escape(confirm['verdict'])}</b></p>")
     return body
+
+
+def reproduce_report(out_dir: Path, out_file: Path) -> Path:
+    summary = json.loads((out_dir / "reproduce.json").read_text())
+    body = reproduce_section(summary, out_file.parent)
+    out_file.write_text(html_page(f"The paper's comparison on {summary['dataset']} ({summary['budget']} budget)", body))
+    return out_file

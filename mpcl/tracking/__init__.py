@@ -1,12 +1,36 @@
-"""Metrics tracking: ``metrics.jsonl`` in the run directory, always (one JSON object per epoch)."""
+"""Metrics tracking: ``metrics.jsonl`` in the run directory, always (one JSON object per epoch),
+the run's record (config, metrics, wandb), and the one-line summary of an epoch."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# what an epoch's summary shows, in this order: the line printed per epoch and the run page's table
+SUMMARY_KEYS = ("train/loss", "val/knn_top1", "val/online_top1", "val/align", "val/uniform", "lr",
+                "time/epoch_s")
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    parts = [f"epoch {metrics.get('epoch')}"]
+    for k in SUMMARY_KEYS:
+        if k in metrics:
+            v = metrics[k]
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return "  ".join(parts)
+
+
+def write_json(path: str | os.PathLike, tree: Any) -> None:
+    """``path`` replaced atomically (temp file + rename): a reader sees the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(tree, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def _jsonable(v: Any) -> Any:
@@ -61,27 +85,36 @@ class RunRecord:
     """What rank 0 keeps of a run, the same with and without Ray: ``out/config.yaml``,
     ``out/metrics.jsonl`` and, per ``tracking.wandb``, a wandb run (one step per epoch).
     Nothing is written before :meth:`start`, which comes once the checkpoint (if any) has
-    loaded: a run that cannot resume leaves the old record as it was."""
+    loaded: a run that cannot resume leaves the old record as it was. ``push(name)`` is called
+    after each file changes (a run directory that is a URI copies it there)."""
 
-    def __init__(self, cfg, out: str | os.PathLike):
+    def __init__(self, cfg, out: str | os.PathLike, push: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.out = Path(out)
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.push = push or (lambda name: None)
         self.wandb = None
 
-    def start(self, last_epoch: int) -> None:
-        """Drop the lines of epochs after ``last_epoch`` (the run replays them), write the
-        resolved config and open the wandb run."""
+    def start(self, state: dict[str, Any] | None) -> None:
+        """``state``: the checkpoint the run resumes from, or None. Drop the lines of epochs
+        after the checkpoint's (the run replays them), write the resolved config and open the
+        wandb run."""
         from mpcl.config import dump
         from mpcl.tracking.wandb_run import WandbRun
 
+        last_epoch = state["epoch"] if state is not None else -1
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics.truncate_after(last_epoch)
         dump(self.cfg, self.out / "config.yaml")
+        self.push("metrics.jsonl")
+        self.push("config.yaml")
         self.wandb = WandbRun.start(self.cfg, self.out)
+        if state is not None:
+            print(f"resuming {self.out} after epoch {last_epoch}", file=sys.stderr)
 
     def append(self, metrics: dict[str, Any]) -> None:
         self.metrics.append(metrics)
+        self.push("metrics.jsonl")
         if self.wandb is not None:
             self.wandb.log(metrics, step=int(metrics["epoch"]))
 

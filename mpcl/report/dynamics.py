@@ -1,5 +1,5 @@
-"""The dynamics page of the HTML report, drawn from dynamics.json and arrays.npz alone (so
-``run.py report DIR`` can redraw it); the page and its PNG plots use mpcl.report's helpers."""
+"""The dynamics page (``run.py dynamics``), drawn from dynamics.json and arrays.npz alone, so
+that ``run.py report DIR`` can redraw it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcl.report import ReportError, _fmt, _img, _page, _plt, _save
+from mpcl.report.page import ReportError, fmt, html_page, img_tag, pyplot, save_png
 
 CURVES = (
     ("alignment", "alignment (Wang & Isola: E ||f_i - f_j||^2 over positive pairs; lower = aligned)"),
@@ -35,7 +35,7 @@ those at the start of the stage (as SimSiam-Multi's memory bank).</p>"""
 
 
 def _curve(history: dict[str, dict], key: str, title: str, out_dir: Path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for name, h in history.items():
         ax.plot(range(len(h[key])), h[key], label=name, lw=1.5)
@@ -44,12 +44,12 @@ def _curve(history: dict[str, dict], key: str, title: str, out_dir: Path):
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, out_dir, key)
+    return save_png(fig, out_dir, key)
 
 
 def _graphs(arrays, variant: str | None, temperature: float, out_dir: Path):
     """The augmentation graph D^-1 A beside the final affinity graph P, views sorted by class."""
-    plt = _plt()
+    plt = pyplot()
     order = np.lexsort((arrays["origin"], arrays["labels"]))
     a = arrays["adjacency"][np.ix_(order, order)]
     panels = [("augmentation graph D^-1 A", a / a.sum(1, keepdims=True))]
@@ -64,12 +64,12 @@ def _graphs(arrays, variant: str | None, temperature: float, out_dir: Path):
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, out_dir, "graphs")
+    return save_png(fig, out_dir, "graphs")
 
 
 def _features(arrays, names: list[str], out_dir: Path):
     """The start and each variant's final features, projected on their top two singular directions."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("start", arrays["start"])] + [(n, arrays[f"final_{n}"]) for n in names]
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
@@ -87,7 +87,7 @@ def _features(arrays, names: list[str], out_dir: Path):
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, out_dir, "features")
+    return save_png(fig, out_dir, "features")
 
 
 def write_page(run_dir: str | Path, out_file: str | Path) -> Path:
@@ -104,32 +104,32 @@ def write_page(run_dir: str | Path, out_file: str | Path) -> Path:
     body = [EXPLAIN,
             f"<p>Graph: {html.escape(graph['description'])}: {graph['views']} views, {graph['edges']} edges, "
             f"{graph['components']} connected component(s), {graph['intra_class_edge_weight']:.0%} of the edge "
-            f"weight within a class. Settings: " + ", ".join(f"{k}={_fmt(v)}" for k, v in settings.items()) +
+            f"weight within a class. Settings: " + ", ".join(f"{k}={fmt(v)}" for k, v in settings.items()) +
             f". Simulated in {summary['simulation_seconds']} s.</p>"]
     if summary.get("command"):
         body.append(f"<pre>{html.escape(summary['command'])}</pre>")
     keys = [k for k, _ in CURVES]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["variant", "align", "uniform", "attention", "bank_mix",
-                                                           *keys, "max gradient error"])
+                                                          *keys, "max gradient error"])
     rows = []
     for name, v in variants.items():
         spec, final = v["variant"], v["final"]
         err = v.get("max_gradient_error")
         cells = [name, spec["align"], spec["uniform"], spec["attention"], spec["bank_mix"],
                  *[final[k] for k in keys], "not checked" if err is None else f"{err:.1e}"]
-        rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in cells) + "</tr>")
     body.append(f"<h2>Final values (step {settings['steps']})</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
                 "<p class='note'>max gradient error: the largest |message-passing update + n dL/dF| relative to "
                 "the largest message, over every step (autograd of the feature-space loss, float64).</p>")
     body.append("<h2>Per step</h2>")
-    body += [_img(_curve(history, key, title, out_dir)) for key, title in CURVES]
+    body += [img_tag(_curve(history, key, title, out_dir)) for key, title in CURVES]
     both = next((n for n, v in variants.items() if v["variant"]["align"] and v["variant"]["uniform"]), None)
     body.append("<h2>The two graphs</h2><p>Left the augmentation graph (row-normalised), right the affinity "
                 "graph of the final features of the first variant with both losses, views sorted by latent class: "
                 "at equilibrium the right resembles the left.</p>")
-    body.append(_img(_graphs(arrays, both, settings["temperature"], out_dir)))
+    body.append(img_tag(_graphs(arrays, both, settings["temperature"], out_dir)))
     body.append("<h2>Features</h2><p>Each variant's final features (unit vectors) projected on their top two "
                 "singular directions, coloured by latent class; a collapsed variant is a single point.</p>")
-    body.append(_img(_features(arrays, list(variants), out_dir)))
-    out_file.write_text(_page("Contrastive learning as message passing: feature-space dynamics", body))
+    body.append(img_tag(_features(arrays, list(variants), out_dir)))
+    out_file.write_text(html_page("Contrastive learning as message passing: feature-space dynamics", body))
     return out_file

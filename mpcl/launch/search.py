@@ -1,0 +1,141 @@
+"""The search of a sweep: Optuna's sampler over the space, through Ray's ``OptunaSearch``
+with the study in a database (SQLite beside the results by default), and ASHA's early stopping.
+
+The objective is measured every epoch and reported as ``objective`` with ``epochs_done``:
+ASHA's rungs and Optuna's intermediate values compare the same measurement at the same epoch.
+Trials that ASHA stops reach Optuna as PRUNED (their intermediate values kept), never as
+COMPLETE with a partial value; a trial that diverges or crashes is FAIL.
+
+Importing this module imports Ray Tune and Optuna: the sweep driver imports it when it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from mpcl.launch import LaunchError
+from mpcl.launch.sweep_spec import SweepSpec
+from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY
+from mpcl.tracking.sweep_results import storage_url
+
+
+def optuna_space(spec: SweepSpec) -> dict[str, Any]:
+    out = {}
+    for key, d in spec.space.items():
+        t = d["type"]
+        if t == "choice":
+            out[key] = CategoricalDistribution(d["values"])
+        elif t == "int":
+            out[key] = IntDistribution(int(d["low"]), int(d["high"]), log=bool(d.get("log", False)))
+        else:
+            out[key] = FloatDistribution(float(d["low"]), float(d["high"]), log=t == "loguniform")
+    return out
+
+
+def optuna_sampler(spec: SweepSpec):
+    s = spec.sampler
+    seed = s.get("seed")
+    if s["type"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s["type"] == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise LaunchError("sampler.type=cmaes needs the 'cmaes' package (pip install cmaes)") from None
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    kwargs = {"seed": seed, "multivariate": bool(s.get("multivariate", True))}
+    if "n_startup_trials" in s:
+        kwargs["n_startup_trials"] = int(s["n_startup_trials"])
+    with warnings.catch_warnings():  # multivariate is "experimental" in Optuna's words
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(**kwargs)
+
+
+class StudySearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` tells Optuna COMPLETE with the last value for any trial that
+    ends without error, ASHA-stopped ones included, and COMPLETE for an errored trial that
+    had reported. Here: error -> FAIL, stopped before ``total_epochs`` -> PRUNED (Optuna keeps its
+    intermediate values), finished -> COMPLETE with the final objective. Intermediate
+    values are keyed by epochs done, not by Tune's iteration count (which restarts when a
+    trial is restored)."""
+
+    def __init__(self, *, total_epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.total_epochs = total_epochs
+
+    def suggest(self, trial_id):
+        params = super().suggest(trial_id)
+        ot = self._ot_trials.get(trial_id)
+        if ot is not None and "ray_trial_id" not in ot.user_attrs:
+            ot.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def on_trial_result(self, trial_id, result):
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or trial_id in self._completed_trials or self.metric not in result:
+            return
+        value, step = result[self.metric], int(result.get(EPOCHS_KEY, 0))
+        if value is not None and math.isfinite(value) and step not in ot.storage.get_trial(
+                ot._trial_id).intermediate_values:
+            ot.report(float(value), step)
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot = self._ot_trials[trial_id]
+        result = result or {}
+        value = result.get(self.metric)
+        done = int(result.get(EPOCHS_KEY, 0) or 0)
+        if not error:  # the last epoch's value reaches the study as an intermediate too
+            self.on_trial_result(trial_id, result)
+        if error or value is None or not math.isfinite(value):
+            state, value = TrialState.FAIL, None
+        elif done < self.total_epochs:
+            state, value = TrialState.PRUNED, None
+        else:
+            state = TrialState.COMPLETE
+        try:
+            self._ot_study.tell(ot, value, state=state)
+        except Exception as e:  # already finished in the study (a resumed sweep)
+            print(f"optuna: trial {trial_id}: {e}", file=sys.stderr)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path):
+        super().restore(checkpoint_path)
+        # Trials the study holds as RUNNING that the restored searcher does not know were
+        # asked after Tune's last save of the searcher: they will never report.
+        known = {ot.number for ot in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                self._ot_study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted before Tune saved it")
+                self._ot_study.tell(t.number, state=TrialState.FAIL)
+
+
+def make_searcher(spec: SweepSpec, sweep_dir: Path, epochs: int, study: str | None = None) -> StudySearch:
+    """The searcher of ``spec`` with its study in ``study`` (a database URL; default: SQLite in
+    ``sweep_dir``); trials that stop before ``epochs`` are PRUNED."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(study or storage_url(sweep_dir))
+    return StudySearch(total_epochs=epochs, space=optuna_space(spec), metric=OBJECTIVE_KEY, mode=spec.mode,
+                       sampler=optuna_sampler(spec), study_name=spec.name, storage=storage,
+                       points_to_evaluate=spec.points or None)
+
+
+def make_scheduler(spec: SweepSpec, epochs: int):
+    if spec.scheduler.get("type", "asha") == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = spec.scheduler
+    return ASHAScheduler(time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,
+                         max_t=int(s.get("max_t", epochs)), grace_period=int(s.get("grace_period", 1)),
+                         reduction_factor=float(s.get("reduction_factor", 2)))

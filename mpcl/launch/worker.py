@@ -1,0 +1,189 @@
+"""What runs in each Ray Train worker: the engine's loop with a reporter that reports to Ray
+Train, and the record of a run that must not be retried (``out/FAILED.json``).
+
+Every worker calls ``fit(cfg, RayReporter(cfg))``. The reporter calls ``ray.train.report``
+once per epoch on every worker (rank 0 attaches the checkpoint, a directory holding
+``state.pt``) and resumes from ``ray.train.get_checkpoint()``: after a worker failure
+(``scale.max_failures``) and on a rerun with the same ``out``. Rank 0 also keeps the run's
+record (``metrics.jsonl``, ``config.yaml``, wandb), copied to ``out`` when it is a URI.
+
+A diverging run (NaN/inf loss) is not a worker failure to retry: rank 0 writes
+``out/FAILED.json`` with the reason, every worker returns, and the driver raises
+``DivergedError``. A config or data error a worker raises is recorded there too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mpcl.config import Config
+from mpcl.launch import LaunchError
+from mpcl.launch.storage import Mirror, is_uri, join, read_text
+from mpcl.tracking import write_json
+
+FAILED_FILE = "FAILED.json"
+STATE_FILE = "state.pt"
+# the keys every report carries for Tune: epochs trained, and the objective's last measured value
+EPOCHS_KEY = "epochs_done"
+OBJECTIVE_KEY = "objective"
+
+
+def failure_reason(out: str | os.PathLike) -> str | None:
+    failure = read_failure(out)
+    return failure["reason"] if failure else None
+
+
+def read_failure(out: str | os.PathLike) -> dict[str, str] | None:
+    """``out/FAILED.json``: ``{"reason", "kind"}``, kind ``diverged`` or ``error`` (a config or
+    data error raised in a worker: it would fail the same way again)."""
+    where = join(out, FAILED_FILE)
+    if is_uri(out):
+        text = read_text(where)
+    else:
+        text = Path(where).read_text() if Path(where).is_file() else None
+    if text is None:
+        return None
+    try:
+        failure = json.loads(text)
+    except ValueError:
+        return {"reason": f"{where}: unreadable", "kind": "error"}
+    return {"reason": str(failure.get("reason", "failed")), "kind": str(failure.get("kind", "diverged"))}
+
+
+def write_failure(out: str | os.PathLike, reason: str, kind: str) -> None:
+    run_dir = Mirror(out)
+    run_dir.local.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir.local / FAILED_FILE, {"reason": reason, "kind": kind})
+    run_dir.push(FAILED_FILE)
+
+
+class RayReporter:
+    """The engine's ``Reporter`` inside a Ray Train worker."""
+
+    def __init__(self, cfg: Config, objective: str | None = None):
+        import ray.train
+
+        from mpcl.tracking import RunRecord
+
+        self.cfg = cfg
+        self.run_dir = Mirror(cfg.out)   # out itself, or this node's copy of a URI's files
+        self.out = self.run_dir.local
+        self.rank = ray.train.get_context().get_world_rank()
+        self.objective = objective
+        self.resumed = False
+        self.last_objective: float | None = None
+        self.record = None
+        if self.rank == 0:
+            self.run_dir.pull("metrics.jsonl")   # a restart on another node continues the log
+            self.record = RunRecord(cfg, self.out, push=self.run_dir.push)
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        import ray.train
+
+        from mpcl.engine import checkpoint as ckpt
+
+        state = None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = ckpt.load(Path(d) / STATE_FILE)
+        elif (self.out / "checkpoints" / "last.pt").is_file():  # left by run.py train --no-ray
+            state = ckpt.load(self.out / "checkpoints" / "last.pt")
+        if state is not None:
+            self.resumed = True
+            self.last_objective = state.get("metrics", {}).get(self.objective) if self.objective else None
+        return state
+
+    def start(self, state: dict[str, Any] | None) -> None:
+        """Rank 0 writes the run's files. A resumed attempt first reports the checkpoint's
+        metrics again (every rank, no checkpoint, no log line): whoever waits on this run
+        (Tune, Optuna's intermediate values) may not have received that report before the
+        interruption, and a run that was already finished trains nothing more."""
+        import ray.train
+
+        if self.record is not None:
+            self.record.start(state)
+        if state is not None and state.get("metrics"):
+            metrics = dict(state["metrics"])
+            metrics[EPOCHS_KEY] = int(state["epoch"]) + 1
+            if self.objective and self.last_objective is not None:
+                metrics[OBJECTIVE_KEY] = self.last_objective
+            ray.train.report(metrics)
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        import ray.train
+        import torch
+        from ray.train import Checkpoint
+
+        metrics = dict(metrics)
+        metrics[EPOCHS_KEY] = int(metrics["epoch"]) + 1
+        if self.objective:
+            if self.objective in metrics:
+                self.last_objective = float(metrics[self.objective])
+            if self.last_objective is not None:
+                metrics[OBJECTIVE_KEY] = self.last_objective
+        if self.record is not None:
+            self.record.append(metrics)
+        if state is not None:
+            with tempfile.TemporaryDirectory(prefix="mpcl-ckpt-") as tmp:
+                torch.save(state, Path(tmp) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    def close(self) -> None:
+        if self.record is not None:
+            self.record.close()
+
+
+def data_fails_on_any_worker(cfg: Config) -> bool:
+    """Every worker opens its data before training and all agree on the outcome: a worker
+    (node) without readable data ends the run on every worker at once, recorded in
+    ``FAILED.json``, with no restart and no collective left waiting for it."""
+    import ray.train.torch
+    import torch
+
+    from mpcl import distributed as dist
+    from mpcl.launch.preflight import check_data
+
+    failed = 0
+    try:
+        check_data(cfg)
+    except LaunchError as e:
+        write_failure(cfg.out, str(e), "error")
+        failed = 1
+    flag = torch.tensor(failed, device=ray.train.torch.get_device())
+    return bool(dist.all_reduce_max(flag).item())
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One worker. A NaN/inf loss (seen by every worker at the same step: an all-reduce) ends
+    the run cleanly with ``FAILED.json``; so does data a worker cannot read (checked by all
+    first). A config or data error raised later is recorded there too and raised, so that
+    Ray stops the other workers; a restart that finds it returns at once instead of failing
+    again ``scale.max_failures`` times."""
+    from mpcl.config import ConfigError
+    from mpcl.data.sources import SourceError
+    from mpcl.engine.checkpoint import CheckpointError
+    from mpcl.engine.loop import DivergedError, fit
+
+    cfg: Config = config["cfg"]  # validated by the driver
+    if read_failure(cfg.out) is not None or data_fails_on_any_worker(cfg):
+        return
+    reporter = None
+    try:
+        reporter = RayReporter(cfg, config.get("objective"))
+        fit(cfg, reporter)
+    except DivergedError as e:  # every worker sees it at the same step (an all-reduce)
+        if reporter.rank == 0:
+            write_failure(cfg.out, str(e), "diverged")
+    except (ConfigError, SourceError, CheckpointError) as e:
+        write_failure(cfg.out, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, "error")
+        raise
+    finally:
+        if reporter is not None:
+            reporter.close()

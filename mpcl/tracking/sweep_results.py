@@ -1,0 +1,81 @@
+"""What a sweep leaves in its directory, read by the sweep itself (``--resume``, the
+confirmation stage) and by the report: ``results.json`` (the trials as rows, best first, and
+the confirmation stage's summary) and the Optuna study (``optuna.db`` unless ``--storage``
+names another database).
+
+A row: ``trial_id``, ``state`` (complete | pruned | interrupted | failed), ``reason``,
+``params``, ``objective``, ``epochs_done``, ``run_dir``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from mpcl.tracking import write_json
+
+RESULTS_FILE = "results.json"
+STUDY_FILE = "optuna.db"
+STATE_ORDER = {"complete": 0, "pruned": 1, "interrupted": 2, "failed": 3}
+
+
+def storage_url(sweep_dir: str | os.PathLike) -> str:
+    """The SQLite URL of the study kept in ``sweep_dir`` (what ``optuna-dashboard`` opens)."""
+    return f"sqlite:///{(Path(sweep_dir) / STUDY_FILE).resolve()}"
+
+
+def open_study(storage: str, name: str | None = None):
+    """The Optuna study ``name`` in ``storage`` (with no name: the storage's first study), or
+    None when there is no such study or no readable storage."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = optuna.get_all_study_names(storage)
+        if name is None and names:
+            name = names[0]
+        return optuna.load_study(study_name=name, storage=storage) if name in names else None
+    except Exception:  # an unreadable or foreign database holds no study of ours
+        return None
+
+
+def sort_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Complete trials first, best objective first within a state (``mode``: max | min)."""
+    sign = -1 if mode == "max" else 1
+    return sorted(rows, key=lambda r: (STATE_ORDER.get(r["state"], 4),
+                                       sign * r["objective"] if r["objective"] is not None else math.inf,
+                                       str(r["trial_id"])))
+
+
+def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+    """The rows as a plain-text table (``run.py sweep`` prints it)."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    head = ["trial", "state", metric, "epochs", *keys, "reason"]
+    body = []
+    for r in rows:
+        obj = "" if r["objective"] is None else f"{r['objective']:.4g}"
+        vals = [f"{r['params'].get(k):.4g}" if isinstance(r["params"].get(k), float) else str(r["params"].get(k, ""))
+                for k in keys]
+        body.append([str(r["trial_id"]), r["state"], obj, str(r["epochs_done"]), *vals, r["reason"][:60]])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(b) for b in body)])
+
+
+def write_results(sweep_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
+    path = Path(sweep_dir) / RESULTS_FILE
+    write_json(path, summary)
+    return path
+
+
+def confirmed_best(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The confirmation stage's winner as a trial row (for best_config.yaml), or None without a stage."""
+    confirm = summary.get("confirm") or {}
+    winner = next((c for c in confirm.get("configs", []) if c["label"] == confirm.get("winner")), None)
+    if winner is None:
+        return None
+    return {"trial_id": winner["label"], "state": "complete", "objective": winner["summary"]["mean"],
+            "params": winner["params"], "run_dir": winner["run_dirs"][0],
+            "note": f"confirmed mean over {winner['summary']['n']} seed(s)"}
