@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_runs_share_the_budget_and_carry_the_papers_knobs(tmp_path):
 
 def test_a_pair_that_differs_outside_its_method_is_refused(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
-    configs.mkdir()
+    shutil.copytree(ROOT / "configs" / "parts", configs / "parts")   # what the presets compose
     for m in rp.METHODS:
         text = (ROOT / "configs" / f"fmnist_{m}.yaml").read_text()
         if m == "simsiam_multi":
