@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) run.py demo
 
-test: setup
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -51,7 +51,12 @@ mutate: setup
 	$(PY) -m mutmut run --max-children $$(nproc)
 	$(PY) tests/mutation_summary.py
 
+# ruff, the import contracts ([tool.ruff], [tool.importlinter] in pyproject.toml), files under
+# 400 lines and functions under 60, then the Dockerfile; `make test` runs this first
 lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo
+	$(PY) scripts/check_sizes.py mpcl data_prep run.py scripts
 	$(PY) -m compileall -q mpcl data_prep run.py tests
 	$(VENV)/bin/hadolint Dockerfile
 

@@ -184,7 +184,8 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
         f"| FFCV (crop + flip in FFCV; colour ops on {result.device}"
         f"{', jitter + grayscale in the compiled per-sample kernel' if result.device == 'cpu' else ', batched'})"
         f" | {result.ffcv:,.0f} | {2 * result.ffcv:,.0f} |",
-        f"| reference: torchvision DataLoader, per-sample PIL transforms | {result.reference:,.0f} | {2 * result.reference:,.0f} |",
+        f"| reference: torchvision DataLoader, per-sample PIL transforms | {result.reference:,.0f}"
+        f" | {2 * result.reference:,.0f} |",
         f"| **ratio FFCV / reference** | **{result.ratio:.1f}x** | |",
         "",
         "The reference is the seed repositories' pipeline: RandomResizedCrop(scale 0.08-1), "

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     if not a.no_malloc_tune and a.device == "cpu":
         print("keep_freed_memory:", keep_freed_memory())
     dev = torch.device(a.device)
-    print(f"torch {torch.__version__}, {a.threads} threads, device {dev}; recipe: jitter (0.4,0.4,0.4,0.1) p=0.8, gray p=0.2")
+    print(f"torch {torch.__version__}, {a.threads} threads, device {dev}; "
+          "recipe: jitter (0.4,0.4,0.4,0.1) p=0.8, gray p=0.2")
     for size, B, crop, blur in CASES:
         if a.only is not None and size != a.only:
             continue

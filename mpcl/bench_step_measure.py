@@ -112,7 +112,8 @@ def _augment_rows(method: str, first: StepRunner, images: torch.Tensor, device: 
 def _count_flops(methods: list[str], runners: dict[str, StepRunner], rows: list[Row]) -> None:
     """FLOPs per step: one eager step per method (the same count for every setting)."""
     for method in methods:
-        eager = next((r for key, r in runners.items() if key.startswith(f"{method}/") and not r.cfg.train.compile), None)
+        eager = next((r for key, r in runners.items() if key.startswith(f"{method}/") and not r.cfg.train.compile),
+                     None)
         if eager is not None:
             flops = eager.count_flops()
             for row in rows:

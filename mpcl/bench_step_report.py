@@ -103,7 +103,8 @@ def render_section(report: StepReport, table: str, command: str, load_before, lo
         f"{report.batch_size} (two views each), synthetic uint8 images; {report.rounds - 1} timed round(s) of "
         f"{report.steps} steps per row after a warm-up round, rows alternating",
         f"- peak memory: {memory}",
-        *(["- fp32 rows use torch's defaults: cuDNN may run fp32 convolutions in TF32"] if report.device == "cuda" else []),
+        *(["- fp32 rows use torch's defaults: cuDNN may run fp32 convolutions in TF32"]
+          if report.device == "cuda" else []),
         "- samples/s counts samples (two views each); `no-aug`: the same step on a fixed augmented batch; "
         "augmentation share: 1 - step / no-aug rate",
         "",

@@ -11,8 +11,9 @@ schema that the methods and the data import.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mpcl.config import (ALIASES, Config, ConfigError, apply, check_values, coerce, field_types, flatten,
                          has_key, parse_override)

@@ -54,7 +54,8 @@ def _method(name: str, device: torch.device, **extra):
     from mpcl.configure import load
     from mpcl.methods import build_method
 
-    overrides = [f"method.name={name}", "data.batch_size=64", "train.precision=fp32", *[f"{k}={v}" for k, v in extra.items()]]
+    overrides = [f"method.name={name}", "data.batch_size=64", "train.precision=fp32",
+                 *[f"{k}={v}" for k, v in extra.items()]]
     if _small(device):
         overrides += QUICK
     cfg = load(str(ROOT / "configs" / f"fmnist_{name}.yaml"), overrides)
@@ -224,7 +225,8 @@ def run_epochs(data: str, out: Path, device: torch.device, quick: bool, say) -> 
     lines = []
     for m in PAPER_METHODS:
         run_dir = out / f"epoch_{m}"
-        args = [sys.executable, str(ROOT / "run.py"), "train", "--no-ray", "--config", str(ROOT / "configs" / f"fmnist_{m}.yaml"),
+        args = [sys.executable, str(ROOT / "run.py"), "train", "--no-ray",
+                "--config", str(ROOT / "configs" / f"fmnist_{m}.yaml"),
                 "data.loader=torch", f"data.path={data}", "train.epochs=1", "train.resume=false",
                 f"train.device={device.type}", "tracking.wandb=disabled", "train.progress=false", f"out={run_dir}"]
         if quick:
@@ -263,7 +265,8 @@ def run_benches(out_file: str, device: torch.device, quick: bool, say) -> tuple[
             continue
         parts = []
         for row in report.rows:
-            if row.kind not in ("step", "augment", "kornia") or (row.kind == "kornia" and not kw.get("use_kornia", True)):
+            if (row.kind not in ("step", "augment", "kornia")
+                    or (row.kind == "kornia" and not kw.get("use_kornia", True))):
                 continue
             name = row.key.split("/", 1)[1] if len(kw["methods"]) == 1 else row.key
             if row.skipped:
@@ -289,7 +292,7 @@ def goals(rates: dict, epochs: list[Line]) -> list[Line]:
         if a and b:
             out.append(Line("goal", f"{m} within 5 % of {base}", a >= 0.95 * b, 0.0, f"{a / b:.1%} of {base}"))
     step = rates.get("simclr/bf16_cl/step")
-    epoch = next((l for l in epochs if l.item == "simclr" and l.ok), None)
+    epoch = next((line for line in epochs if line.item == "simclr" and line.ok), None)
     if step and epoch:
         rate = float(epoch.result.split(" samples/s")[0].replace(",", ""))
         out.append(Line("goal", "fmnist simclr epoch >= 90 % of the step", rate >= 0.9 * step, 0.0,
@@ -299,9 +302,9 @@ def goals(rates: dict, epochs: list[Line]) -> list[Line]:
 
 def summary(lines: list[Line]) -> str:
     rows = ["| part | item | result | seconds | detail |", "| --- | --- | --- | ---: | --- |"]
-    for l in lines:
-        verdict = ("met" if l.ok else "not met") if l.part == "goal" else ("PASS" if l.ok else "FAIL")
-        rows.append(f"| {l.part} | {l.item} | {verdict} | {l.seconds:.1f} | {l.result} |")
+    for line in lines:
+        verdict = ("met" if line.ok else "not met") if line.part == "goal" else ("PASS" if line.ok else "FAIL")
+        rows.append(f"| {line.part} | {line.item} | {verdict} | {line.seconds:.1f} | {line.result} |")
     return "\n".join(rows)
 
 
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda *x: print(*x, flush=True)  # noqa: E731
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device is visible (use --device cpu --quick for a dry run)", file=sys.stderr)
+        print("error: --device cuda: no CUDA device is visible (use --device cpu --quick for a dry run)",
+              file=sys.stderr)
         return 2
     from mpcl.data.sources import fashion_mnist_present
 
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += goals(rates, epochs)
     say(f"\ngpu_check on {name}, {time.perf_counter() - t0:.0f} s in all\n")
     say(summary(lines))
-    return 0 if all(l.ok for l in lines if l.part != "goal") else 1
+    return 0 if all(line.ok for line in lines if line.part != "goal") else 1
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ expansion (Abramowitz & Stegun 26.7.5) above, accurate to 1e-4 there.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 # t_{0.975, df}, df = 1..30
 T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,

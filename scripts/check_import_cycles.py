@@ -9,7 +9,7 @@ import grimp
 prefixes = tuple(sys.argv[1:]) or ("mpcl.data", "data_prep", "mpcl.bench")
 graph = grimp.build_graph("mpcl", "data_prep", include_external_packages=False)
 mods = sorted(graph.modules)
-edges = {m: {i for i in graph.find_modules_directly_imported_by(m)} for m in mods}
+edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in mods}
 
 # Tarjan's strongly connected components over module-level edges
 index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]

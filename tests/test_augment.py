@@ -26,7 +26,8 @@ def _per_sample(fn, x, factors):
 
 @pytest.mark.parametrize(
     "ours, theirs",
-    [(A.adjust_brightness, TF.adjust_brightness), (A.adjust_contrast, TF.adjust_contrast), (A.adjust_saturation, TF.adjust_saturation)],
+    [(A.adjust_brightness, TF.adjust_brightness), (A.adjust_contrast, TF.adjust_contrast),
+     (A.adjust_saturation, TF.adjust_saturation)],
 )
 def test_cheap_colour_ops_match_torchvision(ours, theirs):
     x = awkward_images()
@@ -95,7 +96,8 @@ def _jitter_reference(x, params):
 
 @pytest.mark.parametrize(
     "jitter",
-    [(0.4, 0.4, 0.4, 0.1), (0.8, 0.8, 0.8, 0.2), (0.0, 0.4, 0.4, 0.1), (0.4, 0.0, 0.0, 0.5), (0.4, 0.4, 0.4, 0.0), (0.0, 0.0, 0.0, 0.3)],
+    [(0.4, 0.4, 0.4, 0.1), (0.8, 0.8, 0.8, 0.2), (0.0, 0.4, 0.4, 0.1), (0.4, 0.0, 0.0, 0.5), (0.4, 0.4, 0.4, 0.0),
+     (0.0, 0.0, 0.0, 0.3)],
 )
 @pytest.mark.parametrize("block_size", [None, 5])
 def test_color_jitter_matches_torchvision_per_sample_order(jitter, block_size):
@@ -133,7 +135,8 @@ def test_cpu_colour_kernel_matches_torchvision(jitter):
     ours64 = colour_cpu.colour_(x.double(), params.apply, params.factors, params.order, gray.double())
     assert (ours64 - expected.double()).abs().max() < 2e-6
     xt = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    torch.testing.assert_close(colour_cpu.colour_(xt, params.apply, params.factors, params.order, gray.float()), ours, atol=0, rtol=0)
+    torch.testing.assert_close(colour_cpu.colour_(xt, params.apply, params.factors, params.order, gray.float()), ours,
+                               atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("crop", [False, True])
@@ -172,7 +175,8 @@ def test_color_jitter_factor_ranges_and_orders():
     assert orders == set(itertools.permutations(range(4)))
     hue_pos = (p.order == A.HUE).float().argmax(1)
     assert torch.equal(torch.bincount(hue_pos, minlength=4), torch.full((4,), 1000))
-    counts = torch.tensor([sum(1 for o in p.order.tolist() if tuple(o) == perm) for perm in itertools.permutations(range(4))])
+    counts = torch.tensor([sum(1 for o in p.order.tolist() if tuple(o) == perm)
+                           for perm in itertools.permutations(range(4))])
     assert counts.min() > 4000 / 24 * 0.6
 
 
@@ -191,7 +195,8 @@ def test_color_jitter_rejects_bad_ranges():
 
 def _tv_resized_crop(x, boxes, size, interpolation, antialias):
     mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[interpolation]
-    out = torch.stack([TF.resized_crop(x[i], *boxes[i].tolist(), [size, size], interpolation=mode, antialias=antialias) for i in range(x.shape[0])])
+    out = torch.stack([TF.resized_crop(x[i], *boxes[i].tolist(), [size, size], interpolation=mode, antialias=antialias)
+                       for i in range(x.shape[0])])
     return out.clamp(0, 1) if interpolation == "bicubic" else out
 
 
@@ -211,8 +216,10 @@ def test_resized_crop_matches_torchvision(interpolation, antialias, size):
     # the test would catch a wrong box or a transposed axis
     shifted = boxes.clone()
     shifted[:, :2] = (shifted[:, :2] + 1).clamp(max=torch.stack((30 - boxes[:, 2], 36 - boxes[:, 3]), 1))
-    assert (A.resized_crop(x, shifted, size, interpolation=interpolation, antialias=antialias) - theirs).abs().max() > 0.05
-    assert (A.resized_crop(x.transpose(2, 3), boxes[:, [1, 0, 3, 2]], size, interpolation=interpolation, antialias=antialias) - theirs).abs().max() > 0.05
+    assert (A.resized_crop(x, shifted, size, interpolation=interpolation, antialias=antialias)
+            - theirs).abs().max() > 0.05
+    assert (A.resized_crop(x.transpose(2, 3), boxes[:, [1, 0, 3, 2]], size, interpolation=interpolation,
+                           antialias=antialias) - theirs).abs().max() > 0.05
 
 
 def test_resized_crop_flip_and_uint8():
@@ -267,7 +274,8 @@ def test_random_flip_probabilities():
 RANDOM_OPS = {
     "jitter": lambda x, p, g: A.color_jitter(x, p=p, generator=g),
     "grayscale": lambda x, p, g: A.random_grayscale(x, p=p, generator=g),
-    "blur": lambda x, p, g: A.gaussian_blur(x, p=p, sigma=(0.5, 2.0), kernel_size=3, generator=g),  # sigma 0.1 ~ identity
+    # sigma 0.1 ~ identity
+    "blur": lambda x, p, g: A.gaussian_blur(x, p=p, sigma=(0.5, 2.0), kernel_size=3, generator=g),
     "solarize": lambda x, p, g: A.solarize(x, p=p, generator=g),
     "flip": lambda x, p, g: A.random_flip(x, p=p, generator=g),
 }

@@ -63,7 +63,7 @@ def test_mfu_uses_the_flop_count_and_the_device_peak():
             Row("simclr/bf16/step", "simclr", "step", "bf16", 5120.0, flops_per_step=9.89e12),
             Row("simclr/bf16/model", "simclr", "model", "bf16", 6400.0, flops_per_step=9.89e12)]
     report = StepReport(rows, "cuda", "NVIDIA H100 80GB HBM3", 1, 512, "resnet18", 32, "cifar10", 20, 4)
-    line = next(l for l in format_table(report).splitlines() if "bf16 autocast" in l)
+    line = next(row for row in format_table(report).splitlines() if "bf16 autocast" in row)
     assert "| 5,120 | 2.00x | 6,400 | 20% |" in line and "| 98.9 | 10.0% |" in line
     unknown = StepReport(rows, "cuda", "Some GPU", 1, 512, "resnet18", 32, "cifar10", 20, 4)
     assert "unknown GPU" in format_table(unknown)

@@ -147,7 +147,8 @@ def test_missing_config_file(capsys):
 
 
 NON_FINITE = ["optim.lr=nan", "method.temperature=inf", "data.crop_scale_min=nan", "train.knn_temperature=nan",
-              "optim.trust_coefficient=.nan", "scale.gpus_per_worker=-inf", "method.name=mcl method.kd_temperature=.inf"]
+              "optim.trust_coefficient=.nan", "scale.gpus_per_worker=-inf",
+              "method.name=mcl method.kd_temperature=.inf"]
 
 
 @pytest.mark.parametrize("override", NON_FINITE)

@@ -114,7 +114,7 @@ def test_sweep_with_confirm_end_to_end(tmp_path, fmnist_path):
         for run_dir, seed in zip(c["run_dirs"], (1, 2)):
             cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
             assert cfg["train"]["seed"] == seed and cfg["method"]["temperature"] == c["params"]["method.temperature"]
-            last = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][-1]
+            last = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][-1]
             assert c["values"][str(seed)] == last["val/knn_top1"]
             measured[c["label"], seed] = last["val/knn_top1"]
     diffs = [measured[other["trial_id"], s] - measured[BASELINE, s] for s in (1, 2)]

@@ -88,7 +88,7 @@ def test_imagefolder_symlink_loop_stores_each_image_once(tmp_path, capsys):
     save(src / "val/cat/v.png", images[0])
     (src / "train/dog/loop").symlink_to("..")
     manifest = prepare("imagefolder", src, tmp_path / "out", write_mode="raw")
-    order = [k for k in range(0, 18, 2)] + [k for k in range(1, 18, 2)]   # cat, then dog
+    order = list(range(0, 18, 2)) + list(range(1, 18, 2))   # cat, then dog
     check_output(tmp_path / "out", manifest, {
         "train": (images[order], np.array([0] * 9 + [1] * 9)), "val": (images[:1], np.array([0]))})
     assert manifest["skipped"] == [{"split": "train", "file": "train/dog/loop",

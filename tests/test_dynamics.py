@@ -42,7 +42,8 @@ def reference_loss(f, a_hat, snapshot, v: Variant, t: float):
     with torch.no_grad():
         e = torch.exp(torch.einsum("id,jd->ij", f, f) / v.attention_temperature)
         w = (1 - v.attention) + v.attention * e * a_hat.sum() / (a_hat * e).sum()
-    target = (1 - v.bank_mix) * torch.einsum("id,jd->ij", f, f) + 2 * v.bank_mix * torch.einsum("id,jd->ij", f, snapshot)
+    target = ((1 - v.bank_mix) * torch.einsum("id,jd->ij", f, f)
+              + 2 * v.bank_mix * torch.einsum("id,jd->ij", f, snapshot))
     align = -(a_hat * w * target).sum() / n
     uniform = t / n * sum(torch.log(torch.exp(torch.einsum("d,jd->j", f[i], f) / t).sum()) for i in range(n))
     return v.align * align + v.uniform * uniform

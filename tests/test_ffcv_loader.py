@@ -64,7 +64,7 @@ def test_training_batch_two_views_labels_and_indices(loaders, betons):
         assert len(b.views) == 2
         for v in b.views:
             assert v.shape == (BATCH, 3, 32, 32) and v.dtype == torch.float32 and v.device == CPU
-            assert 0.0 <= v.min() and v.max() <= 1.0
+            assert v.min() >= 0.0 and v.max() <= 1.0
         assert not torch.equal(b.views[0], b.views[1])
         assert b.index.dtype == torch.int64 and b.label.dtype == torch.int64
         # index i's label is the source label of sample i

@@ -233,8 +233,8 @@ def test_simsiam_predictor_keeps_its_lr_and_bn_bias_get_no_decay():
     every = [p for g in opt.param_groups for p in g["params"]]
     assert len(every) == len(set(map(id, every))) == len(list(method.parameters()))
     # without predictor_fixed_lr the predictor is scheduled like the rest
-    free = build_method(load(None, ["method.name=simsiam", "model.backbone=small_cnn", "optim.predictor_fixed_lr=false"]),
-                        10, 100)
+    free = build_method(load(None, ["method.name=simsiam", "model.backbone=small_cnn",
+                                    "optim.predictor_fixed_lr=false"]), 10, 100)
     assert "fixed_lr" not in _groups(free)
 
 

@@ -16,7 +16,7 @@ from mpcl.config import ConfigError
 from mpcl.configure import load
 from mpcl.data.augment import SSLAugment
 from mpcl.data.batch import Batch
-from mpcl.data.tensor_loader import EvalLoader, TensorTrainLoader, class_grouped_order
+from mpcl.data.tensor_loader import TensorTrainLoader, class_grouped_order
 from mpcl.engine.loop import reported_metrics
 from mpcl.losses import (barlow_twins_loss, infonce_queue, mcl_queue_terms, mcl_supervised_terms, mcl_weighted,
                          multi_positive_terms, nt_xent, pair_indices, soft_kl, supcon_loss)
@@ -60,7 +60,8 @@ def test_barlow_twins_matches_reference():
     z1 = torch.randn(9, 5, generator=gen(1), dtype=D64)
     z2 = z1 + 0.5 * torch.randn(9, 5, generator=gen(2), dtype=D64)
     for lambd in (0.0, 5e-3, 1.0):
-        assert barlow_twins_loss(z1.float(), z2.float(), lambd).item() == pytest.approx(reference_barlow(z1, z2, lambd), rel=1e-4)
+        assert barlow_twins_loss(z1.float(), z2.float(), lambd).item() == pytest.approx(reference_barlow(z1, z2, lambd),
+                                                                                         rel=1e-4)
 
 
 def test_barlow_twins_is_zero_at_perfect_correlation():
@@ -162,7 +163,8 @@ def test_mcl_queue_terms_match_reference():
     icl = sum(reference_queue_ce(qs[i], ks[j], Qs[j], T) for i in range(N) for j in range(N) if i != j)
     intra = [_queue_logits_ref(qs[i], ks[i], Qs[i], T) for i in range(N)]
     soft_vcl = sum(reference_kl(intra[i], intra[j], kd) for i in range(N) for j in range(N) if i != j)
-    soft_icl = sum(reference_kl(_queue_logits_ref(qs[i], ks[j], Qs[j], T), _queue_logits_ref(qs[j], ks[i], Qs[i], T), kd)
+    soft_icl = sum(reference_kl(_queue_logits_ref(qs[i], ks[j], Qs[j], T), _queue_logits_ref(qs[j], ks[i], Qs[i], T),
+                                kd)
                    for i in range(N) for j in range(N) if i != j)
     for name, want in (("vcl", vcl), ("icl", icl), ("soft_vcl", soft_vcl), ("soft_icl", soft_icl)):
         assert got[name].item() == pytest.approx(want, rel=1e-10), name
@@ -228,7 +230,8 @@ def test_mcl_method_with_one_network_is_the_moco_method():
     torch.manual_seed(0)
     moco = build_method(_method("moco", **{"method.queue_size": 12}), 10, 100)
     torch.manual_seed(0)
-    mcl = build_method(_method("mcl", **{"method.queue_size": 12, "method.num_networks": 1, "method.alpha": 1.0}), 10, 100)
+    mcl = build_method(_method("mcl", **{"method.queue_size": 12, "method.num_networks": 1, "method.alpha": 1.0}),
+                       10, 100)
     batch = _batch()
     for _ in range(3):   # the queues fill identically too
         a, b = moco.ssl_loss(batch, 0).loss, mcl.ssl_loss(batch, 0).loss

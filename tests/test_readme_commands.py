@@ -72,7 +72,8 @@ def run_as_written(repo: Path, argv: list[str], *overrides: str, timeout: int = 
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, *argv[1:], *overrides], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-3000:]}")
     return proc
 
 

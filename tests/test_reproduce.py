@@ -86,7 +86,8 @@ def test_reproduce_smoke_end_to_end_and_resume(tmp_path, fmnist_path):
             results[m, s] = r["eval"]
         got = summary["methods"][m]
         assert got["knn_top1"]["n"] == got["linear_top1"]["n"] == 2
-        assert got["linear_top1"]["mean"] == pytest.approx((results[m, 0]["linear_top1"] + results[m, 1]["linear_top1"]) / 2)
+        assert got["linear_top1"]["mean"] == pytest.approx(
+            (results[m, 0]["linear_top1"] + results[m, 1]["linear_top1"]) / 2)
     for pair in summary["pairs"]:
         base, variant = pair["base"], pair["variant"]
         diffs = [results[variant, s]["knn_top1"] - results[base, s]["knn_top1"] for s in (0, 1)]

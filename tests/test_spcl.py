@@ -144,7 +144,8 @@ def released_spcl_loss(zh_i, zh_j, zv_i, zv_j, h_i, h_j, v_i, v_j, y_hi, y_hj, y
     """The reference's pretrain_cluster_metric step: contras_weight (1) x (NT-Xent(h) + NT-Xent(v))
     + metric_weight x MetricCriterion + cluster_weight x the four CE terms."""
     cl = _released_nt_xent(zh_i, zh_j, T) + _released_nt_xent(zv_i, zv_j, T)
-    ce = (_released_ce(y_hi, lab_h) + _released_ce(y_hj, lab_h)) + (_released_ce(y_vi, lab_v) + _released_ce(y_vj, lab_v))
+    ce = ((_released_ce(y_hi, lab_h) + _released_ce(y_hj, lab_h))
+          + (_released_ce(y_vi, lab_v) + _released_ce(y_vj, lab_v)))
     ones = torch.ones_like(sim)
     metric = (_released_bce(head, h_i, h_j, ones) + _released_bce(head, v_i, v_j, ones)
               + _released_bce(head, h_i, v_i, sim) + _released_bce(head, h_i, v_j, sim)

@@ -194,7 +194,8 @@ def test_bad_sweep_file_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "method.temprature" in err
 
 
-@pytest.mark.parametrize("name", ["fmnist_demo", "cifar10_simclr_attn", "cifar100_simclr_attn", "imagenet100_simclr_attn"])
+@pytest.mark.parametrize("name", ["fmnist_demo", "cifar10_simclr_attn", "cifar100_simclr_attn",
+                                  "imagenet100_simclr_attn"])
 def test_attention_sweeps_try_the_released_simclr_attn(name):
     """Every sweep over method.attention_weight has a point that is the released method:
     a = 1, attention temperature 1, the whole InfoNCE term weighted."""

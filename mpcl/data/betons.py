@@ -42,7 +42,7 @@ def prep_command(spec: DatasetSpec, out: str | os.PathLike) -> str:
     return "python " + " ".join(prep_args(spec, out))
 
 
-def check_beton(path: Path, spec: DatasetSpec) -> "object":
+def check_beton(path: Path, spec: DatasetSpec) -> object:
     """Open ``path`` with ffcv's Reader and check the fields mpcl reads; returns the Reader.
 
     A missing file or a file without the fields is a ``SourceError`` with a one-line message.

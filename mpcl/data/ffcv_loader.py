@@ -20,8 +20,8 @@ flip are drawn by ffcv's numba threads (per-thread generators ffcv does not seed
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -246,8 +246,8 @@ class FFCVEvalLoader:
         if self.n:
             pipelines = {"image": [_eval_decoder(reader, spec.image_size), *_image_tail(device)],
                          "label": _int_pipeline(device), "index": None}
-            self.loader = Loader(str(path), batch_size=self.batch_size,
-                                 num_workers=loader_workers(cfg.data.num_workers if num_workers is None else num_workers),
+            workers = cfg.data.num_workers if num_workers is None else num_workers
+            self.loader = Loader(str(path), batch_size=self.batch_size, num_workers=loader_workers(workers),
                                  os_cache=True, order=OrderOption.SEQUENTIAL, indices=indices,
                                  pipelines=pipelines, drop_last=False)
 

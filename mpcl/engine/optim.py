@@ -79,7 +79,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float =
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    """Scale every scheduled group's initial lr by ``factor``; fixed-lr groups (SimSiam's predictor, the probe) keep theirs. Returns the scheduled lr."""
+    """Scale every scheduled group's initial lr by ``factor``; fixed-lr groups (SimSiam's predictor, the probe)
+    keep theirs. Returns the scheduled lr."""
     lr = None
     for g in optimizer.param_groups:
         if not g.get("fixed_lr"):

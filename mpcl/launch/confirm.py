@@ -65,7 +65,8 @@ def verdict(confirm: dict[str, Any], mode: str) -> str:
     metric, winner = confirm["metric"], confirm["winner"]
     best = next(c for c in confirm["configs"] if c["label"] == winner)
     if winner == BASELINE:
-        return f"The baseline has the best confirmed mean {metric} ({best['summary']['mean']:.4g}): no searched configuration beats it."
+        return (f"The baseline has the best confirmed mean {metric} ({best['summary']['mean']:.4g}): "
+                "no searched configuration beats it.")
     d = best["difference"]
     head = f"Winner {winner}: {metric} {best['summary']['mean']:.4g}, {d['mean']:+.4g} against the baseline"
     if d["low"] is None:

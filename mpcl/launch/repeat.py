@@ -89,7 +89,8 @@ def run_on_ray(cfg: Config, linear_epochs: int) -> dict[str, Any]:
 
 
 def run_all(configs: list[Config], use_ray: bool, address: str | None = None, linear_epochs: int = 0,
-            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[dict[str, Any] | None]:
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+            ) -> list[dict[str, Any] | None]:
     """Brings every config to a ``result.json``; returns the results in order (None where a
     run did not finish: a Ray run that crashed, its reason logged)."""
     todo = [c for c in configs if read_result(c.out) is None]

@@ -90,7 +90,8 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
             if budget != "paper" and epochs != preset.train.epochs:
                 tree = {**_scaled(preset, epochs), **tree}
             for seed in range(seeds):
-                runs.append(load(str(path), {**tree, "train.seed": seed, "out": str(out / "runs" / method / f"seed{seed}")}))
+                runs.append(load(str(path), {**tree, "train.seed": seed,
+                                             "out": str(out / "runs" / method / f"seed{seed}")}))
         except ConfigError as e:
             raise LaunchError(f"{path.relative_to(ROOT)}: {e}") from None
         trees[method] = flatten(to_dict(runs[-1]))
@@ -135,7 +136,8 @@ def summarize_runs(runs: list[Config], results: list[dict | None]) -> dict[str, 
 
 
 def run_reproduce(dataset: str, budget: str = "smoke", seeds: int = 3, out: str | None = None,
-                  use_ray: bool = True, address: str | None = None, overrides: list[str] | None = None) -> tuple[dict, Path]:
+                  use_ray: bool = True, address: str | None = None,
+                  overrides: list[str] | None = None) -> tuple[dict, Path]:
     """Trains what is not finished yet, writes ``reproduce.json``; returns (summary, out dir)."""
     out_dir = Path(out or f"runs/reproduce/{dataset}_{budget}").resolve()
     runs = build_runs(dataset, budget, seeds, out_dir, overrides)

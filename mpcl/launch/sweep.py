@@ -184,7 +184,7 @@ def _first_line(text: str) -> str:
         line = line.strip()
         if "DivergedError" in line or "diverged at" in line:
             return line.split("DivergedError: ")[-1]
-    lines = [l.strip() for l in str(text).splitlines() if l.strip()]
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 

@@ -11,7 +11,7 @@ logits e_i . e_j^T / T of the embedding heads (the reference's ``SupMCL``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

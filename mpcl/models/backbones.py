@@ -5,7 +5,7 @@ Every backbone maps (B, 3, H, W) images to (B, D) features (after global average
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -167,7 +167,8 @@ def sweep_report(sweep_dir: Path, out_file: Path) -> Path:
     if best_yaml:
         (out_dir / "best_config.yaml").write_text(best_yaml)
         body.append(f"<p>Trial <b>{html.escape(str(best['trial_id']))}</b>, {html.escape(metric)} = "
-                    f"{best['objective']:.4g}{html.escape(' (' + best['note'] + ')' if best.get('note') else '')}. Saved as <code>best_config.yaml</code> beside this page.</p>"
+                    f"{best['objective']:.4g}{html.escape(' (' + best['note'] + ')' if best.get('note') else '')}. "
+                    "Saved as <code>best_config.yaml</code> beside this page.</p>"
                     f"<pre>{html.escape(best_yaml)}</pre>")
     else:
         body.append("<p class='note'>No complete trial yet.</p>")

@@ -48,7 +48,7 @@ class WandbRun:
         self.run = run
 
     @classmethod
-    def start(cls, cfg: Config, out: Path, group: str | None = None) -> "WandbRun | None":
+    def start(cls, cfg: Config, out: Path, group: str | None = None) -> WandbRun | None:
         mode = resolve_mode(cfg.tracking.wandb)
         if mode == "disabled":
             return None

@@ -158,7 +158,7 @@ def crop_block(
     u8 = not xb.is_floating_point()
     xf = xb.to(dtype) if u8 else xb
     # bilinear without downscaling: one grid_sample, exact (antialias only matters downscaling)
-    if interpolation == "bilinear" and (not antialias or (H <= size and W <= size)) and H > 1 and W > 1:
+    if interpolation == "bilinear" and (not antialias or (size >= H and size >= W)) and H > 1 and W > 1:
         y = _grid_crop(xf, boxes, size, flip)
         return y.mul_(1.0 / 255.0) if u8 else y
     my = _resample_matrix(boxes[:, 0], boxes[:, 2], H, size, interpolation, antialias)

@@ -47,7 +47,8 @@ class JitterParams:
     hue: bool
 
 
-def _factor_range(name: str, v: float | Sequence[float], center: float, bound: tuple[float, float]) -> tuple[float, float] | None:
+def _factor_range(name: str, v: float | Sequence[float], center: float,
+                  bound: tuple[float, float]) -> tuple[float, float] | None:
     if isinstance(v, (int, float)):
         if v < 0:
             raise ValueError(f"color_jitter: {name}={v} must be non-negative")
@@ -196,8 +197,10 @@ class JitterPlan:
         def vis(t: Tensor) -> Tensor:
             return t if perm is None else t.index_select(0, perm)
 
-        self.coefs = [(vis(a), None if c is None else vis(c), None if m is None else vis(m)) for a, c, m in _cheap_coefs(params, dtype)]
-        self.hue6 = vis(bcast(torch.where(params.apply, params.factors[:, HUE], 0.0) * 6.0, dtype)) if params.hue else None
+        self.coefs = [(vis(a), None if c is None else vis(c), None if m is None else vis(m))
+                      for a, c, m in _cheap_coefs(params, dtype)]
+        self.hue6 = (vis(bcast(torch.where(params.apply, params.factors[:, HUE], 0.0) * 6.0, dtype))
+                     if params.hue else None)
         self.apply_w = None if p_is_one or not params.hue else vis(bcast(params.apply, dtype))
 
     def block_(self, y: Tensor, s: int, e: int) -> Tensor:

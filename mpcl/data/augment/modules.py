@@ -66,7 +66,8 @@ class SSLAugment(nn.Module):
             raise ValueError(f"SSLAugment: size={size} must be positive")
         if interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"SSLAugment: interpolation={interpolation!r}; allowed: 'bilinear', 'bicubic'")
-        for name, pv in (("jitter_prob", jitter_prob), ("grayscale_prob", grayscale_prob), ("blur_prob", blur_prob), ("solarize_prob", solarize_prob)):
+        for name, pv in (("jitter_prob", jitter_prob), ("grayscale_prob", grayscale_prob), ("blur_prob", blur_prob),
+                         ("solarize_prob", solarize_prob)):
             if not 0.0 <= pv <= 1.0:
                 raise ValueError(f"SSLAugment: {name}={pv} must be in [0, 1]")
         if (mean is None) != (std is None):
@@ -110,7 +111,8 @@ class SSLAugment(nn.Module):
         dtype = float_dtype(x)
         S = self.size
         if not self.crop and tuple(x.shape[-2:]) != (S, S):
-            x = F.interpolate(to_float(x, dtype), size=(S, S), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+            x = F.interpolate(to_float(x, dtype), size=(S, S), mode="bilinear", align_corners=False,
+                              antialias=True).clamp_(0, 1)
         draws = self._draw(x, dtype, generator)
         return run_blocks(x, draws.perm, self.block_size, partial(self._block, draws, dtype), (3, S, S), dtype)
 
@@ -210,11 +212,12 @@ class EvalTransform(nn.Module):
         check_batch(x)
         y = to_float(x)
         H, W = y.shape[-2:]
-        if self.size is not None and (H, W) != (self.size, self.size):
+        if self.size is not None and (self.size, self.size) != (H, W):
             r = self.resize
             if min(H, W) != r:
                 nh, nw = (r, max(1, int(r * W / H))) if H <= W else (max(1, int(r * H / W)), r)
-                y = F.interpolate(y, size=(nh, nw), mode="bilinear", align_corners=False, antialias=self.antialias).clamp_(0, 1)
+                y = F.interpolate(y, size=(nh, nw), mode="bilinear", align_corners=False,
+                                  antialias=self.antialias).clamp_(0, 1)
                 H, W = nh, nw
             top, left = int(round((H - self.size) / 2.0)), int(round((W - self.size) / 2.0))
             y = y[:, :, top : top + self.size, left : left + self.size]
