@@ -228,9 +228,11 @@ def test_train_cli_reads_betons(betons, tmp_path, capsys):
     out = tmp_path / "run"
     run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{
         "data.loader": "ffcv", "data.dataset": "cifar10", "data.path": betons[0], "data.subset": 128,
-        "data.val_subset": N_VAL, "data.batch_size": BATCH, "data.num_workers": 1, "train.epochs": 2,
-        "train.eval_every": 2})])
+        "data.val_subset": N_VAL, "data.batch_size": BATCH, "data.num_workers": 1, "train.epochs": 4,
+        "train.eval_every": 4})])
     assert "val/knn_top1" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
-    assert rows[1]["train/loss"] < rows[0]["train/loss"]       # training on the betons helped
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    # training on the betons helped: over 4 epochs of 4 steps the loss fell 0.15-0.23 in every
+    # run measured, while one epoch to the next moves by the noise of the loader's order (+-0.05)
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
