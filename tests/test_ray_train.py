@@ -146,10 +146,14 @@ def _loop_that_dies(flag_dir: Path):
         from mpcl.launch import worker
 
         registered = flag_dir / REGISTERED_FLAG.format(FAULT_EPOCH - 1)
-        report = worker.RayReporter.report
+        start, report = worker.RayReporter.start, worker.RayReporter.report
+
+        def start_noting_resume(self, state):
+            self.started_from_checkpoint = state is not None
+            start(self, state)
 
         def report_or_die(self, metrics, state):
-            if metrics["epoch"] == FAULT_EPOCH and self.rank == 0 and not self.resumed:
+            if metrics["epoch"] == FAULT_EPOCH and self.rank == 0 and not self.started_from_checkpoint:
                 deadline = time.monotonic() + 300
                 while not registered.exists() and time.monotonic() < deadline:
                     time.sleep(0.05)
@@ -157,6 +161,7 @@ def _loop_that_dies(flag_dir: Path):
                 os._exit(1)
             report(self, metrics, state)
 
+        worker.RayReporter.start = start_noting_resume
         worker.RayReporter.report = report_or_die
         worker.train_loop_per_worker(config)
 

@@ -74,7 +74,6 @@ class RayReporter:
         self.out = self.run_dir.local
         self.rank = ray.train.get_context().get_world_rank()
         self.objective = objective
-        self.resumed = False
         self.last_objective: float | None = None
         self.record = None
         if self.rank == 0:
@@ -94,7 +93,6 @@ class RayReporter:
         elif (self.out / "checkpoints" / "last.pt").is_file():  # left by run.py train --no-ray
             state = ckpt.load(self.out / "checkpoints" / "last.pt")
         if state is not None:
-            self.resumed = True
             self.last_objective = state.get("metrics", {}).get(self.objective) if self.objective else None
         return state
 

@@ -19,15 +19,20 @@ HELD_FILE, RELEASE_FILE = "HELD", "RELEASE"
 
 
 def _hold_after_report(reporter_cls) -> None:
-    report = reporter_cls.report
+    start, report = reporter_cls.start, reporter_cls.report
+
+    def start_noting_resume(self, state):
+        self.started_from_checkpoint = state is not None
+        start(self, state)
 
     def report_then_hold(self, metrics, state):
         report(self, metrics, state)
-        if metrics["epoch"] == HOLD_EPOCH and not self.resumed and self.rank == 0:
+        if metrics["epoch"] == HOLD_EPOCH and not self.started_from_checkpoint and self.rank == 0:
             (self.out / HELD_FILE).touch()
             while not (self.out / RELEASE_FILE).exists():
                 time.sleep(0.1)
 
+    reporter_cls.start = start_noting_resume
     reporter_cls.report = report_then_hold
 
 
