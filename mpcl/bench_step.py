@@ -36,6 +36,7 @@ must not appear in the broadcast; the workers also check that they still agree a
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shlex
@@ -150,6 +151,10 @@ def _worker(rank: int, world: int, rendezvous: str, result_path: str, kwargs: di
         if rank == 0:
             Path(result_path).write_text(json.dumps({"rows": [asdict(r) for r in rows], "agree": agree,
                                                      "consistent": consistent, "expected": expected}))
+        # the DDP wrappers die here, then every rank waits for the others: a rank that tears the
+        # group down while another's gloo threads still talk to it aborts the process
+        gc.collect()
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
