@@ -25,15 +25,32 @@ def fmnist_betons(fmnist_path, tmp_path_factory) -> str:
     return str(out)
 
 
-def free_port() -> int:
-    """A port nothing listens on right now. Another process may take it before the caller
-    binds it: use only for servers that cannot bind port 0 and report the port themselves
-    (moto's S3 server, the Ray agents' fixed ports in the SLURM test)."""
+# Ports for servers that must be told a number (Ray's GCS and agent ports): picked from
+# 20000-32767, below the kernel's ephemeral range (32768-60999 by default) and above Ray's
+# worker ports (10002-19999), so neither a port-0 bind nor an outgoing connection of any process
+# can take one between the check and the server's own bind; distinct within this session.
+_UNASSIGNED = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
+def unassigned_port() -> int:
+    """A port in 20000-32767 that nothing listens on now and this session has not handed out."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    candidates = [p for p in _UNASSIGNED if p < low and p not in _handed_out]
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_UNASSIGNED.start}-{low - 1}")
 
 
 @pytest.fixture(scope="module")

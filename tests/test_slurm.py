@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import unassigned_port
 from tests.test_sweep import ROOT, _env, _sweep_file
 
 SCRIPT = ROOT / "sweeps" / "cluster" / "slurm.sbatch"
@@ -43,7 +43,7 @@ def _slurm_env(tmp_path: Path) -> dict:
     return dict(
         _env(), PATH=f"{shims}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="2",
         SLURM_JOB_NODELIST="localhost,localhost", SLURM_SUBMIT_DIR=str(ROOT),
-        MPCL_PYTHON=sys.executable, MPCL_RAY_PORT=str(free_port()), MPCL_RAY_WAIT_S="180",
+        MPCL_PYTHON=sys.executable, MPCL_RAY_PORT=str(unassigned_port()), MPCL_RAY_WAIT_S="180",
         MPCL_RAY_HEAD_ARGS=(f"--num-cpus=1 --resources={{\"head_node\":1}} --include-dashboard=false "
                             f"--temp-dir={tempfile.mkdtemp(prefix='ray-slurm-')} {_agent_ports()}"),
         MPCL_RAY_WORKER_ARGS=f"--num-cpus=1 --resources={{\"second_node\":1}} {_agent_ports()}",
@@ -53,7 +53,7 @@ def _slurm_env(tmp_path: Path) -> dict:
 def _agent_ports() -> str:
     """Fixed ports for a node's agents: a raylet left to discover them gives up after 15 s,
     which a busy 2-core test machine exceeds (then the raylet aborts and the node is lost)."""
-    return " ".join(f"--{name}={free_port()}" for name in (
+    return " ".join(f"--{name}={unassigned_port()}" for name in (
         "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port",
         "metrics-export-port"))
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, tiny_overrides
+from tests.conftest import tiny_overrides
 from tests.test_sweep import ROOT, _env, _sweep_file
 
 BUCKET = "mpcl"
@@ -20,35 +20,26 @@ BUCKET = "mpcl"
 
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
-    """A moto S3 server with one bucket; the environment that points boto3 and pyarrow at it
-    (this process and the subprocesses, hence Ray's workers)."""
+    """A moto S3 server with one bucket, serving from a thread of this process on a port it
+    bound itself (port 0); the environment that points boto3 and pyarrow at it (this process
+    and the subprocesses, hence Ray's workers)."""
     pytest.importorskip("moto")
     import boto3
+    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    log = open(tmp_path / "moto.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_EC2_METADATA_DISABLED": "true", "MPCL_CACHE": str(tmp_path / "cache")}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                boto3.client("s3").create_bucket(Bucket=BUCKET)
-                break
-            except Exception:  # not listening yet
-                if time.time() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.5)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield dict(_env(), **env)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 def _keys(prefix: str) -> list[str]:
