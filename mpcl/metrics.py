@@ -6,6 +6,7 @@ engine's evaluation and by methods that evaluate their own networks."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,14 +84,15 @@ def probe_top1(probe: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor
     return 100.0 * (probe(feats).argmax(1) == labels).float().mean().item()
 
 
-def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, epochs: int = 100, lr: float = 0.1, weight_decay: float = 1e-4,
-                 batch_size: int = 1024, seed: int = 0) -> float:
-    """Top-1 (%) of a zero-initialised linear classifier trained on frozen, standardised
-    features with SGD (momentum 0.9) and a cosine schedule (the recipes' linear evaluation,
-    minus augmentation: features are extracted once)."""
+def linear_classifier(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int, epochs: int = 100,
+                      lr: float = 0.1, weight_decay: float = 1e-4, batch_size: int = 1024,
+                      seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A zero-initialised linear classifier trained on frozen features standardised with the
+    training split's statistics, by SGD (momentum 0.9) on a cosine schedule over every step
+    (the recipes' linear evaluation, minus augmentation: features are extracted once).
+    Returns features -> logits, the standardisation included."""
     mean, std = train_f.mean(0), train_f.std(0) + 1e-6
-    train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
+    train_f = (train_f - mean) / std
     clf = torch.nn.Linear(train_f.shape[1], num_classes).to(train_f.device)
     torch.nn.init.zeros_(clf.weight)
     torch.nn.init.zeros_(clf.bias)
@@ -107,5 +109,12 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
             loss.backward()
             opt.step()
             sched.step()
+    return lambda feats: clf((feats - mean) / std)
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, **training) -> float:
+    """Top-1 (%) on the test features of ``linear_classifier(train_f, train_y, num_classes, **training)``."""
+    predict = linear_classifier(train_f, train_y, num_classes, **training)
     with torch.no_grad():
-        return 100.0 * (clf(test_f).argmax(1) == test_y).float().mean().item()
+        return 100.0 * (predict(test_f).argmax(1) == test_y).float().mean().item()

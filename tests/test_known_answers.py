@@ -44,6 +44,10 @@ def test_weighted_knn_hand_worked_across_a_chunk_boundary():
     assert ev.knn_top1(train_f, train_y, test_f, test_y, 3, k=3, temperature=0.1, chunk=1024) == pytest.approx(75.0)
     # k=1 is the nearest neighbour alone: 175 deg (class 0) wins at 180 deg -> 2 of 4
     assert ev.knn_top1(train_f, train_y, test_f, test_y, 3, k=1, temperature=0.1, chunk=2) == pytest.approx(50.0)
+    # through SplitFeatures, and a temperature high enough to make the vote near unweighted
+    split = ev.SplitFeatures(train_f, train_y, test_f, test_y)
+    assert split.knn_top1(3, k=3, temperature=0.1) == pytest.approx(75.0)
+    assert split.knn_top1(3, k=3, temperature=100.0) == pytest.approx(50.0)
     # the test points scaled: the same directions, the same answer
     assert ev.knn_top1(train_f, train_y, 5 * test_f, test_y, 3, k=3, temperature=0.1, chunk=3) == pytest.approx(75.0)
 
@@ -113,6 +117,50 @@ def test_linear_probe_separates_a_separable_toy_case():
     assert ev.linear_probe(train_f, train_y, test_f, (test_y + 1) % 3, 3, epochs=30, batch_size=32) == 0.0
     # not one step of training: the zero-initialised classifier predicts class 0 everywhere
     assert ev.linear_probe(train_f, train_y, test_f, test_y, 3, epochs=0) == pytest.approx(100 / 3, abs=0.01)
+
+
+def _linear_classifier_reference(train_f, train_y, num_classes):
+    """The recipe written out in float64: standardise with the training mean and std (+1e-6),
+    zero init, 100 epochs of batches of 1024 in the order of randperm(seed 0), SGD with
+    momentum 0.9 and weight decay 1e-4, lr 0.1 on a cosine over every step."""
+    x = train_f.double()
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / std
+    w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+    b = torch.zeros(num_classes, dtype=torch.float64)
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+    per_epoch = math.ceil(x.shape[0] / 1024)
+    gen, t = torch.Generator().manual_seed(0), 0
+    for _ in range(100):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for start in range(0, x.shape[0], 1024):
+            idx = order[start:start + 1024]
+            p = torch.softmax(x[idx] @ w.T + b, dim=1)
+            p[torch.arange(len(idx)), train_y[idx]] -= 1.0
+            grad_w, grad_b = p.T @ x[idx] / len(idx) + 1e-4 * w, p.sum(0) / len(idx) + 1e-4 * b
+            buf_w, buf_b = 0.9 * buf_w + grad_w, 0.9 * buf_b + grad_b
+            lr = 0.1 * 0.5 * (1 + math.cos(math.pi * t / (100 * per_epoch)))
+            w, b, t = w - lr * buf_w, b - lr * buf_b, t + 1
+    return lambda f: ((f.double() - mean) / std) @ w.T + b
+
+
+def test_linear_classifier_is_the_recipe_step_by_step():
+    """Overlapping classes (the answer depends on every step), 1,100 samples (two batches of
+    1024, the second short) and one feature nearly constant (std 1e-5, where the +1e-6 in
+    the standardisation shows)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(3, (1100,), generator=g)
+    f = torch.randn(1100, 4, generator=g) + torch.tensor([[0.0, 0.0], [0.6, 0.0], [0.0, 0.6]])[y].repeat(1, 2)
+    f[:, 3] = 1e-5 * torch.randn(1100, generator=g) + 3.0 * 1e-5 * y
+    test = torch.randn(50, 4, generator=g)
+    test[:, 3] = 1e-5 * torch.randn(50, generator=g)
+    want = _linear_classifier_reference(f, y, 3)(test)
+    predict = ev.linear_classifier(f, y, 3)
+    with torch.no_grad():
+        got = predict(test)
+    assert got.double() == pytest.approx(want, rel=1e-3, abs=1e-4)
+    assert want.abs().max() > 0.5                 # trained: far from the zero initialisation
+    assert ev.linear_probe(f, y, test, want.argmax(1), 3) == 100.0
 
 
 def test_probe_top1():
@@ -206,6 +254,28 @@ def test_one_and_two_lars_steps_by_hand():
     assert opt.state[w]["momentum_buffer"].tolist() == pytest.approx([0.1134, 0.1512], abs=1e-7)
     assert w.tolist() == pytest.approx([2.9133, 3.8844], abs=1e-7)
     assert b.tolist() == pytest.approx([0.75 - 0.5 * 0.95, -2.25 - 0.5 * 0.95], abs=1e-12)
+
+
+def test_lars_defaults_by_hand():
+    """Constructor defaults: momentum 0.9, no weight decay, trust 1e-3, eps 1e-8.
+    w = (3, 4), g = (0.3, 0.4): trust 1e-3 * 5 / 0.5 = 0.01, buf = (0.003, 0.004),
+    w = (2.9985, 3.998); step 2: |w| = 4.99750, trust 1e-3 * 4.9975 / 0.5,
+    buf = 0.9 buf + trust g = (0.0056985, 0.007598), w = (2.99280, 3.99040)."""
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    opt = LARS([w], lr=0.5)
+    for _ in range(2):
+        w.grad = torch.tensor([0.3, 0.4], dtype=torch.float64)
+        opt.step()
+    trust = 1e-3 * 4.9975 / (0.5 + 1e-8)
+    buf = [0.9 * 0.003 + trust * 0.3, 0.9 * 0.004 + trust * 0.4]
+    assert opt.state[w]["momentum_buffer"].tolist() == pytest.approx(buf, rel=1e-7)
+    assert w.tolist() == pytest.approx([2.9985 - 0.5 * buf[0], 3.998 - 0.5 * buf[1]], rel=1e-7)
+    # a group that names no weight decay takes the constructor's
+    v = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    opt = LARS([{"params": [v]}], lr=0.5, weight_decay=0.1, trust_coefficient=0.02)
+    v.grad = torch.tensor([0.3, 0.4], dtype=torch.float64)
+    opt.step()
+    assert v.tolist() == pytest.approx([2.97, 3.96], abs=1e-7)
 
 
 def _groups(method):

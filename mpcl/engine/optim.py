@@ -60,7 +60,6 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
         g = dict(g)
         g.setdefault("lr", lr)
         g["initial_lr"] = g["lr"]
-        g.setdefault("fixed_lr", False)
         groups.append(g)
     if o.name == "lars":
         return LARS(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
