@@ -69,6 +69,7 @@ def test_mfu_uses_the_flop_count_and_the_device_peak():
     assert "unknown GPU" in format_table(unknown)
 
 
+@pytest.mark.slow
 def test_two_gloo_workers_keep_banks_and_queues_out_of_ddp_broadcast():
     """After steps on 2 workers the banks / queue agree on both, and DDP's per-step buffer
     broadcast carries exactly the other buffers (BN statistics), never a bank or queue."""

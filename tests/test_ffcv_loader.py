@@ -140,6 +140,7 @@ def _rank_main(rank: int, world: int, beton_dir: str, rendezvous: str, out_dir: 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_see_disjoint_shards_covering_the_epoch(betons, tmp_path):
     """Two processes in a gloo process group (as under Ray Train or torchrun on CPU): per
     epoch their training shards are disjoint, full batches, and cover all but the dropped
@@ -202,6 +203,7 @@ def test_beton_without_index_field_is_a_one_line_error(tmp_path, betons):
     assert "\n" not in msg and "'index'" in msg and str(tmp_path / "train.beton") in msg
 
 
+@pytest.mark.slow
 def test_bench_loader_cli_writes_benchmarks(betons, tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
     import run
@@ -220,6 +222,7 @@ def test_bench_loader_cli_writes_benchmarks(betons, tmp_path, capsys):
     assert out.read_text().count("ratio FFCV / reference") == 1
 
 
+@pytest.mark.slow
 def test_train_cli_reads_betons(betons, tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
     import run
