@@ -90,10 +90,13 @@ def tiny_overrides(out, method="simclr", **extra) -> list[str]:
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+# fixtures that read Fashion-MNIST or betons written from it: a test that takes one trains or
+# loads real data, and is marked ``real_data`` (``pytest -m "not slow and not ray and not real_data"``:
+# the unit tests alone, what ``make mutate`` runs against each mutant)
+REAL_DATA_FIXTURES = {"fmnist_path", "fmnist_betons", "betons", "two_worker_results"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under mutation testing (mutmut sets MUTANT_UNDER_TEST; ``make mutate``) the tests that
-    train or load real data run last: mutmut stops at the first failure, so a mutant the unit
-    tests kill costs seconds instead of every training run first."""
-    if os.environ.get("MUTANT_UNDER_TEST"):
-        heavy = {"fmnist_path", "fmnist_betons", "betons", "two_worker_results"}
-        items.sort(key=lambda item: bool(heavy & set(item.fixturenames)))
+    for item in items:
+        if REAL_DATA_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.real_data)
