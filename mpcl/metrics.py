@@ -105,7 +105,7 @@ def linear_classifier(train_f: torch.Tensor, train_y: torch.Tensor, num_classes:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             loss = F.cross_entropy(clf(train_f[idx]), train_y[idx])
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()

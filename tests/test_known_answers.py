@@ -52,6 +52,29 @@ def test_weighted_knn_hand_worked_across_a_chunk_boundary():
     assert ev.knn_top1(train_f, train_y, 5 * test_f, test_y, 3, k=3, temperature=0.1, chunk=3) == pytest.approx(75.0)
 
 
+def test_split_features_extracts_each_split_with_the_model():
+    """Train features from ``train_eval``, validation features from ``val``, each through the
+    model (here: doubling) under the autocast given, in loader order."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    entered = []
+
+    def autocast():
+        entered.append(1)
+        return nullcontext()
+
+    double = torch.nn.Module()
+    double.forward = lambda x: 2 * x
+    train = [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])),
+             (torch.tensor([[3.0, 3.0]]), torch.tensor([2]))]
+    val = [(torch.tensor([[5.0, 0.0]]), torch.tensor([1]))]
+    split = ev.split_features(double, SimpleNamespace(train_eval=train, val=val), autocast)
+    assert split.train_f.tolist() == [[2.0, 0.0], [0.0, 2.0], [6.0, 6.0]] and split.train_y.tolist() == [0, 1, 2]
+    assert split.val_f.tolist() == [[10.0, 0.0]] and split.val_y.tolist() == [1]
+    assert len(entered) == 3                        # one autocast per batch
+
+
 def _knn_reference(train_f, train_y, test_f, test_y, num_classes, k, T) -> float:
     tr = torch.nn.functional.normalize(train_f.double(), dim=1)
     te = torch.nn.functional.normalize(test_f.double(), dim=1)
@@ -256,28 +279,6 @@ def test_one_and_two_lars_steps_by_hand():
     assert b.tolist() == pytest.approx([0.75 - 0.5 * 0.95, -2.25 - 0.5 * 0.95], abs=1e-12)
 
 
-def test_lars_defaults_by_hand():
-    """Constructor defaults: momentum 0.9, no weight decay, trust 1e-3, eps 1e-8.
-    w = (3, 4), g = (0.3, 0.4): trust 1e-3 * 5 / 0.5 = 0.01, buf = (0.003, 0.004),
-    w = (2.9985, 3.998); step 2: |w| = 4.99750, trust 1e-3 * 4.9975 / 0.5,
-    buf = 0.9 buf + trust g = (0.0056985, 0.007598), w = (2.99280, 3.99040)."""
-    w = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
-    opt = LARS([w], lr=0.5)
-    for _ in range(2):
-        w.grad = torch.tensor([0.3, 0.4], dtype=torch.float64)
-        opt.step()
-    trust = 1e-3 * 4.9975 / (0.5 + 1e-8)
-    buf = [0.9 * 0.003 + trust * 0.3, 0.9 * 0.004 + trust * 0.4]
-    assert opt.state[w]["momentum_buffer"].tolist() == pytest.approx(buf, rel=1e-7)
-    assert w.tolist() == pytest.approx([2.9985 - 0.5 * buf[0], 3.998 - 0.5 * buf[1]], rel=1e-7)
-    # a group that names no weight decay takes the constructor's
-    v = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
-    opt = LARS([{"params": [v]}], lr=0.5, weight_decay=0.1, trust_coefficient=0.02)
-    v.grad = torch.tensor([0.3, 0.4], dtype=torch.float64)
-    opt.step()
-    assert v.tolist() == pytest.approx([2.97, 3.96], abs=1e-7)
-
-
 def _groups(method):
     return {g["name"]: g for g in method.param_groups()}
 
@@ -308,6 +309,20 @@ def test_simsiam_predictor_keeps_its_lr_and_bn_bias_get_no_decay():
     assert "fixed_lr" not in _groups(free)
 
 
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_groups_without_their_own_settings_take_the_config(name):
+    cfg = load(None, ["optim.name=" + name, "optim.lr=0.3", "data.batch_size=512", "optim.scale_lr=true",
+                      "optim.momentum=0.8", "optim.weight_decay=0.002"])
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer(cfg, [{"params": [a]}, {"params": [b], "lr": 0.05, "weight_decay": 0.0, "momentum": 0.5}])
+    first, second = opt.param_groups
+    assert (first["lr"], first["initial_lr"], first["weight_decay"], first["momentum"]) == \
+        pytest.approx((0.6, 0.6, 0.002, 0.8))
+    assert (second["lr"], second["initial_lr"], second["weight_decay"], second["momentum"]) == \
+        pytest.approx((0.05, 0.05, 0.0, 0.5))
+    assert isinstance(opt, LARS) == (name == "lars")
+
+
 def test_lars_is_built_with_the_config_and_adapts_only_decayed_weights():
     cfg = load(None, ["method.name=simclr", "model.backbone=small_cnn", "optim.name=lars", "optim.lr=0.4",
                       "optim.scale_lr=false", "optim.trust_coefficient=0.002", "optim.momentum=0.8",
@@ -321,16 +336,25 @@ def test_lars_is_built_with_the_config_and_adapts_only_decayed_weights():
     assert by_name["probe"]["lr"] == by_name["probe"]["initial_lr"] == 0.1 and by_name["probe"]["fixed_lr"]
 
 
-def test_lars_defaults_momentum_09_trust_1e3_no_weight_decay():
-    """LARS(params, lr=1): w = (3, 4), g = (0.3, 0.4): |g| = 0.5, trust 1e-3 * 5 / 0.5 = 0.01,
-    w = (2.997, 3.996); then trust 1e-3 * 4.995 / 0.5 = 0.00999, buf = 0.9 (0.003, 0.004) +
-    (0.002997, 0.003996) = (0.005697, 0.007596), w = (2.991303, 3.988404)."""
+def test_lars_defaults_by_hand():
+    """LARS(params, lr=1): momentum 0.9, no weight decay, trust 1e-3. The gradient is
+    orthogonal to w (weight decay would turn the update; along w LARS normalises it away):
+    w = (3, 4), g = (0.4, -0.3): |g| = 0.5, trust 1e-3 * 5 / 0.5 = 0.01, w = (2.996, 4.003);
+    then |w| = 5.0000025, trust 0.010000005, buf = 0.9 (0.004, -0.003) + trust g
+    = (0.0076, -0.0057), w = (2.9884, 4.0087)."""
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
     opt = LARS([w], lr=1.0)
-    for want in ([2.997, 3.996], [2.991303, 3.988404]):
-        w.grad = torch.tensor([0.3, 0.4], dtype=torch.float64)
+    for want in ([2.996, 4.003], [2.9884, 4.0087]):
+        w.grad = torch.tensor([0.4, -0.3], dtype=torch.float64)
         opt.step()
         assert w.tolist() == pytest.approx(want, abs=1e-7)
+    # a group that names no weight decay takes the constructor's: d = g + 0.1 w = (0.7, 0.1),
+    # trust 0.02 * 5 / |d| = 0.141421, w = (3, 4) - 0.5 trust d = (2.950503, 3.992929)
+    v = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    opt = LARS([{"params": [v]}], lr=0.5, weight_decay=0.1, trust_coefficient=0.02)
+    v.grad = torch.tensor([0.4, -0.3], dtype=torch.float64)
+    opt.step()
+    assert v.tolist() == pytest.approx([2.950503, 3.992929], abs=1e-6)
 
 
 def test_schedule_edges():

@@ -8,6 +8,11 @@ import torch.nn.functional as F
 
 from mpcl.losses import (
     attention_weighted_nt_xent,
+    barlow_twins_loss,
+    cross_correlation,
+    multi_positive_cosine,
+    standardize,
+    supcon_loss,
     attention_weights,
     bank_target,
     contrastive_terms,
@@ -196,3 +201,76 @@ def test_bank_target_mixes_and_respects_validity():
     t = bank_target(z.requires_grad_(), bank, 0.5, valid)
     assert t.tolist() == [[2.0, 2.0], [1.0, 1.0], [2.0, 2.0]]
     assert not t.requires_grad
+
+
+# -- cases the reference comparisons above do not reach ------------------------------------
+
+def test_attention_loss_normalises_by_the_mean_weight_when_it_is_not_one():
+    """Given weights (mean 1.5, not the softmax's 1): sum_i c_i l_i / sum_i c_i, c = 0.6 + 0.4 w."""
+    pos = torch.tensor([1.0, 0.5, -0.2, 0.3], dtype=torch.float64)
+    lse = torch.tensor([2.0, 1.5, 1.0, 1.2], dtype=torch.float64)
+    w = torch.tensor([0.5, 1.0, 2.0, 2.5], dtype=torch.float64)
+    c = 0.6 + 0.4 * w
+    want = (c * (lse - pos)).sum() / c.sum()
+    assert attention_weighted_nt_xent(pos, lse, w, 0.4) == pytest.approx(want.item(), rel=1e-12)
+    # a global mean from other workers replaces the local one in the normaliser
+    assert attention_weighted_nt_xent(pos, lse, w, 0.4, global_weight_mean=3.0) == \
+        pytest.approx((c * (lse - pos)).mean().item() / (0.6 + 0.4 * 3.0), rel=1e-12)
+
+
+def test_attention_target_unknown_is_one_line_naming_the_choices():
+    pos, lse, w = torch.zeros(2), torch.ones(2), torch.ones(2)
+    with pytest.raises(ValueError) as err:
+        attention_weighted_nt_xent(pos, lse, w, 0.5, target="logits")
+    assert str(err.value) == "attention target 'logits': expected one of loss, alignment"
+
+
+def test_graph_attention_passes_its_target_on():
+    z, h = fixed()
+    for target in ("loss", "alignment"):
+        self_idx, pos_idx = pair_indices(6, 0, z.device)
+        pos, lse = contrastive_terms(z, z, self_idx, pos_idx, 0.5)
+        w = attention_weights(h, h.roll(6, 0), 0.3)
+        want = attention_weighted_nt_xent(pos, lse, w, 0.7, target)
+        assert graph_attention_nt_xent(z, h, 0.5, 0.7, 0.3, target) == pytest.approx(want.item(), rel=1e-12)
+    assert graph_attention_nt_xent(z, h, 0.5, 0.7, 0.3, "alignment") != \
+        pytest.approx(graph_attention_nt_xent(z, h, 0.5, 0.7, 0.3, "loss").item(), rel=1e-6)
+
+
+def test_supcon_averages_over_the_anchors_that_have_a_positive():
+    """Anchor 0 (id 0) has one positive (key 1); anchor 1 (id 7) none: the loss is anchor 0's
+    term alone, lse_0 - s_01 / T."""
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    keys = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=torch.float64)
+    loss = supcon_loss(anchors, keys, torch.tensor([0, 7]), torch.tensor([0, 0, 1]), torch.tensor([0, 2]), 0.5)
+    lse0 = math.log(math.exp(0.6 / 0.5) + math.exp(0.0))
+    assert loss.item() == pytest.approx(lse0 - 0.6 / 0.5, rel=1e-12)
+
+
+def test_multi_positive_cosine_is_the_mean_over_each_rows_same_id_rows():
+    h = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [3.0, 3.0], [0.0, -1.0], [5.0, 5.0]])
+    ids = torch.tensor([0, 0, 1, 1, 1, 2])
+    r = math.sqrt(0.5)
+    # id 0: one other row (cos 0); id 1: two others; id 2: none (0)
+    want = [0.0, 0.0, (r + 0.0) / 2, (r - r) / 2, (0.0 - r) / 2, 0.0]
+    assert multi_positive_cosine(h, ids).tolist() == pytest.approx(want, abs=1e-6)
+    assert multi_positive_cosine(h[:2], ids[:2]).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    h2 = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert multi_positive_cosine(h2, torch.tensor([4, 4])).tolist() == pytest.approx([r, r], rel=1e-6)
+
+
+def test_barlow_twins_defaults_lambda_and_eps():
+    """Defaults lambda 5e-3 and eps 1e-5, checked where eps shows: per-dimension variance 1e-5."""
+    g = torch.Generator().manual_seed(0)
+    z1 = 3e-3 * torch.randn(16, 4, generator=g, dtype=torch.float64)
+    z2 = z1 + 2e-3 * torch.randn(16, 4, generator=g, dtype=torch.float64)
+
+    def bn(z):
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5)
+
+    c = bn(z1).T @ bn(z2) / 16
+    off = c - torch.diag(torch.diagonal(c))
+    want = ((1 - torch.diagonal(c)) ** 2).sum() + 5e-3 * (off ** 2).sum()
+    assert barlow_twins_loss(z1, z2).item() == pytest.approx(want.item(), rel=1e-6)   # computed in float32
+    assert torch.allclose(standardize(z1), bn(z1), rtol=1e-9, atol=0)
+    assert torch.allclose(cross_correlation(z1, z2), c, rtol=1e-9, atol=0)

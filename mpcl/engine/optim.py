@@ -53,20 +53,19 @@ def base_lr(cfg: Config) -> float:
 
 
 def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """SGD or LARS over ``param_groups``; a group without its own ``lr``, ``weight_decay`` or
+    ``momentum`` takes the config's (``lr`` scaled by ``base_lr``). Each group's
+    ``initial_lr`` is where ``set_lr`` scales from (SGD ignores the ``lars`` flags)."""
     o = cfg.optim
-    lr = base_lr(cfg)
-    groups = []
-    for g in param_groups:
-        g = dict(g)
-        g.setdefault("lr", lr)
-        g["initial_lr"] = g["lr"]
-        groups.append(g)
+    groups = [dict(g) for g in param_groups]
     if o.name == "lars":
-        return LARS(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                    trust_coefficient=o.trust_coefficient)
-    for g in groups:
-        g.pop("lars", None)
-    return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        opt = LARS(groups, lr=base_lr(cfg), momentum=o.momentum, weight_decay=o.weight_decay,
+                   trust_coefficient=o.trust_coefficient)
+    else:
+        opt = torch.optim.SGD(groups, lr=base_lr(cfg), momentum=o.momentum, weight_decay=o.weight_decay)
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    return opt
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:

@@ -8,6 +8,8 @@ anchor ``j`` of rank ``r`` sits at key ``r * 2n + j`` and its positive at
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -45,7 +47,7 @@ def _logits_without_self(anchors: torch.Tensor, keys: torch.Tensor, self_index: 
     rows = torch.arange(anchors.shape[0], device=anchors.device)
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[rows, self_index] = True
-    return logits.masked_fill(is_self, float("-inf"))
+    return logits.masked_fill(is_self, -math.inf)
 
 
 def mixed_positive_terms(

@@ -9,6 +9,8 @@ equal: class labels for SupCon, dataset indices for multi-crop SimCLR.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -22,7 +24,7 @@ def multi_positive_terms(anchors: torch.Tensor, keys: torch.Tensor, anchor_ids: 
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[rows, self_index] = True
     positive = (anchor_ids[:, None] == key_ids[None, :]) & ~is_self
-    lse = torch.logsumexp(logits.masked_fill(is_self, float("-inf")), dim=1)
+    lse = torch.logsumexp(logits.masked_fill(is_self, -math.inf), dim=1)
     count = positive.sum(1)
     pos_mean = (logits * positive).sum(1) / count.clamp(min=1)
     return pos_mean, lse, count
