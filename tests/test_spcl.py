@@ -11,6 +11,7 @@ from torch import nn
 from mpcl.config import ConfigError
 from mpcl.data.augment import EvalTransform, SSLAugment
 from mpcl.data.batch import Batch
+from mpcl.data.datasets import DATASETS
 from mpcl.data.loaders import EvalLoader, TensorTrainLoader
 from mpcl.losses import prototype_pairs, spcl_terms
 from mpcl.methods import build_method
@@ -285,3 +286,148 @@ def test_spcl_pair_labels_switch():
 def test_cluster_features_shapes():
     x = torch.randn(50, 6, generator=gen(3))
     assert cluster_features(x, 4, pca_dim=3, iters=5, seed=0).shape == (50,)
+
+
+def test_prototype_pairs_fill_the_same_label_slots_over_several_passes():
+    """Round-robin: one label with eight samples still fills every odd slot (three passes)."""
+    labels = torch.tensor([0] * 8 + [1, 2, 3, 4])
+    f, s = prototype_pairs(labels)
+    assert (labels[f] == labels[s]).tolist() == [False, True, False, True, False, True]
+    # five pairs: two same-label ones (slots 1 and 3) although five labels have two samples
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    f, s = prototype_pairs(labels)
+    assert (labels[f] == labels[s]).tolist() == [False, True, False, True, False]
+
+
+def test_prototype_pairs_pair_each_rest_sample_with_the_one_half_a_list_on():
+    """Five labels, no same-label pair: the sorted rest [0..4] pairs r with r + 5 // 2; the last
+    sample is left out."""
+    f, s = prototype_pairs(torch.tensor([0, 1, 2, 3, 4]))
+    assert (f.tolist(), s.tolist()) == ([0, 1], [2, 3])
+
+
+def test_prototype_pairs_of_one_sample_are_empty_positions():
+    labels = torch.tensor([7])
+    f, s = prototype_pairs(labels)
+    assert f.dtype == s.dtype == torch.long and len(f) == len(s) == 0
+    assert labels[f].numel() == 0                 # still usable as positions
+
+
+def _nt_xent_loop(anchors, keys, rank, T):
+    """NT-Xent of one worker's 2B anchors [view 1; view 2] against every worker's keys (rank
+    order): anchor r sits at key rank * 2B + r, its positive at rank * 2B + (r + B) % 2B."""
+    m = anchors.shape[0]
+    total = 0.0
+    for r in range(m):
+        own, pos = rank * m + r, rank * m + (r + m // 2) % m
+        logits = torch.stack([anchors[r] @ keys[k] / T for k in range(keys.shape[0]) if k != own])
+        total = total + torch.logsumexp(logits, 0) - anchors[r] @ keys[pos] / T
+    return total / m
+
+
+def _another_worker(x):
+    """Keys as gathered on rank 1 of two workers: rank 0's rows (unit rows unlike x's) first."""
+    return torch.cat([x.detach().flip(1), x])
+
+
+def _conv_backbone(method):
+    """A backbone with the method's feature width (the colour means cluster, but are too narrow)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, method.feature_dim))
+
+
+def test_spcl_terms_contrast_against_every_workers_keys():
+    g = gen(12)
+    B, T = 3, 0.5
+    z_a, z_b = (F.normalize(torch.randn(2 * B, 4, generator=g, dtype=D64), dim=1) for _ in range(2))
+    h = torch.randn(2 * B, 5, generator=g, dtype=D64)
+    logits, labels = torch.randn(2 * B, 3, generator=g, dtype=D64), torch.tensor([0, 1, 2])
+    head = nn.Linear(5, 1).double()
+    terms = spcl_terms(z_a, z_b, h, h.flip(0), logits, logits, labels, labels, torch.tensor([1.0, 0.0, 1.0], dtype=D64),
+                       head, T, _another_worker(z_a), _another_worker(z_b), rank=1)
+    want = _nt_xent_loop(z_a, _another_worker(z_a), 1, T) + _nt_xent_loop(z_b, _another_worker(z_b), 1, T)
+    assert abs(terms["nce"].item() - want.item()) < 1e-10
+
+
+def test_spcl_step_contrasts_against_the_keys_of_every_worker(monkeypatch):
+    method, loaders, images, group = _spcl_setup()
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    method.backbone = _conv_backbone(method)
+    method.eval()
+    views = [images[:12].float() / 255, images[12:24].float() / 255]
+    batch = Batch(views, torch.arange(12), group[:12])
+    monkeypatch.setattr("mpcl.distributed.gather_with_grad", _another_worker)
+    monkeypatch.setattr("mpcl.distributed.rank", lambda: 1)
+    out = method.ssl_loss(batch, 0)
+    _, z = method.encode_views(batch)
+    first, second = prototype_pairs(method.pseudo_labels[batch.index])
+    z_a, z_b = (torch.cat([z[i], z[12 + i]]) for i in (first, second))
+    T = method.params.temperature
+    want = _nt_xent_loop(z_a, _another_worker(z_a), 1, T) + _nt_xent_loop(z_b, _another_worker(z_b), 1, T)
+    assert abs(out.metrics["train/nce"].item() - want.item()) < 1e-5
+
+
+def test_spcl_step_reports_backbone_features_of_both_views():
+    method, loaders, images, group = _spcl_setup()
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    method.backbone = _conv_backbone(method)
+    method.eval()
+    batch = Batch([images[:12].float() / 255, images[12:24].float() / 255], torch.arange(12), group[:12])
+    out = method.ssl_loss(batch, 0)
+    assert torch.equal(out.features, method.encode_views(batch)[0])
+    assert out.features.shape[0] == 24
+
+
+def test_spcl_before_any_clustering_is_simclr():
+    """A model never clustered (outside the engine) has no prototypes yet (-1 everywhere, never
+    clustered) and trains on NT-Xent over the two views alone."""
+    method, loaders, images, group = _spcl_setup()
+    assert torch.equal(method.pseudo_labels, torch.full((60,), -1))
+    assert int(method.clustered_epoch) == -1
+    method.backbone = _conv_backbone(method)
+    method.eval()
+    batch = Batch([images[:6].float() / 255, images[6:12].float() / 255], torch.arange(6), group[:6])
+    out = method.ssl_loss(batch, 0)
+    h, z = method.encode_views(batch)
+    want = _nt_xent_loop(z, z, 0, method.params.temperature)
+    assert abs(out.loss.item() - want.item()) < 1e-5
+    assert out.metrics.keys() == {"train/nce"} and out.metrics["train/nce"].item() == out.loss.item()
+    assert torch.equal(out.features, h)
+
+
+def test_spcl_first_epoch_clusters_whatever_the_reassign_interval():
+    """A fresh model clusters on the epoch it starts with, even mid-interval."""
+    method, loaders, images, group = _spcl_setup()
+    method.params.reassign = 2
+    assert method.on_epoch_start(1, loaders, contextlib.nullcontext) == list(method.classifier.parameters())
+    assert int(method.clustered_epoch) == 1 and (method.pseudo_labels >= 0).all()
+
+
+def test_spcl_keeps_its_prototypes_between_reassignments_and_after_a_resume():
+    method, loaders, images, group = _spcl_setup()
+    method.params.reassign = 2
+    method.on_epoch_start(0, loaders, contextlib.nullcontext)
+    labels = method.pseudo_labels.clone()
+    assert method.on_epoch_start(1, loaders, contextlib.nullcontext) == []      # mid-interval: kept
+    assert torch.equal(method.pseudo_labels, labels) and int(method.clustered_epoch) == 0
+    resumed, _, _, _ = _spcl_setup()             # a new process loading the checkpoint of epoch 0
+    resumed.params.reassign = 2
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.on_epoch_start(1, loaders, contextlib.nullcontext) == []
+    resumed.backbone = _conv_backbone(resumed)
+    batch = Batch([images[:12].float() / 255, images[12:24].float() / 255], torch.arange(12), group[:12])
+    assert "train/cluster_ce" in resumed.ssl_loss(batch, 1).metrics           # the prototypes are used
+    assert resumed.on_epoch_start(2, loaders, contextlib.nullcontext) == list(resumed.classifier.parameters())
+    assert int(resumed.clustered_epoch) == 2
+
+
+def test_spcl_classes_outputs_allow_as_many_prototypes_as_classes():
+    cfg = _method("spcl", **{"method.num_prototypes": 10, "method.classifier_outputs": "classes"})
+    assert DATASETS[cfg.data.dataset].num_classes == 10
+    assert build_method(cfg, 10, 20).classifier.out_features == 10
+
+
+def test_dataset_order_rejects_a_feature_count_that_is_not_the_training_set():
+    with pytest.raises(RuntimeError, match="SPCL: 5 features for 6 training samples"):
+        dataset_order(torch.zeros(5, 3), torch.arange(5), 6)          # every sample seen, one missing
+    with pytest.raises(RuntimeError, match="SPCL: 4 features for 5 training samples"):
+        dataset_order(torch.zeros(4, 3), torch.arange(5), 5)

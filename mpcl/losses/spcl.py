@@ -36,7 +36,7 @@ def prototype_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buckets.setdefault(label, deque()).append(i)
     same: list[tuple[int, int]] = []
     grew = True
-    while len(same) < n_pairs // 2 and grew:
+    while grew:                      # round-robin passes while a pass still finds a pair
         grew = False
         for bucket in buckets.values():
             if len(same) == n_pairs // 2:
@@ -47,11 +47,11 @@ def prototype_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rest = sorted((i for bucket in buckets.values() for i in bucket), key=lambda i: (lab[i], i))
     half = len(rest) // 2
     different = [(rest[i], rest[i + half]) for i in range(half)]
+    # len(different) = n_pairs - len(same) >= the even slots: only odd slots can run out (of same pairs)
     pairs, s, d = [], iter(same), iter(different)
     for k in range(n_pairs):
-        pairs.append(next(s, None) if k % 2 else next(d, None))
-        if pairs[-1] is None:        # one kind ran out: the other fills the slot
-            pairs[-1] = next(d) if k % 2 else next(s)
+        pair = next(s, None) if k % 2 else None
+        pairs.append(next(d) if pair is None else pair)
     return (torch.tensor([a for a, _ in pairs], dtype=torch.long),
             torch.tensor([b for _, b in pairs], dtype=torch.long))
 
@@ -71,7 +71,7 @@ def siamese_metric_loss(metric_head, h_a: torch.Tensor, h_b: torch.Tensor, same:
     ones = torch.ones_like(same)
 
     def bce(x, y, target):
-        return F.binary_cross_entropy_with_logits(metric_head((x - y).abs()).squeeze(1).to(target.dtype), target)
+        return F.binary_cross_entropy_with_logits(metric_head((x - y).abs()).squeeze(1), target)
 
     return (bce(a1, a2, ones) + bce(b1, b2, ones)
             + bce(a1, b1, same) + bce(a1, b2, same) + bce(a2, b1, same) + bce(a2, b2, same))

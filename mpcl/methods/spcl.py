@@ -71,7 +71,7 @@ def dataset_order(features: torch.Tensor, indices: torch.Tensor, num_samples: in
     if indices.shape[0] != features.shape[0] or indices.shape[0] != num_samples:
         raise RuntimeError(f"SPCL: {features.shape[0]} features for {num_samples} training samples")
     out = torch.empty_like(features)
-    out[indices.to(features.device)] = features
+    out[indices] = features
     return out
 
 
@@ -94,8 +94,8 @@ class SPCL(SimCLR):
         outputs = num_classes if mc.classifier_outputs == "classes" else mc.num_prototypes
         self.classifier = nn.Linear(self.feature_dim, outputs)
         self.metric_head = nn.Linear(self.feature_dim, 1)
-        self.register_buffer("pseudo_labels", torch.full((num_samples,), -1, dtype=torch.long))
-        self.register_buffer("clustered_epoch", torch.tensor(-1, dtype=torch.long))
+        self.register_buffer("pseudo_labels", torch.full((num_samples,), -1))   # long; -1: no prototype yet
+        self.register_buffer("clustered_epoch", torch.tensor(-1))              # long; -1: never clustered
         self._clustered = False   # host-side copy of clustered_epoch >= 0 (no sync in the step)
 
     def worker_consistent_buffers(self) -> list[str]:
@@ -134,8 +134,8 @@ class SPCL(SimCLR):
         feats = dataset_order(feats, indices, self.num_samples)
         labels = self.assign_prototypes(feats, epoch)
         if mc.pseudo_label_order == "loader":
-            labels = labels[loader_order_draws(self.num_samples, self.seed, epoch).to(labels.device)]
-        self.pseudo_labels.copy_(labels.to(self.pseudo_labels.device))
+            labels = labels[loader_order_draws(self.num_samples, self.seed, epoch)]   # CPU positions index any device
+        self.pseudo_labels.copy_(labels)
         self.clustered_epoch.fill_(epoch)
         self._clustered = True
         self.reset_classifier(epoch)
@@ -148,7 +148,7 @@ class SPCL(SimCLR):
         n = batch.index.shape[0]
         h, z = self.encode_views(batch)
         if not self._clustered:      # no clustering yet (only when called outside the engine)
-            pos, lse = self.contrast(z, batch)
+            pos, lse = self.contrast(z)   # two views: SPCL takes no small crops
             nce = (lse - pos).mean()
             return SSLOutput(nce, h, {"train/nce": nce.detach()})
         pseudo = self.pseudo_labels[batch.index]
