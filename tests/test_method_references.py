@@ -292,11 +292,12 @@ def test_mcl_networks_contrast_their_own_queries_keys_and_queues(eval_network):
         assert torch.equal(method(batch.views[0]), hs[eval_network])
 
 
-def test_mcl_supervised_is_cross_entropy_distillation_and_the_four_terms():
+@pytest.mark.parametrize("logit_distill, eval_network", [(True, 0), (False, 1)])
+def test_mcl_supervised_is_cross_entropy_distillation_and_the_four_terms(logit_distill, eval_network):
     from mpcl.losses import mcl_supervised_terms, soft_kl
 
-    method = _method("mcl", **{"method.mode": "supervised", "method.logit_distill": True, "method.embed_dim": 8,
-                               **MCL_WEIGHTS})
+    method = _method("mcl", **{"method.mode": "supervised", "method.logit_distill": logit_distill,
+                               "method.embed_dim": 8, "method.eval_network": eval_network, **MCL_WEIGHTS})
     batch = _batch()
     y = batch.label
     with torch.no_grad():
@@ -305,15 +306,54 @@ def test_mcl_supervised_is_cross_entropy_distillation_and_the_four_terms():
         embs = [F.normalize(method.embedders[i](hs[i]).to(D64), dim=1) for i in range(2)]
     ce = sum(float(F.cross_entropy(lg, y)) for lg in logits)
     mean = (logits[0] + logits[1]) / 2
-    kd = sum(float(soft_kl(lg, mean, 2.0)) for lg in logits)
+    kd = sum(float(soft_kl(lg, mean, 2.0)) for lg in logits) if logit_distill else 0.0
     terms = mcl_supervised_terms(embs, embs, y, y, torch.arange(N), 0.2, 2.0)
     out = _loss(method, batch)
     assert out.loss.item() == pytest.approx(ce + kd + _mcl_weighted(terms), rel=1e-5)
+    assert torch.equal(out.features, hs[eval_network])
     assert out.metrics["train/ce"].item() == pytest.approx(ce, rel=1e-5)
     assert out.metrics["train/logit_kd"].item() == pytest.approx(kd, rel=1e-5)
     for i in range(2):
         top1 = 100 * float((logits[i].argmax(1) == y).double().mean())
         assert out.metrics[f"train/net{i}_top1"].item() == pytest.approx(top1)
+
+
+def test_mcl_supervised_embedding_head_is_linear_relu_linear():
+    """Each network's embedding head is d-embed_dim-embed_dim with a ReLU between (the reference's)."""
+    method = _method("mcl", **{"method.mode": "supervised", "method.embed_dim": 8})
+    h = torch.randn(5, method.feature_dim, generator=torch.Generator().manual_seed(2))
+    for head in method.embedders:
+        first, second = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        assert (first.in_features, first.out_features, second.out_features) == (method.feature_dim, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(head(h), second(F.relu(first(h))))
+
+
+def test_mcl_supervised_on_the_second_of_two_workers(monkeypatch):
+    """Worker 1 of 2: the keys are both workers' embeddings in rank order (worker 0's first), the
+    key labels both workers' labels; anchor k's own row is N + k, neither positive nor negative,
+    while its counterpart on worker 0 (same label) is a positive."""
+    from mpcl import distributed as dist
+    from mpcl.losses import mcl_supervised_terms
+
+    method = _method("mcl", **{"method.mode": "supervised", "method.embed_dim": 8, **MCL_WEIGHTS})
+    batch = _batch()
+    y = batch.label
+    g = torch.Generator().manual_seed(3)
+    worker0 = [F.normalize(torch.randn(N, 8, generator=g), dim=1) for _ in range(2)]
+    gathered = iter(worker0)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    monkeypatch.setattr(dist, "gather_with_grad", lambda e: torch.cat([next(gathered), e]))
+    monkeypatch.setattr(dist, "gather", lambda t: torch.cat([t, t]))   # worker 0 has the same labels
+    with torch.no_grad():
+        hs = [b(batch.views[0]) for b in method.backbones()]
+        logits = [method.classifiers[i](hs[i]).to(D64) for i in range(2)]
+        embs = [F.normalize(method.embedders[i](hs[i]).to(D64), dim=1) for i in range(2)]
+    keys = [torch.cat([worker0[i].to(D64), embs[i]]) for i in range(2)]
+    terms = mcl_supervised_terms(embs, keys, y, torch.cat([y, y]), N + torch.arange(N), 0.2, 2.0)
+    ce = sum(float(F.cross_entropy(lg, y)) for lg in logits)
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(ce + _mcl_weighted(terms), rel=1e-5)
 
 
 # -- Barlow Twins ----------------------------------------------------------------------------------

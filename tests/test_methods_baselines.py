@@ -214,6 +214,15 @@ def test_mcl_supervised_terms_match_the_released_code():
         assert got[name].item() == pytest.approx(want[name], rel=1e-9), name
 
 
+def test_mcl_supervised_with_one_network_is_supcon():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    e = unit(6, 5, 70)
+    terms = mcl_supervised_terms([e], [e], labels, labels, torch.arange(6), 0.1, 3.0)
+    assert terms["icl"].item() == terms["soft_vcl"].item() == terms["soft_icl"].item() == 0.0
+    want = supcon_loss(e, e, labels, labels, torch.arange(6), 0.1).item()
+    assert mcl_weighted(terms, 1, 1, 1, 1).item() == pytest.approx(want, rel=1e-12)
+
+
 def _method(name, **extra):
     over = {"method.name": name, "model.backbone": "small_cnn", "data.batch_size": 4, "model.projector_hidden": 16,
             "model.projector_out": 8, "out": "/tmp/unused", **extra}

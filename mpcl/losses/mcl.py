@@ -27,9 +27,9 @@ def _mutual_terms(n_net: int, logits: Callable[[int, int], torch.Tensor],
     every ordered pair i != j; soft VCL: KL between every two networks' own rows; soft ICL:
     KL between the rows of (i, j) and (j, i)."""
     intra = [logits(i, i) for i in range(n_net)]
-    vcl = sum((contrast(i, i) for i in range(n_net)), zero)
-    soft_vcl, icl, soft_icl = zero, zero, zero
+    vcl, soft_vcl, icl, soft_icl = zero, zero, zero, zero
     for i in range(n_net):
+        vcl = vcl + contrast(i, i)
         for j in range(n_net):
             if i != j:
                 soft_vcl = soft_vcl + soft_kl(intra[i], intra[j], kd_temperature)
@@ -38,7 +38,7 @@ def _mutual_terms(n_net: int, logits: Callable[[int, int], torch.Tensor],
             icl = icl + contrast(i, j) + contrast(j, i)
             l_ij, l_ji = logits(i, j), logits(j, i)
             soft_icl = soft_icl + soft_kl(l_ij, l_ji, kd_temperature) + soft_kl(l_ji, l_ij, kd_temperature)
-    return {"vcl": vcl, "icl": icl, "soft_vcl": soft_vcl, "soft_icl": soft_icl, "logits": intra}
+    return {"vcl": vcl, "icl": icl, "soft_vcl": soft_vcl, "soft_icl": soft_icl}
 
 
 def mcl_queue_terms(queries: list[torch.Tensor], keys: list[torch.Tensor], queues: list[torch.Tensor],

@@ -193,7 +193,7 @@ class MCLSupervised(MCL):
         for i in range(params.num_networks):
             self.network_backbone(i)
             self.classifiers.append(nn.Linear(self.feature_dim, num_classes))
-            self.embedders.append(nn.Sequential(nn.Linear(self.feature_dim, d), nn.ReLU(inplace=True),
+            self.embedders.append(nn.Sequential(nn.Linear(self.feature_dim, d), nn.ReLU(),
                                                 nn.Linear(d, d)))
 
     def embedding_heads(self) -> nn.ModuleList:
