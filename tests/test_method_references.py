@@ -345,4 +345,7 @@ def test_barlow_twins_is_the_cross_correlation_loss_of_the_two_views():
         z1, z2 = (method.projector(method.backbone(v)).to(D64) for v in batch.views)
     out = _loss(method, batch)
     assert out.loss.item() == pytest.approx(0.3 * reference_barlow(z1, z2, 0.02), rel=1e-4)
+    # the projector: Linear-BN-ReLU twice, then a Linear without bias and nothing after it
+    assert [type(layer).__name__ for layer in method.projector] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert method.projector[-1].bias is None
     assert out.features.shape == (2 * N, method.feature_dim)
