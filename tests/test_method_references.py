@@ -269,6 +269,70 @@ def test_simclr_attn_loss_is_the_released_weighted_mean(case):
     torch.testing.assert_close(out.features, large, rtol=1e-5, atol=1e-6)
 
 
+# -- a worker of two ------------------------------------------------------------------------------
+
+def _other_worker(x: torch.Tensor) -> torch.Tensor:
+    """The other worker's share of a gathered tensor: other samples (dataset indices and labels
+    out of this worker's range; unit features that are no rotation of this worker's)."""
+    return x + 1000 if not x.is_floating_point() else F.normalize(x.tanh() + 0.3, dim=-1)
+
+
+def _as_worker_of_two(monkeypatch, rank: int):
+    """Makes the methods run as worker ``rank`` of two: gathers put the other worker's share
+    before or after this one's. Returns the gather."""
+    from mpcl import distributed as dist
+
+    def gather(x):
+        return torch.cat([x, _other_worker(x)] if rank == 0 else [_other_worker(x), x])
+
+    for name, fn in (("rank", lambda: rank), ("world_size", lambda: 2), ("gather", gather),
+                     ("gather_with_grad", gather)):
+        monkeypatch.setattr(dist, name, fn)
+    return gather
+
+
+def _global_positives(batch: Batch, views: int, gather) -> list[list[int]]:
+    """Two views: the other view in the same worker's block; more: the rows of the same sample."""
+    if views > 2:
+        return _same_id_positives(gather(batch.index.repeat(views)).tolist())
+    return [[b * 2 * N + (i + N) % (2 * N)] for b in range(2) for i in range(2 * N)]
+
+
+@pytest.mark.parametrize("name, views", [("simclr", 2), ("simclr", 4), ("supcon", 2)])
+def test_a_second_worker_contrasts_its_anchors_with_the_whole_gathered_batch(monkeypatch, name, views):
+    method, batch = _method(name, **_small_crops(views)), _batch(views=views)
+    _, z = _encode(method, batch)
+    gather = _as_worker_of_two(monkeypatch, rank=1)
+    if name == "supcon":
+        positives = _same_id_positives(gather(batch.label.repeat(views)).tolist())
+    else:
+        positives = _global_positives(batch, views, gather)
+    terms = _anchor_terms(gather(z), positives, 0.4)[views * N:]        # this worker's anchors
+    assert _loss(method, batch).loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+@pytest.mark.parametrize("views", [2, 4])
+def test_a_first_worker_weighs_its_anchors_among_the_whole_gathered_batch(monkeypatch, views):
+    """Weights are a softmax over the global batch; the loss of a worker is the mean of its
+    weighted terms over the global mean of the weights (so the workers' mean is the global ratio)."""
+    a, tau = 0.7, 0.05
+    method, batch = _attn_method(views, a, tau), _batch(views=views)
+    h, z = _encode(method, batch)
+    gather = _as_worker_of_two(monkeypatch, rank=0)
+    positives = _global_positives(batch, views, gather)
+    h_all = gather(h)
+    cos = torch.tensor([sum(float(F.cosine_similarity(h_all[i], h_all[p], dim=0)) for p in pos) / len(pos)
+                        for i, pos in enumerate(positives)], dtype=D64)
+    w = torch.softmax(cos / tau, 0) * len(cos)
+    c = (1 - a) + a * w
+    terms = torch.tensor(_anchor_terms(gather(z), positives, 0.4), dtype=D64)
+    m = views * N                                                        # this worker's anchors: the first m
+    assert abs(float(w[:m].mean()) - 1) > 0.05                           # not the global mean
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(float((c[:m] * terms[:m]).mean() / c.mean()), rel=1e-5)
+    assert out.metrics["train/attn_weight_max"].item() == pytest.approx(float(w[:m].max()), rel=1e-4)
+
+
 # -- MCL ----------------------------------------------------------------------------------------
 
 MCL_WEIGHTS = {"method.alpha": 0.3, "method.beta": 0.7, "method.gamma": 1.3, "method.lam": 1.9,
