@@ -116,3 +116,10 @@ def test_worker_consistent_buffers_are_the_flagged_modules_own_buffers():
     method.consistent_across_workers = True
     method.register_buffer("seen", torch.zeros(()))
     assert set(method.worker_consistent_buffers()) == {"seen", "counter.count"}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_knows_the_size_of_its_training_split(name):
+    """``num_samples`` reaches ``Method`` through every subclass (SPCL's clustering and any
+    method built on another read it there)."""
+    assert _method(name).num_samples == SAMPLES

@@ -62,6 +62,7 @@ class Method(nn.Module):
         super().__init__()
         self.params = params
         self.optim = cfg.optim
+        self.num_samples = num_samples
         self.backbone, self.feature_dim = build_backbone(
             cfg.model.backbone, cfg.model.cifar_stem, cfg.model.zero_init_residual)
         self.probe = nn.Linear(self.feature_dim, num_classes)

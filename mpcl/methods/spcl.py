@@ -91,7 +91,6 @@ class SPCL(SimCLR):
         super().__init__(params, cfg, num_classes, num_samples)
         mc = params
         self.seed = cfg.train.seed   # seeds the clustering and the classifier's re-initialisation
-        self.num_samples = num_samples   # the training split, which every clustering covers
         outputs = num_classes if mc.classifier_outputs == "classes" else mc.num_prototypes
         self.classifier = nn.Linear(self.feature_dim, outputs)
         self.metric_head = nn.Linear(self.feature_dim, 1)
