@@ -1,6 +1,7 @@
 """A method added the way the README's "Adding a method" says: one module (its parameters, the
 method, ``register``) and one preset part, from outside the package."""
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -16,7 +17,7 @@ from conftest import tiny_overrides
 from mpcl.config import ConfigError
 from mpcl.configure import load
 from mpcl.data.batch import Batch
-from mpcl.methods import METHODS, build_method, register
+from mpcl.methods import METHODS, Method, build_method, register
 
 TOY = '''
 """Toy: the two views' normalised projections pulled together, times ``scale``."""
@@ -102,3 +103,28 @@ def test_a_registered_method_trains_through_the_cli(toy, tmp_path, fmnist_path):
     assert [r["epoch"] for r in rows] == [0] and "val/knn_top1" in rows[0]
     assert rows[0]["train/loss"] == pytest.approx(3.0 * rows[0]["train/unscaled"], rel=1e-5)  # the knob reached it
     assert yaml.safe_load((out / "config.yaml").read_text())["method"] == {"name": "toy", "scale": 3.0}
+
+
+def test_the_registry_names_what_is_wrong():
+    from mpcl.methods.registry import method_class
+
+    with pytest.raises(TypeError, match=r"^register\('x', <class 'int'>\): not a Method subclass$"):
+        register("x", int)
+    with pytest.raises(TypeError, match="not a Method subclass"):
+        register("x", len)
+
+    @dataclasses.dataclass
+    class Knobs:                                 # a dataclass, but not a MethodParams
+        scale: float = 1.0
+
+    stray = type("Stray", (Method,), {"Params": Knobs})
+    with pytest.raises(TypeError, match=r"^register\('x', Stray\): Stray.Params must be a dataclass subclass "
+                                        r"of mpcl.config.MethodParams$"):
+        register("x", stray)
+    assert "x" not in METHODS
+    with pytest.raises(ConfigError, match=r"^method.name='nope': unknown; allowed: barlow_twins, mcl, moco, "):
+        method_class("nope")
+    cfg = load(None, ["method.name=simclr", "model.backbone=small_cnn"])
+    with pytest.raises(ConfigError, match=r"^method.name='moco': its parameters are MoCoParams, "
+                                          r"got TemperatureParams$"):
+        build_method(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="moco")), 10, 16)

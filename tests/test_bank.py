@@ -139,3 +139,20 @@ def test_simsiam_multi_follows_the_released_schedule_and_bank(tmp_path):
         multi.on_epoch_end(epoch)
         agg = temp.clone()
     assert mixed_epochs == [False, False, False, True, True]   # first mixed epoch W + 1
+
+
+def test_a_new_bank_holds_nothing_and_its_size_is_known():
+    """Storage: two (n, d) value buffers of the bank's dtype, two bool masks, one int64 epoch
+    (-1: no snapshot yet)."""
+    for dtype, itemsize in ((torch.float32, 4), (torch.bfloat16, 2)):
+        bank = SnapshotBank(10, 3, dtype)
+        assert int(bank.snapshot_epoch) == -1
+        assert not bank.read(torch.arange(10))[1].any()
+        assert sum(b.nbytes for b in bank.buffers()) == 2 * 10 * 3 * itemsize + 2 * 10 + 8
+
+
+def test_bank_dtype_sets_the_storage_of_a_multi_stage_method(tmp_path):
+    for name in ("simsiam_multi", "simclr_attn_multi"):
+        method = _method(name, tmp_path, **{"method.bank_dtype": "bfloat16"})
+        assert {b.dtype for b in (method.bank.snapshot, method.bank.pending)} == {torch.bfloat16}
+        assert _method(name, tmp_path).bank.snapshot.dtype == torch.float32

@@ -296,11 +296,16 @@ def test_simsiam_predictor_keeps_its_lr_and_bn_bias_get_no_decay():
     assert all(p.ndim > 1 for p in groups["decay"]["params"])
     assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 0.01
     assert not groups["no_decay"]["lars"] and groups["decay"]["lars"]
+    # the predictor's weights and biases decay and are LARS-adapted like the rest; the probe neither
+    assert groups["fixed_lr"]["weight_decay"] == 0.01 and groups["fixed_lr"]["lars"]
+    assert groups["probe"]["weight_decay"] == 0.0 and not groups["probe"]["lars"]
     opt = build_optimizer(cfg, method.param_groups())
     assert isinstance(opt, torch.optim.SGD) and not isinstance(opt, LARS)
     assert set_lr(opt, 0.5) == pytest.approx(0.1)          # 0.1 * 512 / 256 * 0.5
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == pytest.approx({"decay": 0.1, "no_decay": 0.1, "fixed_lr": 0.2, "probe": 0.3})
+    decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+    assert decays == {"decay": 0.01, "no_decay": 0.0, "fixed_lr": 0.01, "probe": 0.0}
     every = [p for g in opt.param_groups for p in g["params"]]
     assert len(every) == len(set(map(id, every))) == len(list(method.parameters()))
     # without predictor_fixed_lr the predictor is scheduled like the rest

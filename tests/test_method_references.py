@@ -59,7 +59,7 @@ def _batch(views: int = 2, small: int = 16, seed: int = 0) -> Batch:
 def _encode(method, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """h and normalised z of every view, view after view, each view encoded on its own."""
     h = torch.cat([method.backbone(v) for v in batch.views])
-    z = F.normalize(method.projector(h).to(D64), dim=1)
+    z = F.normalize(method.embed(h).to(D64), dim=1)      # the embedding alignment and uniformity see
     return h.to(D64), z
 
 
@@ -80,6 +80,10 @@ def _same_id_positives(ids: list[int]) -> list[list[int]]:
     return [[k for k in range(len(ids)) if k != i and ids[k] == ids[i]] for i in range(len(ids))]
 
 
+def _small_crops(views: int) -> dict:
+    return {"data.num_small_crops": views - 2, "data.small_crop_size": 16} if views > 2 else {}
+
+
 def _loss(method, batch, epoch: int = 0):
     with torch.no_grad():
         return method.ssl_loss(batch, epoch)
@@ -96,13 +100,14 @@ def test_simclr_two_views_is_nt_xent_over_the_model_features():
     assert out.features.shape == (2 * N, method.feature_dim)
 
 
-def test_simclr_multi_crop_positives_are_the_other_crops_of_the_sample():
-    method, batch = _method("simclr", **{"data.num_small_crops": 2, "data.small_crop_size": 16}), _batch(views=4)
+@pytest.mark.parametrize("views", [3, 4])
+def test_simclr_multi_crop_positives_are_the_other_crops_of_the_sample(views):
+    method, batch = _method("simclr", **_small_crops(views)), _batch(views=views)
     _, z = _encode(method, batch)
-    ids = batch.index.repeat(4).tolist()
+    ids = batch.index.repeat(views).tolist()
     positives = _same_id_positives(ids)
-    assert all(len(p) == 3 for p in positives)
-    want = sum(_anchor_terms(z, positives, 0.4)) / (4 * N)
+    assert all(len(p) == views - 1 for p in positives)
+    want = sum(_anchor_terms(z, positives, 0.4)) / (views * N)
     out = _loss(method, batch)
     assert out.loss.item() == pytest.approx(want, rel=1e-5)
     assert out.features.shape == (2 * N, method.feature_dim)   # the probe sees the two large views
@@ -110,8 +115,7 @@ def test_simclr_multi_crop_positives_are_the_other_crops_of_the_sample():
 
 @pytest.mark.parametrize("views", [2, 4])
 def test_supcon_positives_are_the_rows_with_the_anchor_label(views):
-    extra = {"data.num_small_crops": 2, "data.small_crop_size": 16} if views > 2 else {}
-    method, batch = _method("supcon", **extra), _batch(views=views)
+    method, batch = _method("supcon", **_small_crops(views)), _batch(views=views)
     _, z = _encode(method, batch)
     positives = _same_id_positives(batch.label.repeat(views).tolist())
     assert all(positives)                      # every label occurs twice or more
@@ -161,7 +165,12 @@ def test_simsiam_is_the_symmetric_negative_cosine():
         z = method.projector(torch.cat([method.backbone(v) for v in batch.views])).to(D64)
         p = method.predictor(z.float()).to(D64)
     want = sum(0.5 * (_neg_cos(p[i], z[N + i]) + _neg_cos(p[N + i], z[i])) for i in range(N)) / N
-    assert _loss(method, batch).loss.item() == pytest.approx(want, rel=1e-5)
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(want, rel=1e-5)
+    # train/z_std: the spread over the batch of view 1's unit projections, averaged over dimensions
+    u = [z[i] / z[i].norm() for i in range(N)]
+    spread = [math.sqrt(sum((r[d] - sum(v[d] for v in u) / N) ** 2 for r in u) / (N - 1)) for d in range(z.shape[1])]
+    assert out.metrics["train/z_std"].item() == pytest.approx(sum(spread) / len(spread), rel=1e-5)
 
 
 # -- MoCo -------------------------------------------------------------------------------------
@@ -190,6 +199,11 @@ def test_moco_contrasts_queries_with_their_key_and_the_queue(symmetric):
     want = 0.5 * (ce(q[0], k[1]) + ce(q[1], k[0])) if symmetric else ce(q[0], k[1])
     out = _loss(method, batch)
     assert out.loss.item() == pytest.approx(want, rel=1e-5)
+    pos_sim = sum(float(q[0][i] @ k[1][i]) for i in range(N)) / N     # view 1's query and its key
+    assert out.metrics["train/pos_sim"].item() == pytest.approx(pos_sim, rel=1e-5)
+    with torch.no_grad():                       # the probe sees the views that were queries
+        queried = [method.backbone(v) for v in (batch.views if symmetric else batch.views[:1])]
+    torch.testing.assert_close(out.features, torch.cat(queried), rtol=1e-5, atol=1e-6)
     pushed = torch.cat([k[1], k[0]]) if symmetric else k[1]     # this step's keys enter the queue
     slots = [(ptr + j) % len(queue) for j in range(len(pushed))]
     torch.testing.assert_close(method.queue.keys[slots].to(D64), pushed, rtol=1e-5, atol=1e-6)
@@ -214,12 +228,12 @@ def _attention_reference(method, batch, a: float, tau: float) -> tuple[float, to
     return float((c * terms).sum() / c.sum()), w
 
 
-ATTN_CASES = {"two_views": 2, "multi_crop": 4}
+ATTN_CASES = {"two_views": 2, "one_small_crop": 3, "multi_crop": 4}
 
 
 def _attn_method(views: int, a: float, tau: float):
-    extra = {"data.num_small_crops": 2, "data.small_crop_size": 16} if views > 2 else {}
-    return _method("simclr_attn", **{"method.attention_weight": a, "method.attention_temperature": tau, **extra})
+    return _method("simclr_attn", **{"method.attention_weight": a, "method.attention_temperature": tau,
+                                     **_small_crops(views)})
 
 
 @pytest.mark.parametrize("case", list(ATTN_CASES))
@@ -238,7 +252,7 @@ def test_simclr_attn_weights_come_from_each_anchor_and_its_positive(case):
 def test_simclr_attn_at_weight_zero_is_simclr(case):
     views = ATTN_CASES[case]
     batch = _batch(views=views)
-    simclr = _method("simclr", **({"data.num_small_crops": 2, "data.small_crop_size": 16} if views > 2 else {}))
+    simclr = _method("simclr", **_small_crops(views))
     attn = _attn_method(views, 0.0, 0.05)
     assert _loss(attn, batch).loss.item() == pytest.approx(_loss(simclr, batch).loss.item(), rel=1e-6)
 
@@ -248,7 +262,75 @@ def test_simclr_attn_loss_is_the_released_weighted_mean(case):
     views = ATTN_CASES[case]
     method, batch = _attn_method(views, 0.7, 0.05), _batch(views=views)
     want, _ = _attention_reference(method, batch, 0.7, 0.05)
-    assert _loss(method, batch).loss.item() == pytest.approx(want, rel=1e-5)
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(want, rel=1e-5)
+    with torch.no_grad():                       # the probe sees the two large views only
+        large = torch.cat([method.backbone(v) for v in batch.views[:2]])
+    torch.testing.assert_close(out.features, large, rtol=1e-5, atol=1e-6)
+
+
+# -- a worker of two ------------------------------------------------------------------------------
+
+def _other_worker(x: torch.Tensor) -> torch.Tensor:
+    """The other worker's share of a gathered tensor: other samples (dataset indices and labels
+    out of this worker's range; unit features that are no rotation of this worker's)."""
+    return x + 1000 if not x.is_floating_point() else F.normalize(x.tanh() + 0.3, dim=-1)
+
+
+def _as_worker_of_two(monkeypatch, rank: int):
+    """Makes the methods run as worker ``rank`` of two: gathers put the other worker's share
+    before or after this one's. Returns the gather."""
+    from mpcl import distributed as dist
+
+    def gather(x):
+        return torch.cat([x, _other_worker(x)] if rank == 0 else [_other_worker(x), x])
+
+    for name, fn in (("rank", lambda: rank), ("world_size", lambda: 2), ("gather", gather),
+                     ("gather_with_grad", gather)):
+        monkeypatch.setattr(dist, name, fn)
+    return gather
+
+
+def _global_positives(batch: Batch, views: int, gather) -> list[list[int]]:
+    """Two views: the other view in the same worker's block; more: the rows of the same sample."""
+    if views > 2:
+        return _same_id_positives(gather(batch.index.repeat(views)).tolist())
+    return [[b * 2 * N + (i + N) % (2 * N)] for b in range(2) for i in range(2 * N)]
+
+
+@pytest.mark.parametrize("name, views", [("simclr", 2), ("simclr", 4), ("supcon", 2)])
+def test_a_second_worker_contrasts_its_anchors_with_the_whole_gathered_batch(monkeypatch, name, views):
+    method, batch = _method(name, **_small_crops(views)), _batch(views=views)
+    _, z = _encode(method, batch)
+    gather = _as_worker_of_two(monkeypatch, rank=1)
+    if name == "supcon":
+        positives = _same_id_positives(gather(batch.label.repeat(views)).tolist())
+    else:
+        positives = _global_positives(batch, views, gather)
+    terms = _anchor_terms(gather(z), positives, 0.4)[views * N:]        # this worker's anchors
+    assert _loss(method, batch).loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+@pytest.mark.parametrize("views", [2, 4])
+def test_a_first_worker_weighs_its_anchors_among_the_whole_gathered_batch(monkeypatch, views):
+    """Weights are a softmax over the global batch; the loss of a worker is the mean of its
+    weighted terms over the global mean of the weights (so the workers' mean is the global ratio)."""
+    a, tau = 0.7, 0.05
+    method, batch = _attn_method(views, a, tau), _batch(views=views)
+    h, z = _encode(method, batch)
+    gather = _as_worker_of_two(monkeypatch, rank=0)
+    positives = _global_positives(batch, views, gather)
+    h_all = gather(h)
+    cos = torch.tensor([sum(float(F.cosine_similarity(h_all[i], h_all[p], dim=0)) for p in pos) / len(pos)
+                        for i, pos in enumerate(positives)], dtype=D64)
+    w = torch.softmax(cos / tau, 0) * len(cos)
+    c = (1 - a) + a * w
+    terms = torch.tensor(_anchor_terms(gather(z), positives, 0.4), dtype=D64)
+    m = views * N                                                        # this worker's anchors: the first m
+    assert abs(float(w[:m].mean()) - 1) > 0.05                           # not the global mean
+    out = _loss(method, batch)
+    assert out.loss.item() == pytest.approx(float((c[:m] * terms[:m]).mean() / c.mean()), rel=1e-5)
+    assert out.metrics["train/attn_weight_max"].item() == pytest.approx(float(w[:m].max()), rel=1e-4)
 
 
 # -- MCL ----------------------------------------------------------------------------------------
@@ -367,4 +449,7 @@ def test_barlow_twins_is_the_cross_correlation_loss_of_the_two_views():
         z1, z2 = (method.projector(method.backbone(v)).to(D64) for v in batch.views)
     out = _loss(method, batch)
     assert out.loss.item() == pytest.approx(0.3 * reference_barlow(z1, z2, 0.02), rel=1e-4)
+    # the projector: Linear-BN-ReLU twice, then a Linear without bias and nothing after it
+    assert [type(layer).__name__ for layer in method.projector] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert method.projector[-1].bias is None
     assert out.features.shape == (2 * N, method.feature_dim)

@@ -285,6 +285,37 @@ def test_queue_length_and_momentum_schedule():
     assert momentum_at(0.99, "constant", 5, 10) == 0.99
     assert momentum_at(0.99, "cosine", 9, 10) == pytest.approx(1.0)
     assert momentum_at(0.99, "cosine", -1, 10) == pytest.approx(0.99)
+    assert momentum_at(0.99, "cosine", 4, 10) == pytest.approx(0.995)      # half-way: cos = 0
+    assert momentum_at(0.9, "cosine", 2, 12) == pytest.approx(1 - 0.1 * (math.cos(math.pi / 4) + 1) / 2)
+    assert momentum_at(0.99, "cosine", 15, 10) == 1.0                       # stays at 1 past the end
+    assert momentum_at(0.9, "cosine", 0, 1) == 1.0                          # a one-step run ends at 1
+
+
+def test_a_new_queue_holds_unit_keys():
+    keys = KeyQueue(50, 4).keys
+    assert keys.shape == (50, 4) and int(KeyQueue(50, 4).ptr) == 0
+    torch.testing.assert_close(keys.norm(dim=1), torch.ones(50))
+
+
+def test_the_queue_holds_whole_steps_of_keys():
+    """method.queue_size rounded down to a multiple of the keys pushed per step: the batch,
+    or both views' keys when symmetric."""
+    assert build_method(_method("moco", **{"method.queue_size": 20}), 10, 100).queue.size == 20
+    symmetric = _method("moco", **{"method.queue_size": 20, "method.symmetric": True})
+    assert build_method(symmetric, 10, 100).queue.size == 16
+
+
+def test_moco_v1_head_is_one_linear_map():
+    cfg = _method("moco", **{"method.queue_size": 8, "method.mlp": False, "method.temperature": 0.3})
+    m = build_method(cfg, 10, 100).eval()
+    assert [type(layer) for layer in m.projector] == [nn.Linear]
+    assert m.projector[0].weight.shape == (8, m.feature_dim)
+    batch, queue = _batch(), m.queue.keys.clone()
+    with torch.no_grad():
+        q = F.normalize(m.projector[0](m.backbone(batch.views[0])).double(), dim=1)
+        k = F.normalize(m.key_encoder(batch.views[1]).double(), dim=1)
+        got = m.ssl_loss(batch, 0).loss.item()
+    assert got == pytest.approx(reference_queue_ce(q, k, queue.double(), 0.3), rel=1e-5)
 
 
 def test_moco_state_restored_on_resume():
@@ -317,6 +348,14 @@ def test_momentum_update_is_an_ema():
         m.backbone.net[0].weight.add_(1.0)
     m.after_optimizer_step(0, 10)
     assert torch.allclose(m.key_encoder[0].net[0].weight, 0.9 * q0 + 0.1 * (q0 + 1.0), atol=1e-6)
+    # cosine schedule: step 4 of 10 is half-way, momentum 1 - 0.1 / 2
+    m = build_method(_method("moco", **{"method.queue_size": 8, "method.momentum": 0.9,
+                                        "method.momentum_schedule": "cosine"}), 10, 100)
+    k0 = m.key_encoder[0].net[0].weight.detach().clone()
+    with torch.no_grad():
+        m.backbone.net[0].weight.add_(1.0)
+    m.after_optimizer_step(4, 10)
+    assert torch.allclose(m.key_encoder[0].net[0].weight, k0 + 0.05, atol=1e-6)
 
 
 # -- loaders: class-grouped batches and multi-crop ---------------------------------------------

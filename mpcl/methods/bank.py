@@ -44,7 +44,7 @@ class SnapshotBank(nn.Module):
         self.register_buffer("snapshot_valid", torch.zeros(num_samples, dtype=torch.bool))
         self.register_buffer("pending_valid", torch.zeros(num_samples, dtype=torch.bool))
         # the epoch whose writes the snapshot holds (-1: none yet)
-        self.register_buffer("snapshot_epoch", torch.tensor(-1, dtype=torch.long))
+        self.register_buffer("snapshot_epoch", torch.tensor(-1))
 
     @classmethod
     def of(cls, params: BankParams, num_samples: int, dim: int) -> SnapshotBank:

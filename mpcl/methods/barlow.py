@@ -32,8 +32,7 @@ class BarlowTwins(Method):
     def __init__(self, params: BarlowParams, cfg, num_classes: int, num_samples: int):
         super().__init__(params, cfg, num_classes, num_samples)
         m = cfg.model
-        self.projector = mlp([self.feature_dim, m.projector_hidden, m.projector_hidden, m.projector_out],
-                             last_bn=False, bias=False)
+        self.projector = mlp([self.feature_dim, m.projector_hidden, m.projector_hidden, m.projector_out], bias=False)
 
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:
         mc = self.params

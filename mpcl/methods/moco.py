@@ -41,7 +41,7 @@ class MoCoParams(MomentumQueueParams):
     symmetric: bool = False              # both views as queries, mean of the two losses
 
 
-def moco_head(in_dim: int, hidden: int, out: int, mlp: bool = True) -> nn.Sequential:
+def moco_head(in_dim: int, hidden: int, out: int, mlp: bool) -> nn.Sequential:
     """MoCo v2's projection head Linear-ReLU-Linear (``mlp``), or v1's single Linear."""
     if mlp:
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))

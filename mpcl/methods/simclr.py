@@ -62,10 +62,10 @@ class SimCLR(Method):
         """What makes two rows positives (multi-positive path): the dataset index."""
         return batch.index
 
-    def contrast(self, z: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def contrast(self, z: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-anchor (pos, lse) of the local anchors against the keys of every worker; with
         more than two views (or ``multi_positive``) pos is the mean over the anchor's positives."""
-        n_views = 2 if batch is None else len(batch.views)
+        n_views = len(batch.views)
         if n_views == 2 and not self.multi_positive:
             n = z.shape[0] // 2
             self_idx, pos_idx = pair_indices(n, dist.rank(), z.device)
@@ -110,7 +110,7 @@ class SimCLRAttn(SimCLR):
         if len(batch.views) == 2:
             world = h_all.shape[0] // n_local
             # positive of every global anchor: swap the two view halves inside each worker's block
-            blocks = h_all.view(world, 2, n_local // 2, -1)
+            blocks = h_all.view(world, 2, -1)
             h_pos = blocks.flip(1).reshape_as(h_all)
             w_all = attention_weights(h_all, h_pos, m.attention_temperature)
         else:  # multi-crop: the mean cosine to the anchor's positives (= cos(h_i, h_p(i)) for two views)
