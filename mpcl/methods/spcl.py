@@ -148,7 +148,7 @@ class SPCL(SimCLR):
         n = batch.index.shape[0]
         h, z = self.encode_views(batch)
         if not self._clustered:      # no clustering yet (only when called outside the engine)
-            pos, lse = self.contrast(z)   # two views: SPCL takes no small crops
+            pos, lse = self.contrast(z, batch)
             nce = (lse - pos).mean()
             return SSLOutput(nce, h, {"train/nce": nce.detach()})
         pseudo = self.pseudo_labels[batch.index]
