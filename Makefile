@@ -46,7 +46,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray"
 
 # mutation testing ([tool.mutmut] in pyproject.toml): mutants of the losses, methods, evaluation
-# and optimiser against the fast suite; long (hours on 2 cores), not part of `make test`
+# and optimiser against the unit tests (about 10 min on 2 cores), not part of `make test`
 mutate: setup
 	$(PY) -m mutmut run --max-children $$(nproc)
 	$(PY) tests/mutation_summary.py

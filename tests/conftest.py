@@ -89,6 +89,17 @@ def tiny_overrides(out, method="simclr", **extra) -> list[str]:
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+# wandb builds its pydantic models at import, and pydantic parses their source with ast.
+# CPython 3.11 keeps one AST-constructor depth counter per interpreter, so a parse that starts
+# while another is under way (another thread, or a finalizer the garbage collector runs) makes
+# the outer one fail with "AST constructor recursion depth mismatch" (python/cpython#106905),
+# and leaves wandb half-imported for every later test. Imported here, before any test has
+# started threads or numba dispatchers, that first import runs alone.
+try:
+    import wandb  # noqa: F401
+except ImportError:
+    pass
+
 
 # fixtures that read Fashion-MNIST or betons written from it: a test that takes one trains or
 # loads real data, and is marked ``real_data`` (``pytest -m "not slow and not ray and not real_data"``:
