@@ -17,7 +17,10 @@ from tests.conftest import tiny_overrides
 REQUIRED = {"epoch", "train/loss", "val/knn_top1", "val/online_top1", "lr", "val/align", "val/uniform"}
 
 
-@pytest.mark.parametrize("method", ["simclr", "simclr_attn", "simsiam", "simsiam_multi", "simclr_attn_multi"])
+# simclr and simsiam_multi (the bank) train in the fast suite; the others in the full one
+@pytest.mark.parametrize("method", ["simclr", pytest.param("simclr_attn", marks=pytest.mark.slow),
+                                    pytest.param("simsiam", marks=pytest.mark.slow), "simsiam_multi",
+                                    pytest.param("simclr_attn_multi", marks=pytest.mark.slow)])
 def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_path, capsys):
     out = tmp_path / method
     extra = {"method.bank_warmup_epochs": 0} if method.endswith("_multi") else {}
@@ -111,6 +114,7 @@ def test_eval_reads_a_checkpoint(tmp_path, fmnist_path, capsys):
     assert result["linear_top1"] > 40                    # chance is 10 %
 
 
+@pytest.mark.slow
 def test_eval_reports_every_mcl_network(tmp_path, fmnist_path, capsys):
     out = tmp_path / "run"
     run.main(["train", "--no-ray", *tiny_overrides(out, "mcl", **{"data.path": fmnist_path,
