@@ -56,13 +56,13 @@ def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimi
     """SGD or LARS over ``param_groups``; a group without its own ``lr``, ``weight_decay`` or
     ``momentum`` takes the config's (``lr`` scaled by ``base_lr``). Each group's
     ``initial_lr`` is where ``set_lr`` scales from (SGD ignores the ``lars`` flags)."""
-    o = cfg.optim
+    o, lr = cfg.optim, base_lr(cfg)
     groups = [dict(g) for g in param_groups]
     if o.name == "lars":
-        opt = LARS(groups, lr=base_lr(cfg), momentum=o.momentum, weight_decay=o.weight_decay,
+        opt = LARS(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
                    trust_coefficient=o.trust_coefficient)
     else:
-        opt = torch.optim.SGD(groups, lr=base_lr(cfg), momentum=o.momentum, weight_decay=o.weight_decay)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
     return opt
