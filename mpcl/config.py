@@ -320,7 +320,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def dump(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from mpcl.files import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 __all__ = ["Config", "ConfigError", "MethodParams", "knob", "apply", "check_values", "dump", "to_dict",

@@ -22,6 +22,7 @@ import torch
 from mpcl.dynamics.graph import AugmentationGraph
 from mpcl.dynamics.messages import Variant
 from mpcl.dynamics.simulate import Settings, initial_features, simulate
+from mpcl.files import write_text_atomic
 
 
 def run_dynamics(graph: AugmentationGraph, variants: tuple[Variant, ...], settings: Settings,
@@ -44,5 +45,16 @@ def run_dynamics(graph: AugmentationGraph, variants: tuple[Variant, ...], settin
     np.savez_compressed(out / "arrays.npz", adjacency=graph.adjacency.numpy(), labels=graph.labels.numpy(),
                         origin=graph.origin.numpy(), start=f0.numpy(),
                         **{f"final_{name}": r["features"].numpy() for name, r in results.items()})
-    (out / "dynamics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / "dynamics.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def summary_table(summary: dict) -> str:
+    """The final state of each variant, one line each (what ``run.py dynamics`` prints)."""
+    lines = [f"{'variant':18s} {'eff. rank':>9s} {'kNN':>6s} {'equilibrium':>11s} {'alignment':>9s} "
+             f"{'uniformity':>10s}"]
+    for name, v in summary["variants"].items():
+        f = v["final"]
+        lines.append(f"{name:18s} {f['effective_rank']:9.2f} {f['knn_accuracy']:6.3f} "
+                     f"{f['equilibrium_distance']:11.3f} {f['alignment']:9.3f} {f['uniformity']:10.3f}")
+    return "\n".join(lines)

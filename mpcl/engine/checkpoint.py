@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mpcl.files import write_atomic
 
-def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
+
+def save_atomic(state: dict[str, Any], path: str | os.PathLike, kept: str | None = None) -> Path:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash leaves either the previous checkpoint or the new one, never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    a crash leaves either the previous checkpoint or the new one, never a torn file. A full
+    disk is :class:`mpcl.files.WriteFailed` naming the file, its size and ``kept``."""
+    return write_atomic(path, lambda f: torch.save(state, f), needs=state_bytes(state), kept=kept)
+
+
+def state_bytes(tree: Any) -> int:
+    """The bytes of the tensors in a nested state: about a checkpoint's size on disk."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(state_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(state_bytes(v) for v in tree)
+    return 0
+
+
+def kept_note(saved_epoch: int | None, resume: bool) -> str:
+    """What a failed checkpoint write leaves, and how to go on: the tail of its message."""
+    kept = "no earlier checkpoint" if saved_epoch is None else f"the checkpoint of epoch {saved_epoch} is kept"
+    again = "the same command" if resume else "the same command with train.resume=true"
+    return f"{kept}; {again} resumes once there is space"
 
 
 class CheckpointError(ValueError):

@@ -17,6 +17,7 @@ from mpcl.report.dynamics import write_page as dynamics_report
 from mpcl.report.page import ReportError, curves, fmt, html_page, img_tag
 from mpcl.report.sweep import sweep_report
 from mpcl.tracking import SUMMARY_KEYS, read_metrics
+from mpcl.files import write_text_atomic
 
 
 def run_report(run_dir: Path, out_file: Path) -> Path:
@@ -33,7 +34,7 @@ def run_report(run_dir: Path, out_file: Path) -> Path:
     cfg = run_dir / "config.yaml"
     if cfg.is_file():
         body.append(f"<h2>Configuration</h2><pre>{html.escape(cfg.read_text())}</pre>")
-    out_file.write_text(html_page(f"Run {run_dir.name}", body))
+    write_text_atomic(out_file, html_page(f"Run {run_dir.name}", body))
     return out_file
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from mpcl.report.page import curves, html_page, html_table, img_tag
 from mpcl.tracking import read_metrics
+from mpcl.files import write_text_atomic
 
 LABELS = {"simclr": "SimCLR", "simclr_attn": "SimCLR-Attn", "simsiam": "SimSiam", "simsiam_multi": "SimSiam-Multi"}
 # The paper's Table (linear top-1 %, their released recipes): backbone -> method -> (CIFAR-10, CIFAR-100, ImageNet-100)
@@ -127,5 +128,6 @@ def confirm_section(confirm: dict[str, Any]) -> list[str]:
 def reproduce_report(out_dir: Path, out_file: Path) -> Path:
     summary = json.loads((out_dir / "reproduce.json").read_text())
     body = reproduce_section(summary, out_file.parent)
-    out_file.write_text(html_page(f"The paper's comparison on {summary['dataset']} ({summary['budget']} budget)", body))
+    title = f"The paper's comparison on {summary['dataset']} ({summary['budget']} budget)"
+    write_text_atomic(out_file, html_page(title, body))
     return out_file

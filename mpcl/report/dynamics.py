@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mpcl.report.page import ReportError, fmt, html_page, img_tag, pyplot, save_png
+from mpcl.files import write_text_atomic
 
 CURVES = (
     ("alignment", "alignment (Wang & Isola: E ||f_i - f_j||^2 over positive pairs; lower = aligned)"),
@@ -131,5 +132,5 @@ def write_page(run_dir: str | Path, out_file: str | Path) -> Path:
     body.append("<h2>Features</h2><p>Each variant's final features (unit vectors) projected on their top two "
                 "singular directions, coloured by latent class; a collapsed variant is a single point.</p>")
     body.append(img_tag(_features(arrays, list(variants), out_dir)))
-    out_file.write_text(html_page("Contrastive learning as message passing: feature-space dynamics", body))
+    write_text_atomic(out_file, html_page("Contrastive learning as message passing: feature-space dynamics", body))
     return out_file

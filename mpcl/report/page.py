@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from pathlib import Path
 from typing import Any
+
+from mpcl.files import write_atomic
 
 
 class ReportError(RuntimeError):
@@ -28,11 +31,14 @@ COLORS = {"complete": "tab:blue", "pruned": "tab:orange", "failed": "tab:red", "
 
 
 def save_png(fig, out_dir: Path, name: str) -> tuple[str, str]:
-    path = out_dir / f"{name}.png"
+    """``fig`` as ``out_dir/name.png`` (replaced whole; a full disk is one line) and inline."""
+    buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(buffer, format="png", dpi=100)
     pyplot().close(fig)
-    return name, base64.b64encode(path.read_bytes()).decode()
+    png = buffer.getvalue()
+    write_atomic(out_dir / f"{name}.png", lambda f: f.write(png), needs=len(png))
+    return name, base64.b64encode(png).decode()
 
 
 def curves(runs: dict[str, list[dict]], key: str, title: str, out_dir: Path, name: str,

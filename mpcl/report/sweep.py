@@ -16,6 +16,7 @@ from mpcl.report.comparison import confirm_section
 from mpcl.report.page import COLORS, ReportError, curves, fmt, html_page, img_tag, pyplot, save_png
 from mpcl.tracking import read_metrics
 from mpcl.tracking.sweep_results import RESULTS_FILE, STUDY_FILE, confirmed_best, open_study, sort_rows, storage_url
+from mpcl.files import write_text_atomic
 
 # the study's trial states, as results.json names them
 STUDY_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
@@ -165,7 +166,7 @@ def sweep_report(sweep_dir: Path, out_file: Path) -> Path:
     best, best_yaml = best_config(summary, sweep_dir)
     body.append("<h2>Best configuration</h2>")
     if best_yaml:
-        (out_dir / "best_config.yaml").write_text(best_yaml)
+        write_text_atomic(out_dir / "best_config.yaml", best_yaml)
         body.append(f"<p>Trial <b>{html.escape(str(best['trial_id']))}</b>, {html.escape(metric)} = "
                     f"{best['objective']:.4g}{html.escape(' (' + best['note'] + ')' if best.get('note') else '')}. "
                     "Saved as <code>best_config.yaml</code> beside this page.</p>"
@@ -190,5 +191,5 @@ def sweep_report(sweep_dir: Path, out_file: Path) -> Path:
     else:
         body.append(img_tag(plot) + "<table><tr><th>parameter</th><th>importance</th></tr>" +
                     "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in imp.items()) + "</table>")
-    out_file.write_text(html_page(f"Sweep {summary.get('name', sweep_dir.name)}", body))
+    write_text_atomic(out_file, html_page(f"Sweep {summary.get('name', sweep_dir.name)}", body))
     return out_file

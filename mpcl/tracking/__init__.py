@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mpcl.files import append_line, write_text_atomic
+
 # what an epoch's summary shows, in this order: the line printed per epoch and the run page's table
 SUMMARY_KEYS = ("train/loss", "val/knn_top1", "val/online_top1", "val/align", "val/uniform", "lr",
                 "time/epoch_s")
@@ -27,10 +29,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 def write_json(path: str | os.PathLike, tree: Any) -> None:
     """``path`` replaced atomically (temp file + rename): a reader sees the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(tree, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(tree, indent=2, default=str))
 
 
 def _jsonable(v: Any) -> Any:
@@ -47,10 +46,9 @@ class MetricsLog:
         self.path = Path(path)
 
     def append(self, metrics: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
-            f.flush()
+        """One line, whole or not at all (a full disk leaves the earlier lines as they were)."""
+        append_line(self.path, json.dumps({k: _jsonable(v) for k, v in metrics.items()}),
+                    kept="its earlier lines are kept")
 
     def read(self) -> list[dict[str, Any]]:
         """The epochs' rows. Lines that are not a JSON object with an integer ``epoch`` (a line
@@ -69,12 +67,24 @@ class MetricsLog:
         return rows
 
     def truncate_after(self, epoch: int) -> None:
-        rows = self.read()
-        keep = [r for r in rows if r.get("epoch", -1) <= epoch]
-        if len(keep) != len(rows) or (self.path.is_file() and not self.path.read_text().endswith("\n")):
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            os.replace(tmp, self.path)
+        """Cut the file after the last whole line of an epoch <= ``epoch`` (and so a torn last
+        line), in place: cutting needs no free space, so a full disk does not stop a resume."""
+        if not self.path.is_file():
+            return
+        end = keep = 0
+        with self.path.open("rb") as f:
+            for line in f:
+                end += len(line)
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if line.endswith(b"\n") and isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    if row["epoch"] > epoch:
+                        break
+                    keep = end
+        if keep < self.path.stat().st_size:
+            os.truncate(self.path, keep)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
