@@ -33,8 +33,10 @@ def load_config(path: str | None, overrides: list[str]):
 
 
 def cmd_train(args) -> None:
+    from mpcl.files import exclusive
     from mpcl.launch import LaunchError
     from mpcl.launch.preflight import preflight
+    from mpcl.launch.storage import Mirror
 
     cfg = load_config(args.config, args.overrides)
     address = None
@@ -50,7 +52,8 @@ def cmd_train(args) -> None:
         cfg = preflight(cfg, local_gpus=address is None)
     except LaunchError as e:
         fail(str(e))
-    metrics = train_without_ray(cfg) if args.no_ray else train_with_ray(cfg, address)
+    with exclusive(Mirror(cfg.out).local, "out"):   # a URI out: its local mirror on this machine
+        metrics = train_without_ray(cfg) if args.no_ray else train_with_ray(cfg, address)
     print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
                       if k in metrics}))
     print(f"run directory: {cfg.out}")
@@ -60,21 +63,19 @@ def train_without_ray(cfg) -> dict:
     from mpcl.config import ConfigError
     from mpcl.engine.checkpoint import CheckpointError
     from mpcl.engine.local import LocalReporter
-    from mpcl.engine.loop import DivergedError, fit
+    from mpcl.engine.loop import fit
 
     reporter = LocalReporter(cfg)
     try:
         return fit(cfg, reporter)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:  # SourceError: a missing dataset
         fail(str(e))
-    except DivergedError as e:
-        fail(str(e), code=1)
     finally:
         reporter.close()
 
 
 def train_with_ray(cfg, address: str | None) -> dict:
-    from mpcl.engine.loop import DivergedError
+    from mpcl.files import storage_failure
     from mpcl.launch import LaunchError
     from mpcl.launch.train import train
 
@@ -82,9 +83,9 @@ def train_with_ray(cfg, address: str | None) -> dict:
         return train(cfg, address)
     except LaunchError as e:
         fail(str(e))
-    except DivergedError as e:
-        fail(str(e), code=1)
     except Exception as e:  # ray.train.TrainingFailedError: the worker traceback is above
+        if hasattr(e, "exit_code") or storage_failure(e) is not None:   # one line, from main
+            raise
         fail(f"training failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
              code=1)
 
@@ -134,22 +135,26 @@ def cmd_reproduce(args) -> None:
     """The paper's four methods at equal budget, N seeds each: RESULTS.md and the report."""
     import shlex
 
+    from mpcl.files import exclusive, write_text_atomic
     from mpcl.launch import LaunchError
-    from mpcl.launch.reproduce import run_reproduce
+    from mpcl.launch.reproduce import build_runs, default_out, run_reproduce
     from mpcl.report import write_report
     from mpcl.report.comparison import results_markdown
 
+    out = Path(args.out or default_out(args.dataset, args.budget)).resolve()
     try:
-        summary, out = run_reproduce(args.dataset, args.budget, args.seeds, args.out, use_ray=not args.no_ray,
-                                     address=args.address, overrides=args.overrides)
+        runs = build_runs(args.dataset, args.budget, args.seeds, out, args.overrides)
+        with exclusive(out, "--out"):
+            summary = run_reproduce(runs, out, args.dataset, args.budget, args.seeds, use_ray=not args.no_ray,
+                                    address=args.address, overrides=args.overrides)
+            command = "python run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            results = results_markdown(summary, command)
+            write_text_atomic(out / "RESULTS.md", results)
+            print(results)
+            print(f"results: {out / 'RESULTS.md'}")
+            print(f"report:  {write_report(out)}")
     except LaunchError as e:
         fail(str(e))
-    command = "python run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results = results_markdown(summary, command)
-    (out / "RESULTS.md").write_text(results)
-    print(results)
-    print(f"results: {out / 'RESULTS.md'}")
-    print(f"report:  {write_report(out)}")
 
 
 def cmd_demo(args) -> None:
@@ -202,14 +207,9 @@ def cmd_bench(args) -> None:
 
 def cmd_dynamics(args) -> None:
     from mpcl.data.sources import SourceError
-    from mpcl.dynamics import (
-        GraphError,
-        Settings,
-        default_variants,
-        fashion_mnist_graph,
-        synthetic_graph,
-    )
-    from mpcl.dynamics.runner import run_dynamics
+    from mpcl.dynamics import GraphError, Settings, default_variants, fashion_mnist_graph, synthetic_graph
+    from mpcl.dynamics.runner import run_dynamics, summary_table
+    from mpcl.files import exclusive
     from mpcl.report.dynamics import write_page
 
     try:
@@ -222,15 +222,10 @@ def cmd_dynamics(args) -> None:
             graph = fashion_mnist_graph(args.data, args.images, args.views, args.overlap_k, args.seed)
     except (GraphError, ValueError, SourceError) as e:
         fail(str(e))
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        fail(f"--out {args.out}: exists and is not a directory")
-    summary = run_dynamics(graph, variants, settings, args.out, command="python run.py " + " ".join(sys.argv[1:]))
-    page = write_page(args.out, Path(args.out) / "report" / "index.html")
-    print(f"{'variant':18s} {'eff. rank':>9s} {'kNN':>6s} {'equilibrium':>11s} {'alignment':>9s} {'uniformity':>10s}")
-    for name, v in summary["variants"].items():
-        f = v["final"]
-        print(f"{name:18s} {f['effective_rank']:9.2f} {f['knn_accuracy']:6.3f} {f['equilibrium_distance']:11.3f} "
-              f"{f['alignment']:9.3f} {f['uniformity']:10.3f}")
+    with exclusive(args.out, "--out"):
+        summary = run_dynamics(graph, variants, settings, args.out, command="python run.py " + " ".join(sys.argv[1:]))
+        page = write_page(args.out, Path(args.out) / "report" / "index.html")
+    print(summary_table(summary))
     print(f"simulated in {summary['simulation_seconds']} s; numbers: {Path(args.out) / 'dynamics.json'}")
     print(f"report: {page}")
 
@@ -389,7 +384,14 @@ def main(argv: list[str] | None = None) -> None:
         args.command = argv[0]
     else:
         args = parser.parse_args(argv)
-    args.func(args)
+    from mpcl.files import storage_failure
+
+    try:
+        args.func(args)
+    except Exception as e:   # one line: mpcl's errors that carry their exit code, a library's failed write
+        if (failure := e if hasattr(e, "exit_code") else storage_failure(e)) is None:
+            raise
+        fail(str(failure), failure.exit_code)
 
 
 if __name__ == "__main__":

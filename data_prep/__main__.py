@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from data_prep.beton import WriteError
+from mpcl.files import OutputError
 from data_prep.pipeline import (DEFAULT_JPEG_QUALITY, DEFAULT_MAX_RESOLUTION, LAYOUTS, PLANNERS,
                                OptionError, SourceError, prepare)
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except WriteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OutputError as e:   # --out in use by another writer, or not creatable
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -20,6 +20,7 @@ from time import sleep
 
 from mpcl.data.betons import FIELDS
 from mpcl.data.process import available_cpus
+from mpcl.files import STORAGE_ERRORS
 
 MIN_PAGE_SIZE = 8 << 20  # ffcv's default (4 x 2 MiB)
 
@@ -46,12 +47,15 @@ def show_progress() -> bool:
 
 def write_beton(path: str | os.PathLike, dataset, *, write_mode: str = "raw",
                 max_resolution: int | None = None, jpeg_quality: int = 90,
-                workers: int = 1, max_sample_bytes: int = 0, desc: str | None = None) -> int:
+                workers: int = 1, max_sample_bytes: int = 0, desc: str | None = None,
+                shown_as: str | os.PathLike | None = None) -> int:
     """Write ``dataset`` (``len()`` and ``[i] -> (image, label, index)``) to ``path``.
 
     ``workers`` processes encode (clamped to the CPUs this process may use). Returns the
     number of samples written. Raises :class:`WriteError` if a worker dies (ffcv 1.0.2 itself
-    would wait forever), leaving the caller to delete the partial file.
+    would wait forever), naming ``shown_as`` (default ``path``: the file the user asked for
+    when ``path`` is a temporary one) and the storage's cause when a worker's write failed
+    (a full disk); the caller deletes the partial file.
     """
     from ffcv.fields import IntField, RGBImageField
 
@@ -62,6 +66,7 @@ def write_beton(path: str | os.PathLike, dataset, *, write_mode: str = "raw",
     writer = _writer_class()(str(path), fields, page_size=page_size_for(max_sample_bytes),
                      num_workers=max(1, min(int(workers), available_cpus())))
     writer.desc = desc or Path(path).name
+    writer.shown_as = str(shown_as or path)
     writer.from_indexed_dataset(dataset, chunksize=256)
     return len(dataset)
 
@@ -86,6 +91,7 @@ class _WatchedWorkers:
         self.num_samples = num_samples
         self.prepare()
         processes = []
+        self.workqueue = None
         try:
             done_number, allocations_queue = self._start_workers(processes, queue_content, work_fn,
                                                                  extra_worker_args)
@@ -99,6 +105,10 @@ class _WatchedWorkers:
                 if p.is_alive():
                     p.terminate()
                     p.join()
+            # work the dead workers left in the queue would block this process's exit (its
+            # feeder thread waits to flush into a pipe nobody reads)
+            if self.workqueue is not None:
+                self.workqueue.cancel_join_thread()
             self.metadata_sm.close()
             self.metadata_sm.unlink()
 
@@ -107,7 +117,7 @@ class _WatchedWorkers:
         the shared done counter and the queue the workers hand their allocations back on."""
         from ffcv.memory_allocator import MemoryAllocator
 
-        workqueue = Queue()
+        workqueue = self.workqueue = Queue()
         for todo in queue_content:
             workqueue.put(todo)
         allocations_queue = Queue()
@@ -117,7 +127,8 @@ class _WatchedWorkers:
         allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
         worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields,
                        allocator, done_number, allocations_queue, *extra_worker_args)
-        processes += [Process(target=work_fn, args=worker_args, daemon=True)
+        self.worker_errno = Value(ctypes.c_int, 0)
+        processes += [Process(target=_noting_errno, args=(self.worker_errno, work_fn, *worker_args), daemon=True)
                       for _ in range(self.num_workers)]
         for p in processes:
             p.start()
@@ -152,10 +163,27 @@ class _WatchedWorkers:
 
     def _check_workers(self, processes, done):
         dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-        if dead:
-            raise WriteError(f"{self.fname}: a writer worker died (exit code {dead[0]}) "
-                             f"after {done} of {self.num_samples} samples; its traceback "
-                             "is above")
+        if not dead:
+            return
+        code = self.worker_errno.value
+        if code in STORAGE_ERRORS:
+            raise WriteError(f"{self.shown_as}: {STORAGE_ERRORS[code]} (a writer worker stopped after "
+                             f"{done} of {self.num_samples} samples)")
+        raise WriteError(f"{self.shown_as}: a writer worker died (exit code {dead[0]}) "
+                         f"after {done} of {self.num_samples} samples; its traceback "
+                         "is above")
+
+
+def _noting_errno(errno_seen, work_fn, *args) -> None:
+    """A writer worker: ffcv's ``work_fn``, with the errno of a failed write (ENOSPC on a full
+    disk) left in ``errno_seen`` for the parent's message."""
+    try:
+        work_fn(*args)
+    except OSError as e:
+        errno_seen.value = e.errno or 0
+        if e.errno in STORAGE_ERRORS:   # the parent says it in one line: no traceback
+            sys.exit(1)
+        raise
 
 
 def sha256_file(path: str | os.PathLike) -> str:

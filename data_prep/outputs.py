@@ -1,6 +1,7 @@
 """Output files written safely: each under a hidden temporary name that carries the writer's
-host and PID, renamed into place only when everything is complete (the manifest last), and
-leftovers of writers that died removed by the next run."""
+host and PID, renamed into place only when everything is complete (the manifest last). The
+writer holds the folder's lock (:func:`mpcl.files.exclusive`), so temporary files it finds
+were left by writers that died, and go."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ _TEMP = re.compile(r"^\.(?P<final>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
 
 
 def temp_name(final: str, pid: int | None = None) -> str:
-    """Hidden temporary name of an output while it is written: the writer's host and PID in
-    it, so a later run can tell a dead writer's leftovers from a live concurrent writer's."""
+    """Hidden temporary name of an output while it is written (the writer's host and PID in
+    it: whose leftover it is, for whoever looks)."""
     return f".{final}.{_host()}.{os.getpid() if pid is None else pid}.tmp"
 
 
@@ -25,23 +26,12 @@ def _host() -> str:
     return socket.gethostname().split(".")[0] or "host"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # someone else's process
-        return True
-    return True
-
-
 def remove_stale_temps(out: Path) -> list[Path]:
-    """Delete ``out``'s temporary files whose writer (same host, by PID) is no longer running,
-    e.g. after a SIGKILL; those of a running writer and of other hosts are left alone."""
+    """Delete ``out``'s temporary files: called under the folder's lock, when no other writer
+    of it can be running, so each was left by a writer that died (e.g. after a SIGKILL)."""
     removed = []
     for path in sorted(out.iterdir()):
-        m = _TEMP.match(path.name)
-        if m and m["host"] == _host() and not _alive(int(m["pid"])) and path.is_file():
+        if _TEMP.match(path.name) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -24,6 +24,7 @@ from data_prep.plan import Plan, mean_std, pixel_histogram
 from data_prep.planners import LAYOUTS, PLANNERS
 from mpcl.data.process import available_cpus
 from mpcl.data.sources import SourceError
+from mpcl.files import exclusive, write_failed
 
 DEFAULT_JPEG_QUALITY = 90
 
@@ -89,8 +90,9 @@ def prepare(dataset: str, src: str | os.PathLike, out: str | os.PathLike,
                              unlabeled=unlabeled)
     mode = write_mode or plan.write_mode
     _announce(plan, src, say)
-    manifest = _write_outputs(out, plan, dataset, src, mode, max_resolution, int(jpeg_quality),
-                              workers, command, t0, say)
+    with exclusive(out, "--out"):   # one writer per output folder
+        manifest = _write_outputs(out, plan, dataset, src, mode, max_resolution, int(jpeg_quality),
+                                  workers, command, t0, say)
     sizes = ", ".join(f"{n} {manifest['bytes'][f] / 2**20:.1f} MiB" for n, f in manifest["files"].items())
     say(f"wrote {out} ({sizes}) in {time.time() - t0:.1f} s")
     return manifest
@@ -107,23 +109,32 @@ def _write_outputs(out: Path, plan: Plan, dataset: str, src: Path, mode: str, ma
                    jpeg_quality: int, workers: int, command: str, t0: float, say) -> dict:
     """Write every split and the manifest under temporary names, then rename them into place;
     on any failure nothing of this run is left in ``out``. Returns the manifest."""
-    out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temps(out)
     if stale:
         say(f"removed {len(stale)} temporary file(s) left by data_prep runs that died: "
             + ", ".join(p.name for p in stale))
     tmp = {s.name: out / temp_name(SPLIT_FILES[s.name]) for s in plan.splits}
     manifest_tmp = out / temp_name("manifest.json")
+    kept = "the folder's earlier files are kept" if (out / "manifest.json").is_file() else None
     try:
         for s in plan.splits:
-            write_beton(tmp[s.name], s.dataset, write_mode=mode, max_resolution=max_resolution,
-                        jpeg_quality=jpeg_quality, workers=workers,
-                        max_sample_bytes=s.max_sample_bytes, desc=f"{dataset} {s.name}")
+            try:
+                write_beton(tmp[s.name], s.dataset, write_mode=mode, max_resolution=max_resolution,
+                            jpeg_quality=jpeg_quality, workers=workers,
+                            max_sample_bytes=s.max_sample_bytes, desc=f"{dataset} {s.name}",
+                            shown_as=out / SPLIT_FILES[s.name])
+            except OSError as e:   # the header and tables, written by this process
+                raise WriteError(str(write_failed(out / SPLIT_FILES[s.name], e, kept=kept))) from e
+            except WriteError as e:
+                raise WriteError(f"{e}; {kept}" if kept else str(e)) from e
             say(f"{s.name}: {len(s.dataset)} images")
         manifest = build_manifest(dataset, src, plan, tmp, mode, max_resolution,
                                   jpeg_quality if mode == "jpg" else None, command)
         manifest["elapsed_s"] = round(time.time() - t0, 2)
-        manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        except OSError as e:
+            raise WriteError(str(write_failed(out / "manifest.json", e, kept=kept))) from e
         commit(out, tmp, manifest_tmp)
     finally:
         for p in [*tmp.values(), manifest_tmp]:

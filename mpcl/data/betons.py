@@ -17,6 +17,7 @@ import numpy as np
 
 from mpcl.data.datasets import DatasetSpec
 from mpcl.data.sources import SourceError
+from mpcl.files import wait_until_free
 
 if TYPE_CHECKING:
     from mpcl.config import Config
@@ -130,6 +131,11 @@ def write_betons_if_missing(spec: DatasetSpec, root: str | os.PathLike, say=None
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, *prep_args(spec, root)], capture_output=True, text=True,
                           env=env, check=False)
+    if done.returncode == 2 and " is in use by " in done.stderr:   # another run writes them now
+        if say is not None:
+            say(f"waiting for the writer of {root}: {done.stderr.strip().splitlines()[-1]}")
+        wait_until_free(root)
+        return write_betons_if_missing(spec, root, say)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         message = lines[-1].removeprefix("error: ") if lines else f"exit code {done.returncode}"

@@ -10,15 +10,18 @@ from typing import Any
 from mpcl import distributed as dist
 from mpcl.config import Config
 from mpcl.engine import checkpoint as ckpt
+from mpcl.files import LOCK_FILE
 from mpcl.tracking import RunRecord, summary_line
 
 
 def start_over(out: str | Path) -> Path | None:
-    """``train.resume=false``: a run directory that holds anything is renamed to
+    """``train.resume=false``: what a run directory holds is moved into
     ``<out>.old-<YYYYmmdd-HHMMSS>`` (nothing written is lost) so the run starts in an empty
-    one. Returns where the old run went, or None when there was none."""
+    one. The lock file stays: the writer holding it keeps holding ``out``. Returns where the
+    old run went, or None when there was none."""
     out = Path(out)
-    if not out.is_dir() or not any(out.iterdir()):
+    entries = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
+    if not entries:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = out.with_name(f"{out.name}.old-{stamp}")
@@ -26,7 +29,9 @@ def start_over(out: str | Path) -> Path | None:
     while aside.exists():
         n += 1
         aside = out.with_name(f"{out.name}.old-{stamp}-{n}")
-    out.rename(aside)
+    aside.mkdir()
+    for entry in entries:
+        entry.rename(aside / entry.name)
     print(f"train.resume=false: the previous run in {out} was moved to {aside}", file=sys.stderr)
     return aside
 
@@ -40,6 +45,7 @@ class LocalReporter:
         self.out = Path(cfg.out)
         self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         self.echo = echo
+        self.saved_epoch: int | None = None   # the epoch of out/checkpoints/last.pt
         self.record = RunRecord(cfg, self.out) if dist.rank() == 0 else None
         if self.record is not None and not cfg.train.resume:
             start_over(self.out)
@@ -47,7 +53,9 @@ class LocalReporter:
     def latest_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.is_file():
             return None
-        return ckpt.load(self.checkpoint_path)
+        state = ckpt.load(self.checkpoint_path)
+        self.saved_epoch = state["epoch"]
+        return state
 
     def start(self, state: dict[str, Any] | None) -> None:
         if self.record is not None:
@@ -58,7 +66,8 @@ class LocalReporter:
             return
         self.record.append(metrics)
         if state is not None:
-            ckpt.save_atomic(state, self.checkpoint_path)
+            ckpt.save_atomic(state, self.checkpoint_path, kept=ckpt.kept_note(self.saved_epoch, self.cfg.train.resume))
+            self.saved_epoch = state["epoch"]
         if self.echo:
             print(summary_line(metrics), flush=True)
 

@@ -37,6 +37,8 @@ def reported_metrics(cfg: Config) -> tuple[str, ...]:
 class DivergedError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
 
+    exit_code = 1   # the run failed (not its input): what the command line exits with
+
 
 class Reporter(Protocol):
     """Where epochs go: the local one writes files, the Ray one calls ``ray.train.report``."""

@@ -79,6 +79,34 @@ def check_out(out: str) -> None:
         raise LaunchError(f"out={out}: {existing} is not writable")
 
 
+def check_storage(url: str) -> None:
+    """``--storage``: an SQLite file's folder exists (Optuna creates the file, not the folder);
+    any other database answers."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise LaunchError(f"--storage {url}: not a database URL (e.g. sqlite:///path/optuna.db, "
+                          "postgresql://user@host/db)") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).resolve().parent
+        if not folder.is_dir():
+            raise LaunchError(f"--storage {url}: {folder} is not a directory")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise LaunchError(f"--storage {url}: {folder} is not writable")
+        return
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(url).connect():
+            pass
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LaunchError(f"--storage {url}: cannot connect ({type(e).__name__}: {first})") from None
+
+
 def training_split_size(cfg: Config) -> int:
     """Opens the training and validation data as the loaders will (one-line errors) and returns
     the number of training samples a run uses (``data.subset`` applied)."""

@@ -135,13 +135,15 @@ def summarize_runs(runs: list[Config], results: list[dict | None]) -> dict[str, 
     return {"methods": methods, "pairs": pairs}
 
 
-def run_reproduce(dataset: str, budget: str = "smoke", seeds: int = 3, out: str | None = None,
-                  use_ray: bool = True, address: str | None = None,
-                  overrides: list[str] | None = None) -> tuple[dict, Path]:
-    """Trains what is not finished yet, writes ``reproduce.json``; returns (summary, out dir)."""
-    out_dir = Path(out or f"runs/reproduce/{dataset}_{budget}").resolve()
-    runs = build_runs(dataset, budget, seeds, out_dir, overrides)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def default_out(dataset: str, budget: str) -> str:
+    return f"runs/reproduce/{dataset}_{budget}"
+
+
+def run_reproduce(runs: list[Config], out_dir: Path, dataset: str, budget: str, seeds: int, use_ray: bool = True,
+                  address: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Trains what is not finished of ``runs`` (:func:`build_runs`), writes ``reproduce.json``
+    into ``out_dir``; returns the summary. The caller holds ``out_dir``'s lock
+    (:func:`mpcl.files.exclusive`)."""
     t0 = time.perf_counter()
     linear_epochs = int(BUDGETS[budget]["linear_epochs"])
     results = run_all(runs, use_ray, address, linear_epochs=linear_epochs)
@@ -156,4 +158,4 @@ def run_reproduce(dataset: str, budget: str = "smoke", seeds: int = 3, out: str 
     for c in runs:  # training time summed over epochs (kept across resumed calls)
         summary["train_s"][c.method.name] += sum(float(r.get("time/epoch_s", 0)) for r in read_metrics(c.out))
     write_json(out_dir / SUMMARY_FILE, summary)
-    return summary, out_dir
+    return summary

@@ -35,6 +35,7 @@ import yaml
 
 from mpcl.config import Config, flatten, to_dict
 from mpcl.configure import load
+from mpcl.files import write_text_atomic
 from mpcl.launch import LaunchError
 from mpcl.launch.confirm import run_confirm
 from mpcl.launch.storage import Mirror, is_uri, join, kind
@@ -109,7 +110,7 @@ def _record_sweep_file(spec: SweepSpec, sweep_dir: str | Path, files: Mirror, ex
     base = str(Path(spec.base).resolve()) if spec.base else None
     source = {**spec.source, "base": base, "out": str(sweep_dir),
               "overrides": {**(spec.source.get("overrides") or {}), "data.path": example.data.path}}
-    (files.local / "sweep.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
+    write_text_atomic(files.local / "sweep.yaml", yaml.safe_dump(source, sort_keys=False))
     files.push("sweep.yaml")
     return load_sweep(files.local / "sweep.yaml", out=str(sweep_dir))
 
@@ -149,18 +150,32 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
     ``storage``: the Optuna study's database URL (default: SQLite, ``optuna.db``). Paths are
     made absolute against the current directory here, once (trials run elsewhere), and the
     address, the data, the batch and the sweep directory are checked before Ray starts."""
-    from mpcl.launch.cluster import check_address, start_ray
-    from mpcl.launch.preflight import absolute
+    from mpcl.files import exclusive
+    from mpcl.launch.cluster import check_address
+    from mpcl.launch.preflight import absolute, check_storage
 
     spec = load_sweep(path, out=out, overrides=overrides)
     address = check_address(address)
     sweep_dir = str(spec.out).rstrip("/") if is_uri(spec.out) else Path(absolute(spec.out, Path.cwd()))
     files = Mirror(sweep_dir)           # sweep_dir itself, or the driver's folder for a URI
+    if storage is not None:
+        check_storage(storage)
+    # a new sweep is checked before its directory exists; a resumed one reads its own files
+    example = None if resume else _check_before_ray(path, spec, sweep_dir, files)
+    with exclusive(files.local, "--out" if out else "out"):   # one driver per sweep directory
+        return _run_locked(path, spec, sweep_dir, files, address, resume, storage, overrides, example)
+
+
+def _run_locked(path, spec: SweepSpec, sweep_dir: str | Path, files: Mirror, address: str | None, resume: bool,
+                storage: str | None, overrides: list[str] | None, example: Config | None):
+    from mpcl.files import storage_failure
+    from mpcl.launch.cluster import start_ray
+
     if resume:
         spec = _spec_to_resume(path, sweep_dir, files, storage, overrides)
+        example = _check_before_ray(path, spec, sweep_dir, files)
     elif kind(join(sweep_dir, "tune")) != "missing":
         raise LaunchError(f"{sweep_dir} already holds a sweep: add --resume to continue it, or set another out")
-    example = _check_before_ray(path, spec, sweep_dir, files)
     if not resume:
         spec = _record_sweep_file(spec, sweep_dir, files, example)
     spec.study = storage or storage_url(files.local)
@@ -168,8 +183,14 @@ def run_sweep(path: str | os.PathLike, address: str | None = None, resume: bool 
     where = start_ray(example, address, f"{path}: resources.")
     print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
           f"{epochs} epochs each; directory {sweep_dir}", file=sys.stderr)
-    grid = _tuner(spec, sweep_dir, files, example, resume).fit()
-    rows = collect_results(spec, sweep_dir, grid, epochs)
+    try:
+        grid = _tuner(spec, sweep_dir, files, example, resume).fit()
+        rows = collect_results(spec, sweep_dir, grid, epochs)
+    except Exception as e:   # a full disk under the study (SQLite says so, not which file) or Tune
+        failure = storage_failure(e, files.local / STUDY_FILE if storage is None else storage)
+        if failure is None:
+            raise
+        raise failure from e
     if spec.confirm:
         run_confirm(spec, sweep_dir, rows, address)
     if storage is None:

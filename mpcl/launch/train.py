@@ -62,21 +62,36 @@ def run_trainer(cfg: Config, objective: str | None = None, callbacks: list | Non
     ``DivergedError`` (NaN/inf loss) or ``LaunchError`` (a config or data error a worker
     raised: one line, not retried)."""
     from mpcl.engine.loop import DivergedError
+    from mpcl.files import WriteFailed
 
     Mirror(cfg.out).remove(FAILED_FILE)  # a reason left by an earlier attempt
     try:
         result = make_trainer(cfg, objective, callbacks).fit()
-    except Exception:
+    except Exception as e:
         failure = read_failure(cfg.out)
         if failure is None:
+            reason = _worker_line(e, "WriteFailed: ")   # FAILED.json did not fit on the disk
+            if reason:
+                raise WriteFailed(reason) from None
             raise
         result = None
     failure = read_failure(cfg.out)
     if failure is not None:
         if failure["kind"] == "diverged":
             raise DivergedError(failure["reason"])
+        if failure["kind"] == "io":
+            raise WriteFailed(failure["reason"])
         raise LaunchError(failure["reason"])
     return result
+
+
+def _worker_line(error: BaseException, prefix: str) -> str | None:
+    """The message of the worker exception that Ray's error text quotes as ``prefix...``."""
+    for line in str(error).splitlines():
+        head, found, message = line.partition(prefix)
+        if found and (not head.strip() or head.rstrip().endswith(".")):
+            return message.strip()
+    return None
 
 
 def train(cfg: Config, address: str | None = None) -> dict[str, Any]:

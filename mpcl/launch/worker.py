@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mpcl.config import Config
 from mpcl.launch import LaunchError
+from mpcl.files import storage_errno
 from mpcl.launch.storage import Mirror, is_uri, join, read_text
 from mpcl.tracking import write_json
 
@@ -38,8 +40,9 @@ def failure_reason(out: str | os.PathLike) -> str | None:
 
 
 def read_failure(out: str | os.PathLike) -> dict[str, str] | None:
-    """``out/FAILED.json``: ``{"reason", "kind"}``, kind ``diverged`` or ``error`` (a config or
-    data error raised in a worker: it would fail the same way again)."""
+    """``out/FAILED.json``: ``{"reason", "kind"}``, kind ``diverged``, ``error`` (a config or
+    data error raised in a worker: it would fail the same way again) or ``io`` (a write that
+    failed for lack of space or an I/O error)."""
     where = join(out, FAILED_FILE)
     if is_uri(out):
         text = read_text(where)
@@ -76,6 +79,7 @@ class RayReporter:
         self.objective = objective
         self.last_objective: float | None = None
         self.record = None
+        self.saved_epoch: int | None = None   # the epoch of the run's latest checkpoint
         if self.rank == 0:
             self.run_dir.pull("metrics.jsonl")   # a restart on another node continues the log
             self.record = RunRecord(cfg, self.out, push=self.run_dir.push)
@@ -94,6 +98,7 @@ class RayReporter:
             state = ckpt.load(self.out / "checkpoints" / "last.pt")
         if state is not None:
             self.last_objective = state.get("metrics", {}).get(self.objective) if self.objective else None
+            self.saved_epoch = state["epoch"]
         return state
 
     def start(self, state: dict[str, Any] | None) -> None:
@@ -114,8 +119,8 @@ class RayReporter:
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.train
-        import torch
-        from ray.train import Checkpoint
+
+        from mpcl.engine.checkpoint import save_atomic
 
         metrics = dict(metrics)
         metrics[EPOCHS_KEY] = int(metrics["epoch"]) + 1
@@ -128,10 +133,32 @@ class RayReporter:
             self.record.append(metrics)
         if state is not None:
             with tempfile.TemporaryDirectory(prefix="mpcl-ckpt-") as tmp:
-                torch.save(state, Path(tmp) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+                save_atomic(state, Path(tmp) / STATE_FILE)
+                self._report_checkpoint(metrics, tmp, state)
+            self.saved_epoch = state["epoch"]
         else:
             ray.train.report(metrics)
+
+    def _report_checkpoint(self, metrics: dict[str, Any], folder: str, state: dict[str, Any]) -> None:
+        """``ray.train.report`` with the checkpoint in ``folder``, which Ray Train copies into a
+        new ``out/checkpoint_*``. A copy the storage refuses (a full disk) is removed again and
+        raised as :class:`mpcl.files.WriteFailed`; the earlier checkpoints stay."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        from mpcl.engine.checkpoint import kept_note, state_bytes
+        from mpcl.files import write_failed
+
+        before = set(self.out.glob("checkpoint_*")) if not self.run_dir.remote else set()
+        try:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+        except Exception as e:
+            if storage_errno(e) is None:
+                raise
+            for partial in set(self.out.glob("checkpoint_*")) - before if not self.run_dir.remote else ():
+                shutil.rmtree(partial, ignore_errors=True)
+            raise write_failed(f"{self.out}/checkpoint_* (epoch {state['epoch']})", e, state_bytes(state),
+                               kept_note(self.saved_epoch, self.cfg.train.resume)) from e
 
     def close(self) -> None:
         if self.record is not None:
@@ -168,6 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from mpcl.data.sources import SourceError
     from mpcl.engine.checkpoint import CheckpointError
     from mpcl.engine.loop import DivergedError, fit
+    from mpcl.files import WriteFailed
 
     cfg: Config = config["cfg"]  # validated by the driver
     if read_failure(cfg.out) is not None or data_fails_on_any_worker(cfg):
@@ -181,6 +209,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             write_failure(cfg.out, str(e), "diverged")
     except (ConfigError, SourceError, CheckpointError) as e:
         write_failure(cfg.out, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, "error")
+        raise
+    except WriteFailed as e:   # a full disk fails again on a restart: recorded (if it still fits)
+        try:
+            write_failure(cfg.out, str(e), "io")
+        except WriteFailed:
+            pass
         raise
     finally:
         if reporter is not None:
