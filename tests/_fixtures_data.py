@@ -135,7 +135,8 @@ def check_output(out: Path, manifest: dict, expected: dict, atol: float = 0.0) -
     """The folder holds exactly the manifest's files; every split reads back as ``expected``
     (split -> (images, labels)); checksums, sizes and train mean/std are right."""
     files = manifest["files"]
-    assert sorted(os.listdir(out)) == sorted([*files.values(), "manifest.json"])  # no temp files
+    # no temporary files; the writer's lock file stays (a later writer locks the same file)
+    assert sorted(os.listdir(out)) == sorted([*files.values(), "manifest.json", ".lock"])
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert set(files) == set(expected) and manifest["sizes"] == {
         s: len(y) for s, (_, y) in expected.items()}

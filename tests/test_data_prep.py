@@ -197,7 +197,7 @@ def test_option_errors():
 def test_real_fashion_mnist(tmp_path):
     manifest = prepare("fashion_mnist", REAL_FMNIST, tmp_path, workers=2, quiet=True)
     assert manifest["sizes"] == {"train": 60_000, "val": 10_000}
-    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "train.beton", "val.beton"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "manifest.json", "train.beton", "val.beton"]
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         gray, labels = read_fashion_mnist(REAL_FMNIST, split)

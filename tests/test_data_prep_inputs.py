@@ -176,9 +176,9 @@ def test_empty_class_folder_warns_and_is_recorded(tmp_path, capsys):
         "val images (manifest.json 'empty_classes')"]
 
 
-def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
-    """Temporary files of a writer that died (SIGKILL) go at the next run; those of a writer
-    still running, and of writers on other hosts, stay."""
+def test_temp_files_of_writers_that_died_are_removed(tmp_path, capsys):
+    """Temporary files of writers that died (SIGKILL), on this host or another, go at the next
+    run: that run holds the folder's lock, so no writer of the folder is alive."""
     from data_prep.outputs import temp_name
 
     data = make_fashion_mnist(tmp_path / "raw", n_train=10, n_val=5)
@@ -187,25 +187,19 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, capsys):
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     victim.kill()
     victim.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        dead_files = [out / temp_name("train.beton", victim.pid),
-                      out / temp_name("manifest.json", victim.pid)]
-        kept = [out / temp_name("train.beton", live.pid),
-                out / f".val.beton.some-other-host.{victim.pid}.tmp"]
-        for p in dead_files + kept:
-            p.write_bytes(b"partial")
-        manifest = prepare("fashion_mnist", tmp_path / "raw", out)
-        assert not any(p.exists() for p in dead_files)
-        assert all(p.read_bytes() == b"partial" for p in kept)
-        assert (f"removed 2 temporary file(s) left by data_prep runs that died: "
-                f"{dead_files[1].name}, {dead_files[0].name}") in capsys.readouterr().out
-        for p in kept:
-            p.unlink()
-        check_output(out, manifest, {s: (gray_to_rgb_padded(x, 32), y) for s, (x, y) in data.items()})
-    finally:
-        live.kill()
-        live.wait()
+    left = [out / temp_name("train.beton", victim.pid), out / temp_name("manifest.json", victim.pid),
+            out / f".val.beton.some-other-host.{victim.pid}.tmp"]
+    for p in left:
+        p.write_bytes(b"partial")
+    unrelated = out / "notes.txt"
+    unrelated.write_text("mine")
+    manifest = prepare("fashion_mnist", tmp_path / "raw", out)
+    assert not any(p.exists() for p in left)
+    assert unrelated.read_text() == "mine"
+    assert ("removed 3 temporary file(s) left by data_prep runs that died: "
+            + ", ".join(p.name for p in sorted(left))) in capsys.readouterr().out
+    unrelated.unlink()
+    check_output(out, manifest, {s: (gray_to_rgb_padded(x, 32), y) for s, (x, y) in data.items()})
 
 
 @pytest.mark.timeout(120)

@@ -25,7 +25,9 @@ def _epochs(run_dir: Path) -> list[int]:
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    """What a run wrote (the lock file is the writer's, not the run's: it stays where it is)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def test_an_empty_or_torn_last_checkpoint_is_one_line(content, tmp_path, fmnist_
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "last.pt: not a readable mpcl checkpoint" in err[0], err
-    assert sorted(os.listdir(out)) == ["checkpoints"]           # nothing written beside it
+    assert sorted(os.listdir(out)) == [".lock", "checkpoints"]  # nothing but the writer's lock beside it
 
 
 def test_resume_false_in_an_empty_or_missing_directory_moves_nothing(tmp_path):
@@ -88,11 +90,11 @@ def test_resume_false_in_an_empty_or_missing_directory_moves_nothing(tmp_path):
     assert start_over(tmp_path / "empty") is None and (tmp_path / "empty").is_dir()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "metrics.jsonl").write_text("{}\n")
-    first, second = start_over(tmp_path / "full"), None
-    (tmp_path / "full").mkdir()
+    first = start_over(tmp_path / "full")
+    assert list((tmp_path / "full").iterdir()) == []             # the directory stays, emptied
     (tmp_path / "full" / "metrics.jsonl").write_text("{}\n")
     second = start_over(tmp_path / "full")                      # within the same second: a new name
-    assert first != second and first.is_dir() and second.is_dir() and not (tmp_path / "full").exists()
+    assert first != second and (first / "metrics.jsonl").is_file() and (second / "metrics.jsonl").is_file()
 
 
 @pytest.mark.ray

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,12 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     held = lambda: sorted(p.parent for p in (sweep_dir / "trials").glob(f"*/{HELD_FILE}"))  # noqa: E731
     first = _wait_for("held trial", held, proc, log_path)[0]
+    for again in ([], ["--resume"]):                       # a second driver into the running sweep
+        refused = subprocess.run([sys.executable, "run.py", "sweep", str(path), *again], cwd=ROOT, env=_env(),
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr
+        assert re.fullmatch(rf"error: {sweep_dir} is in use by pid {proc.pid} on host \S+ since \d\d:\d\d; "
+                            "wait for it or choose another out", refused.stderr.strip()), refused.stderr
     (first / RELEASE_FILE).touch()
     _wait_for(f"COMPLETE {first.name}", lambda: first in _finished_trials(sweep_dir), proc, log_path)
     second = _wait_for("second held trial", lambda: [p for p in held() if p != first], proc, log_path)[0]
