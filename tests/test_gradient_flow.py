@@ -1,0 +1,121 @@
+"""Where gradient must not flow, and where it must be summed over workers.
+
+* The online probe learns from detached features: the encoder's gradient of a training step
+  is that of the SSL loss alone (solo-learn's "online linear evaluation via stop-gradient").
+
+Everything runs on fixed random tensors, with the small CNN on 16x16 images.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpcl.configure import declared_only, load
+from mpcl.data.batch import Batch
+from mpcl.methods import METHODS, build_method
+
+N, CLASSES, SAMPLES, SIZE = 6, 10, 40, 16
+INDEX = torch.tensor([17, 3, 29, 8, 0, 35])
+LABEL = torch.tensor([1, 4, 1, 7, 4, 1])
+
+
+def _config(name: str, **extra):
+    over = {"method.name": name, "model.backbone": "small_cnn", "data.batch_size": N,
+            "model.projector_hidden": 16, "model.projector_out": 8, "model.predictor_hidden": 4,
+            "method.queue_size": 4 * N, "method.embed_dim": 8, "data.loader": "torch", "out": "/tmp/unused",
+            **extra}
+    return load(None, declared_only(name, over))     # the method.* keys this method has
+
+
+def _method(name: str, samples: int = SAMPLES, **extra):
+    torch.manual_seed(0)
+    return build_method(_config(name, **extra), CLASSES, samples)
+
+
+def _multi_crop(views: int) -> dict:
+    return {"data.num_small_crops": views - 2, "data.small_crop_size": SIZE // 2} if views > 2 else {}
+
+
+def _batch(views: int = 2, index: torch.Tensor = INDEX, label: torch.Tensor = LABEL, seed: int = 0) -> Batch:
+    """Each view a 4x4 signed pattern of its sample plus noise whose strength differs from sample
+    to sample (some samples' views agree more than others'), upsampled: two SIZE x SIZE views,
+    then half-size crops."""
+    g = torch.Generator().manual_seed(seed)
+    n = index.shape[0]
+    pattern = torch.rand(n, 3, 4, 4, generator=g) - 0.5
+    noise = torch.linspace(0.05, 1.5, n).view(n, 1, 1, 1)
+    sizes = [SIZE, SIZE] + [SIZE // 2] * (views - 2)
+    out = [F.interpolate(pattern + noise * torch.randn(n, 3, 4, 4, generator=g), size=s) for s in sizes]
+    return Batch(out, index, label)
+
+
+def _fill_bank(method, batch: Batch) -> None:
+    """A snapshot from a previous epoch: unit rows, every sample seen but the batch's second."""
+    g = torch.Generator().manual_seed(4)
+    bank = method.bank
+    bank.snapshot.copy_(F.normalize(torch.randn(bank.snapshot.shape, generator=g), dim=1))
+    bank.snapshot_valid.fill_(True)
+    bank.snapshot_valid[batch.index[1]] = False
+
+
+def _cluster(method, pseudo: torch.Tensor) -> None:
+    """SPCL as after its clustering: these prototypes, the full loss."""
+    method.pseudo_labels.copy_(pseudo)
+    method.clustered_epoch.fill_(0)
+    method._clustered = True
+
+
+def _prepared(name: str, views: int = 2, **extra) -> tuple[torch.nn.Module, Batch, int]:
+    """The method in the state where every term of its loss is on: a bank that mixes (epoch 1,
+    warm-up 0), SPCL's prototypes. Returns (method, batch, epoch)."""
+    method = _method(name, **{"method.bank_warmup_epochs": 0, **_multi_crop(views), **extra})
+    batch, epoch = _batch(views), 0
+    if hasattr(method, "bank"):
+        _fill_bank(method, batch)
+        epoch = 1
+    if name == "spcl":
+        _cluster(method, torch.arange(SAMPLES) % 3)
+    return method.train(), batch, epoch
+
+
+def _grads(method, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    method.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+
+
+def _relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30))
+
+
+# -- the online probe ------------------------------------------------------------------------------
+
+PROBE_CASES = {**{name: (name, {}) for name in sorted(METHODS)},
+               "mcl_supervised": ("mcl", {"method.mode": "supervised", "method.logit_distill": True}),
+               "simclr_multi_crop": ("simclr", {"views": 4})}
+
+
+@pytest.mark.parametrize("case", list(PROBE_CASES))
+def test_the_probe_sends_no_gradient_into_the_encoder(case):
+    """Backbone and heads get from ``training_step`` exactly the gradient of ``ssl_loss`` alone
+    (same state, same random stream); the probe gets a gradient of its own."""
+    name, extra = PROBE_CASES[case]
+    method, batch, epoch = _prepared(name, **extra)
+    twin = copy.deepcopy(method)
+    torch.manual_seed(1)
+    step = method.training_step(batch, epoch)
+    torch.manual_seed(1)
+    ssl = twin.ssl_loss(batch, epoch)
+    got, want = _grads(method, step.loss), _grads(twin, ssl.loss)
+    probe = {n: got.pop(n, None) for n in ("probe.weight", "probe.bias")}
+    assert all(g is not None and g.abs().sum() > 0 for g in probe.values()), f"{case}: the probe did not learn"
+    assert not any(n.startswith("probe.") for n in want)
+    assert any(n.startswith("backbone.") for n in want), f"{case}: no encoder gradient to compare"
+    assert got.keys() == want.keys(), f"{case}: the probe's loss reached {sorted(got.keys() - want.keys())}"
+    changed = [n for n in want if not torch.equal(got[n], want[n])]
+    assert not changed, (f"{case}: the probe's loss changed the gradient of {changed[:3]} "
+                         f"(relative distance {_relative_distance(got[changed[0]], want[changed[0]]):.1e})")
