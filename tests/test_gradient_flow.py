@@ -2,8 +2,11 @@
 
 * The online probe learns from detached features: the encoder's gradient of a training step
   is that of the SSL loss alone (solo-learn's "online linear evaluation via stop-gradient").
+* SimCLR-Attn's weights and the normaliser of its weighted mean are constants, as in the
+  released GRAPH-ATTENTION loss (``logprob * sims.detach()``, ``weight_sum = ... .item()``).
 
-Everything runs on fixed random tensors, with the small CNN on 16x16 images.
+Everything runs on fixed random tensors, with the small CNN on 16x16 images (the attention
+weights: a pooled linear map, whose features spread).
 """
 
 from __future__ import annotations
@@ -92,6 +95,15 @@ def _relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30))
 
 
+def _gradient_distance(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """|got - want| / |want| over all of ``want``'s parameters together (a parameter whose own
+    gradient is about zero, e.g. a bias before BatchNorm, weighs by its size), and the parameter
+    that differs most."""
+    diff = {n: float((got[n].double() - g.double()).norm()) for n, g in want.items()}
+    total = sum(float(g.double().norm()) ** 2 for g in want.values()) ** 0.5
+    return sum(d ** 2 for d in diff.values()) ** 0.5 / total, max(diff, key=diff.get)
+
+
 # -- the online probe ------------------------------------------------------------------------------
 
 PROBE_CASES = {**{name: (name, {}) for name in sorted(METHODS)},
@@ -119,3 +131,58 @@ def test_the_probe_sends_no_gradient_into_the_encoder(case):
     changed = [n for n in want if not torch.equal(got[n], want[n])]
     assert not changed, (f"{case}: the probe's loss changed the gradient of {changed[:3]} "
                          f"(relative distance {_relative_distance(got[changed[0]], want[changed[0]]):.1e})")
+
+
+# -- SimCLR-Attn: the attention weights are constants ----------------------------------------------
+
+ATTENTION_CASES = {"simclr_attn": ("simclr_attn", 2), "simclr_attn_multi_crop": ("simclr_attn", 4),
+                   "simclr_attn_multi": ("simclr_attn_multi", 2)}
+A, ATTENTION_T = 0.7, 0.5
+
+
+def _signed_backbone(method) -> None:
+    """A pooled linear map in place of the CNN: signed features whose cosines spread (a random
+    CNN's pooled ReLU features all point the same way, and its InfoNCE terms are all alike, so
+    weights with a gradient would barely change the step)."""
+    torch.manual_seed(2)
+    method.backbone = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                          torch.nn.Linear(48, method.feature_dim))
+
+
+def _weighted_loss(method, batch: Batch, epoch: int, weights_carry_gradient: bool) -> torch.Tensor:
+    """The released form from the method's own InfoNCE terms: sum_i c_i l_i / sum_i c_i with
+    c_i = (1 - a) + a w_i, w = N softmax_i(mean cos(h_i, h_p) over the positives p of i / t),
+    computed here from the backbone features: detached (the released convention) or not."""
+    h, z = method.encode_views(batch)
+    pos, lse = method.infonce_terms(z, batch, epoch)
+    ids = batch.index.repeat(len(batch.views))
+    same = (ids[:, None] == ids[None, :]) & ~torch.eye(ids.shape[0], dtype=torch.bool)
+    hn = F.normalize((h if weights_carry_gradient else h.detach()).double(), dim=1)
+    cos = (hn @ hn.T * same).sum(1) / same.sum(1)
+    w = torch.softmax(cos / ATTENTION_T, dim=0) * cos.shape[0]
+    c = (1 - A) + A * w
+    return (c * (lse - pos).double()).mean() / c.mean()
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_attention_weights_enter_the_loss_as_constants(case):
+    """The method's gradient is that of the weighted loss with the weights (and their sum) as
+    constants; weights that carried gradient would give a gradient far from it."""
+    name, views = ATTENTION_CASES[case]
+    method, batch, epoch = _prepared(name, views, **{"method.attention_weight": A,
+                                                     "method.attention_temperature": ATTENTION_T})
+    _signed_backbone(method)
+    const, carried = copy.deepcopy(method), copy.deepcopy(method)
+    out = method.ssl_loss(batch, epoch)
+    assert out.metrics["train/attn_weight_max"] > 1.5 * out.metrics["train/attn_weight_min"]   # weights matter
+    got = _grads(method, out.loss)
+    want_loss = _weighted_loss(const, batch, epoch, weights_carry_gradient=False)
+    assert out.loss.item() == pytest.approx(want_loss.item(), rel=1e-5)
+    want = _grads(const, want_loss)
+    wrong = _grads(carried, _weighted_loss(carried, batch, epoch, weights_carry_gradient=True))
+    assert got.keys() == want.keys() == wrong.keys()
+    # the comparison can tell the two apart: weights with a gradient move the backbone's gradient
+    backbone = [n for n in want if n.startswith("backbone.")]
+    assert _gradient_distance({n: wrong[n] for n in backbone}, {n: want[n] for n in backbone})[0] > 1e-2
+    d, worst = _gradient_distance(got, want)
+    assert d < 1e-5, f"{case}: the gradient is {d:.1e} away from the one with constant weights (most: {worst})"
