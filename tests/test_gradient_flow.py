@@ -4,6 +4,7 @@
   is that of the SSL loss alone (solo-learn's "online linear evaluation via stop-gradient").
 * SimCLR-Attn's weights and the normaliser of its weighted mean are constants, as in the
   released GRAPH-ATTENTION loss (``logprob * sims.detach()``, ``weight_sum = ... .item()``).
+* Memory banks are read as constants and written without an autograd graph.
 
 Everything runs on fixed random tensors, with the small CNN on 16x16 images (the attention
 weights: a pooled linear map, whose features spread).
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import METHODS, build_method
+from mpcl.methods.bank import SnapshotBank
+from mpcl.methods.moco import KeyQueue
 
 N, CLASSES, SAMPLES, SIZE = 6, 10, 40, 16
 INDEX = torch.tensor([17, 3, 29, 8, 0, 35])
@@ -186,3 +189,91 @@ def test_attention_weights_enter_the_loss_as_constants(case):
     assert _gradient_distance({n: wrong[n] for n in backbone}, {n: want[n] for n in backbone})[0] > 1e-2
     d, worst = _gradient_distance(got, want)
     assert d < 1e-5, f"{case}: the gradient is {d:.1e} away from the one with constant weights (most: {worst})"
+
+
+# -- memory banks: read as constants, written without a graph --------------------------------------
+
+BANKED = ("simsiam_multi", "simclr_attn_multi")
+
+
+def _bank_with_a_gradient_path(method) -> torch.Tensor:
+    """Makes the snapshot a leaf that requires grad: any gradient that reaches a read shows."""
+    leaf = method.bank.snapshot.clone().requires_grad_()
+    method.bank.snapshot = leaf
+    return leaf
+
+
+@pytest.mark.parametrize("name", BANKED)
+def test_bank_reads_enter_the_loss_as_constants(name):
+    method, batch, epoch = _prepared(name, **{"method.bank_mix": 0.5})
+    other = copy.deepcopy(method)
+    leaf = _bank_with_a_gradient_path(method)
+    loss = method.training_step(batch, epoch).loss
+    loss.backward()
+    assert leaf.grad is None, f"{name}: the bank read got a gradient ({leaf.grad.abs().max():.1e})"
+    with torch.no_grad():                           # the read matters: another snapshot, another loss
+        other.bank.snapshot.mul_(-1)
+    assert abs(other.training_step(batch, epoch).loss.item() - loss.item()) > 1e-4
+
+
+SIAMESE_CASES = {"simsiam": ("simsiam", 0, {}),
+                 "simsiam_multi_warm_up": ("simsiam_multi", 0, {"method.bank_mix": 0.5}),   # plain targets
+                 "simsiam_multi_mixed": ("simsiam_multi", 1, {"method.bank_mix": 0.5})}
+
+
+@pytest.mark.parametrize("case", list(SIAMESE_CASES))
+def test_siamese_gradient_is_that_of_constant_targets(case):
+    """Predictions chase sg(z_other), mixed with the bank row once the bank mixes
+    ((1 - b) sg(z_other) + b bank[index]): the gradient reaches the encoder through the
+    predictions only (SimSiam's stop-gradient and the bank's)."""
+    name, epoch, extra = SIAMESE_CASES[case]
+    method, batch, _ = _prepared(name, **extra)
+    ref = copy.deepcopy(method)
+    got = _grads(method, method.ssl_loss(batch, epoch).loss)
+    h = ref.backbone(torch.cat(batch.views[:2]))
+    z = ref.projector(h)
+    p = ref.predictor(z)
+    z1, z2 = z[:N].detach(), z[N:].detach()
+    t1, t2 = z2, z1
+    if epoch:
+        b = ref.params.bank_mix
+        values, valid = ref.bank.read(batch.index)
+        assert valid.sum() == N - 1                 # mixed rows and a row the bank has not seen
+        t1 = torch.where(valid[:, None], (1 - b) * z2 + b * values, z2)
+        t2 = torch.where(valid[:, None], (1 - b) * z1 + b * values, z1)
+    loss = -0.5 * (F.cosine_similarity(p[:N], t1).mean() + F.cosine_similarity(p[N:], t2).mean())
+    want = _grads(ref, loss)
+    assert got.keys() == want.keys()
+    d, worst = _gradient_distance(got, want)
+    assert d < 1e-5, f"{case}: the gradient is {d:.1e} away from the one with constant targets (most: {worst})"
+
+
+@pytest.mark.parametrize("name", BANKED)
+def test_bank_writes_hold_no_graph(name):
+    """After a step and its backward the pending bank is plain data; it becomes the snapshot,
+    and the next epoch's step reads it and backpropagates without touching the first graph."""
+    method, batch, _ = _prepared(name, **{"method.bank_mix": 0.5})
+    method.training_step(batch, 0).loss.backward()
+    bank = method.bank
+    assert bool(bank.pending_valid[batch.index].all())
+    assert not bank.pending.requires_grad and bank.pending.grad_fn is None, f"{name}: the bank keeps a graph"
+    bank.end_epoch(0)
+    assert not bank.snapshot.requires_grad and bank.snapshot.grad_fn is None
+    method.training_step(batch, 1).loss.backward()
+    assert not bank.pending.requires_grad and bank.pending.grad_fn is None
+
+
+def test_a_bank_write_stores_values_not_their_graph():
+    bank = SnapshotBank(4, 3)
+    values = torch.randn(2, 3, requires_grad=True) * 2.0
+    bank.write(torch.tensor([3, 1]), values)
+    assert not bank.pending.requires_grad and bank.pending.grad_fn is None, "the bank keeps the values' graph"
+    assert torch.equal(bank.pending[[3, 1]], values.detach())
+
+
+def test_a_queue_push_stores_keys_not_their_graph():
+    queue = KeyQueue(5, 3)
+    keys = F.normalize(torch.randn(2, 3, requires_grad=True), dim=1)
+    queue.push(keys)
+    assert not queue.keys.requires_grad and queue.keys.grad_fn is None, "the queue keeps the keys' graph"
+    assert torch.equal(queue.keys[:2], keys.detach())
