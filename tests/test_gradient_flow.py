@@ -5,6 +5,8 @@
 * SimCLR-Attn's weights and the normaliser of its weighted mean are constants, as in the
   released GRAPH-ATTENTION loss (``logprob * sims.detach()``, ``weight_sum = ... .item()``).
 * Memory banks are read as constants and written without an autograd graph.
+* MoCo's and MCL's key encoders stay out of autograd (no gradient, moved by the EMA after the
+  optimizer step only), their queues hold no graph, and a soft (KL) term's teacher is a constant.
 
 Everything runs on fixed random tensors, with the small CNN on 16x16 images (the attention
 weights: a pooled linear map, whose features spread).
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
+from mpcl.losses import soft_kl
 from mpcl.methods import METHODS, build_method
 from mpcl.methods.bank import SnapshotBank
 from mpcl.methods.moco import KeyQueue
@@ -277,3 +280,62 @@ def test_a_queue_push_stores_keys_not_their_graph():
     queue.push(keys)
     assert not queue.keys.requires_grad and queue.keys.grad_fn is None, "the queue keeps the keys' graph"
     assert torch.equal(queue.keys[:2], keys.detach())
+
+
+# -- MoCo and MCL: key encoders outside autograd, queues without a graph ---------------------------
+
+KEYED_CASES = {"moco": ("moco", {}), "moco_symmetric": ("moco", {"method.symmetric": True}),
+               "mcl": ("mcl", {})}
+
+
+def _keyed(method) -> list[tuple[torch.nn.Module, list[torch.nn.Parameter], KeyQueue]]:
+    """(key encoder, the online parameters it follows, queue) of every network."""
+    if hasattr(method, "key_encoders"):
+        return [(key, [*backbone.parameters(), *proj.parameters()], queue)
+                for key, backbone, proj, queue in zip(method.key_encoders, method.backbones(), method.projectors,
+                                                      method.queues)]
+    return [(method.key_encoder, method.query_params(), method.queue)]
+
+
+@pytest.mark.parametrize("case", list(KEYED_CASES))
+def test_key_encoders_get_no_gradient_and_move_only_after_the_optimizer_step(case):
+    name, extra = KEYED_CASES[case]
+    method, batch, epoch = _prepared(name, **{"method.momentum": 0.9, **extra})
+    keyed = _keyed(method)
+    for key, online, _ in keyed:
+        assert {id(p) for p in key.parameters()}.isdisjoint(map(id, online)), "the key encoder shares parameters"
+        assert not any(p.requires_grad for p in key.parameters()), f"{case}: key parameters require grad"
+    with torch.no_grad():                          # key encoders that no longer equal the online ones
+        for key, _, _ in keyed:
+            for p in key.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    before = [[p.detach().clone() for p in key.parameters()] for key, _, _ in keyed]
+    method.training_step(batch, epoch).loss.backward()
+    for (key, online, queue), old in zip(keyed, before):
+        assert all(p.grad is None for p in key.parameters()), f"{case}: the key encoder got a gradient"
+        assert all(p.grad is not None for p in online) and any(p.grad.abs().sum() > 0 for p in online)
+        assert all(torch.equal(p, o) for p, o in zip(key.parameters(), old)), f"{case}: keys moved in the step"
+        assert not queue.keys.requires_grad and queue.keys.grad_fn is None, f"{case}: the queue keeps a graph"
+    with torch.no_grad():                          # an optimizer step: the online encoders move
+        for _, online, _ in keyed:
+            for p in online:
+                p.sub_(0.5 * p.grad)
+    method.after_optimizer_step(0, 10)
+    for (key, online, _), old in zip(keyed, before):
+        for p, o, q in zip(key.parameters(), old, online):
+            assert p.grad_fn is None and not p.requires_grad, f"{case}: the EMA update was recorded by autograd"
+            torch.testing.assert_close(p, 0.9 * o + 0.1 * q.detach(), rtol=1e-5, atol=1e-6)
+    method.training_step(batch, epoch).loss.backward()   # the next step's graph is its own
+
+
+def test_a_soft_terms_teacher_gets_no_gradient():
+    """KL(softmax(t / T) || softmax(s / T)) T^2, batch mean: d/ds = T (softmax(s / T) - softmax(t / T)) / n,
+    and nothing for the teacher."""
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    T = 3.0
+    soft_kl(s, t, T).backward()
+    assert t.grad is None, "the teacher got a gradient"
+    want = T * (torch.softmax(s.detach() / T, 1) - torch.softmax(t.detach() / T, 1)) / 4
+    torch.testing.assert_close(s.grad, want, rtol=1e-10, atol=1e-12)
