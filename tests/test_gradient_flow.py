@@ -7,6 +7,9 @@
 * Memory banks are read as constants and written without an autograd graph.
 * MoCo's and MCL's key encoders stay out of autograd (no gradient, moved by the EMA after the
   optimizer step only), their queues hold no graph, and a soft (KL) term's teacher is a constant.
+* ``gather_with_grad`` sums the gathered gradient over workers: two gloo processes give every
+  local input the gradient of the global mean loss times the world size, and every method that
+  gathers with gradient gives, averaged over two workers, the one-worker loss and gradients.
 
 Everything runs on fixed random tensors, with the small CNN on 16x16 images (the attention
 weights: a pooled linear map, whose features spread).
@@ -15,14 +18,18 @@ weights: a pooled linear map, whose features spread).
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from mpcl import distributed as dist
 from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
-from mpcl.losses import soft_kl
+from mpcl.losses import prototype_pairs, soft_kl
 from mpcl.methods import METHODS, build_method
 from mpcl.methods.bank import SnapshotBank
 from mpcl.methods.moco import KeyQueue
@@ -339,3 +346,124 @@ def test_a_soft_terms_teacher_gets_no_gradient():
     assert t.grad is None, "the teacher got a gradient"
     want = T * (torch.softmax(s.detach() / T, 1) - torch.softmax(t.detach() / T, 1)) / 4
     torch.testing.assert_close(s.grad, want, rtol=1e-10, atol=1e-12)
+
+
+# -- two workers: the backward of the gathered embeddings ------------------------------------------
+
+# methods that gather with gradient and that test_ray_train's two-worker comparison leaves out
+TWO_RANK_CASES = {"barlow_twins": ("barlow_twins", 2, {}), "supcon": ("supcon", 2, {}),
+                  "simclr_multi_crop": ("simclr", 4, {}), "simclr_attn_multi_crop": ("simclr_attn", 4, {}),
+                  "mcl_supervised": ("mcl", 2, {"method.mode": "supervised", "method.logit_distill": True,
+                                                  "method.alpha": 1.0, "method.beta": 1.0}),
+                  "spcl": ("spcl", 2, {})}
+N2, SAMPLES2 = 8, 24
+INDEX2 = torch.tensor([5, 11, 2, 17, 8, 0, 23, 14])
+LABEL2 = torch.tensor([0, 0, 1, 1, 2, 2, 0, 0])      # every label twice on each worker (MCL's anchors)
+# SPCL's pairs are drawn per worker; with these prototypes the two workers' pairs are the whole
+# batch's pairs: (2, 3) and (0, 1) on worker 0, (6, 7) and (4, 5) on worker 1
+PSEUDO2 = torch.tensor([0, 0, 1, 3, 5, 5, 2, 4])
+
+
+def _gathered_loss(y: torch.Tensor, rank: int) -> torch.Tensor:
+    """Worker ``rank``'s loss of the gathered rows: a different function of every row on each worker."""
+    w = torch.randn(y.shape[1], 3, generator=torch.Generator().manual_seed(10 + rank), dtype=y.dtype)
+    return torch.tanh(y @ w).pow(2).sum() + (rank + 1) * y[rank].pow(3).sum()
+
+
+def _gathered_rows(world: int) -> torch.Tensor:
+    return torch.randn(world * 3, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def _gather_case(rank: int, world: int) -> dict:
+    """Worker ``rank`` gathers its 3 rows and backpropagates its loss of them."""
+    x = _gathered_rows(world)[rank * 3:(rank + 1) * 3].clone().requires_grad_()
+    y = dist.gather_with_grad(x)
+    _gathered_loss(y, rank).backward()
+    return {"gathered": y.detach(), "grad": x.grad}
+
+
+def _rank_step(case: str, rank: int, world: int) -> dict:
+    """Worker ``rank``'s share of the global batch through ``training_step``; the loss and the
+    gradients averaged over workers (DDP's averaging), BatchNorm on its running statistics."""
+    name, views, extra = TWO_RANK_CASES[case]
+    method = _method(name, SAMPLES2, **{"data.batch_size": N2 // world, **_multi_crop(views), **extra})
+    method.train()
+    for m in method.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    if name == "spcl":
+        pseudo = torch.zeros(SAMPLES2, dtype=torch.long)
+        pseudo[INDEX2] = PSEUDO2
+        _cluster(method, pseudo)
+    full = _batch(views, INDEX2, LABEL2, seed=3)
+    n = N2 // world
+    part = slice(rank * n, (rank + 1) * n)
+    batch = Batch([v[part] for v in full.views], full.index[part], full.label[part])
+    out = method.training_step(batch, 0)
+    out.loss.backward()
+    grads = {k: p.grad.detach().clone() for k, p in method.named_parameters() if p.grad is not None}
+    loss = out.loss.detach().clone()
+    if world > 1:
+        for g in [*grads.values(), loss]:
+            tdist.all_reduce(g)
+            g /= world
+    return {"loss": loss, "grads": grads}
+
+
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    # a file rendezvous: no port to pick in advance
+    tdist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'rendezvous'}", rank=rank,
+                             world_size=world)
+    try:
+        results = {"gather": _gather_case(rank, world), **{c: _rank_step(c, rank, world) for c in TWO_RANK_CASES}}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_gradients(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gather_grad")
+    mp.spawn(_worker, args=(2, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_gathered_gradient_is_the_global_loss_gradient_of_the_local_slice(two_rank_gradients):
+    """``gather_with_grad``: rows in rank order; the gradient on worker r's input is slice r of
+    the gradient of the sum of the workers' losses (the global mean loss times the world size)."""
+    x_all = _gathered_rows(2)
+    per_worker = []
+    for rank in range(2):
+        y = x_all.clone().requires_grad_()
+        _gathered_loss(y, rank).backward()
+        per_worker.append(y.grad)
+    for rank, results in enumerate(two_rank_gradients):
+        got = results["gather"]
+        assert torch.equal(got["gathered"], x_all)
+        own = (per_worker[0] + per_worker[1])[rank * 3:(rank + 1) * 3]
+        torch.testing.assert_close(got["grad"], own, rtol=1e-12, atol=1e-12,
+                                   msg=lambda m, rank=rank: f"rank {rank}, the gathered input: {m}")
+
+
+@pytest.mark.parametrize("case", list(TWO_RANK_CASES))
+def test_two_workers_match_one_worker(case, two_rank_gradients):
+    """Loss and DDP-averaged gradients of two workers, each with half of the batch, are the
+    one-worker step's on the whole batch."""
+    if case == "spcl":   # what makes the comparison valid: the workers' pairs are the whole batch's
+        whole, first_half, second_half = (prototype_pairs(p) for p in (PSEUDO2, PSEUDO2[:4], PSEUDO2[4:]))
+        for w, a, b in zip(whole, first_half, second_half):
+            assert w.tolist() == a.tolist() + (b + 4).tolist()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                     # the workers' float reductions
+    try:
+        ref = _rank_step(case, 0, 1)
+    finally:
+        torch.set_num_threads(threads)
+    for rank, results in enumerate(two_rank_gradients):
+        got = results[case]
+        torch.testing.assert_close(got["loss"], ref["loss"], atol=1e-5, rtol=1e-5)
+        assert got["grads"].keys() == ref["grads"].keys()
+        for name, g in ref["grads"].items():
+            torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4,
+                                       msg=lambda m, name=name, rank=rank: f"{case} {name} rank {rank}: {m}")
