@@ -375,11 +375,15 @@ def _gathered_rows(world: int) -> torch.Tensor:
 
 
 def _gather_case(rank: int, world: int) -> dict:
-    """Worker ``rank`` gathers its 3 rows and backpropagates its loss of them."""
+    """Worker ``rank`` gathers its 3 rows and adds a local branch ``a = 1.5 b`` (b = 0) to the
+    gathered rows before its loss: the sum hands the gathered rows and ``a`` one gradient tensor,
+    and ``a``'s backward runs after the gather's (it was built before it)."""
     x = _gathered_rows(world)[rank * 3:(rank + 1) * 3].clone().requires_grad_()
+    b = torch.zeros(world * 3, 4, dtype=torch.float64, requires_grad=True)
+    a = 1.5 * b
     y = dist.gather_with_grad(x)
-    _gathered_loss(y, rank).backward()
-    return {"gathered": y.detach(), "grad": x.grad}
+    _gathered_loss(y + a, rank).backward()
+    return {"gathered": y.detach(), "grad": x.grad, "local_branch_grad": b.grad}
 
 
 def _rank_step(case: str, rank: int, world: int) -> dict:
@@ -431,7 +435,9 @@ def two_rank_gradients(tmp_path_factory):
 
 def test_gathered_gradient_is_the_global_loss_gradient_of_the_local_slice(two_rank_gradients):
     """``gather_with_grad``: rows in rank order; the gradient on worker r's input is slice r of
-    the gradient of the sum of the workers' losses (the global mean loss times the world size)."""
+    the gradient of the sum of the workers' losses (the global mean loss times the world size).
+    The sum over workers is the gather's own: a local branch that shares the incoming gradient
+    tensor gets its worker's gradient, not the sum."""
     x_all = _gathered_rows(2)
     per_worker = []
     for rank in range(2):
@@ -444,6 +450,8 @@ def test_gathered_gradient_is_the_global_loss_gradient_of_the_local_slice(two_ra
         own = (per_worker[0] + per_worker[1])[rank * 3:(rank + 1) * 3]
         torch.testing.assert_close(got["grad"], own, rtol=1e-12, atol=1e-12,
                                    msg=lambda m, rank=rank: f"rank {rank}, the gathered input: {m}")
+        torch.testing.assert_close(got["local_branch_grad"], 1.5 * per_worker[rank], rtol=1e-12, atol=1e-12,
+                                   msg=lambda m, rank=rank: f"rank {rank}, the local branch: {m}")
 
 
 @pytest.mark.parametrize("case", list(TWO_RANK_CASES))
