@@ -36,7 +36,8 @@ class _GatherWithGrad(torch.autograd.Function):
         # Each worker's loss is a mean over its local anchors; DDP averages parameter
         # gradients over workers. Summing the gathered gradient over workers and keeping the
         # local slice gives every local input the gradient of the global mean loss x world.
-        grad = grad.contiguous()
+        # Reduced in a copy: autograd may hand the same tensor to another branch (y + a).
+        grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad)
         n = grad.shape[0] // dist.get_world_size()
         return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]

@@ -101,10 +101,11 @@ except ImportError:
     pass
 
 
-# fixtures that read Fashion-MNIST or betons written from it: a test that takes one trains or
-# loads real data, and is marked ``real_data`` (``pytest -m "not slow and not ray and not real_data"``:
+# fixtures that read Fashion-MNIST or betons written from it, or that spawn two gloo workers (a few
+# seconds that every mutant would pay again): a test that takes one trains or loads real data, or
+# starts processes, and is marked ``real_data`` (``pytest -m "not slow and not ray and not real_data"``:
 # the unit tests alone, what ``make mutate`` runs against each mutant)
-REAL_DATA_FIXTURES = {"fmnist_path", "fmnist_betons", "betons", "two_worker_results"}
+REAL_DATA_FIXTURES = {"fmnist_path", "fmnist_betons", "betons", "two_worker_results", "two_rank_gradients"}
 
 
 def pytest_collection_modifyitems(config, items):
