@@ -178,14 +178,16 @@ def test_a_full_disk_leaves_metrics_jsonl_without_a_torn_line(small_disk):
 
     log = MetricsLog(small_disk.path / "run" / "metrics.jsonl")
     log.append({"epoch": 0, "train/loss": 1.0})
+    first = log.path.read_bytes()
+    log.append({"epoch": 1, "train/loss": 0.7})
     before = log.path.read_bytes()
     small_disk.fill(free=0)
     with pytest.raises(WriteFailed) as e:
-        log.append({"epoch": 1, "train/loss": 0.5, "padding": "x" * 10_000})
+        log.append({"epoch": 2, "train/loss": 0.5, "padding": "x" * 10_000})
     assert str(e.value) == f"{log.path}: no space left on device (needs about 10 kB); its earlier lines are kept"
     assert log.path.read_bytes() == before                # cut back to the last whole line
-    log.truncate_after(-1)                                # cutting needs no space, even now
-    assert log.path.read_bytes() == b""
+    log.truncate_after(0)                                 # a resume from epoch 0 cuts in place: no space needed
+    assert log.path.read_bytes() == first
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(small_disk):
@@ -266,7 +268,13 @@ def _start(*args: str) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=timeout)
+    """The process's exit code and stderr; killed (then the test fails) when it outlives ``timeout``."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     return proc.returncode, err
 
 
@@ -383,3 +391,19 @@ def test_data_prep_on_a_full_disk_exits_1_and_keeps_the_last_complete_output(sma
     small_disk.empty()
     small_disk.resize(80 << 20)                           # room for the old files and the new ones
     assert _finish(_prepare(tmp_path / "raw", out))[0] == 0
+
+
+@pytest.mark.slow
+def test_data_prep_that_fills_the_disk_half_way_exits_at_once(small_disk, fmnist_path):
+    """Fashion-MNIST (about 190 MB of .beton) onto 40 MB: the writer worker that meets the
+    full disk stops, the others are stopped, and the work they left queued does not keep the
+    process from exiting."""
+    small_disk.resize(40 << 20)
+    out = small_disk.path / "out"
+    proc = _start("-m", "data_prep", "fashion_mnist", "--src", fmnist_path, "--out", str(out))
+    rc, err = _finish(proc, timeout=120)
+    assert rc == 1
+    (line,) = err.strip().splitlines()
+    assert re.fullmatch(rf"error: {out}/train\.beton: no space left on device \(a writer worker stopped after "
+                        r"\d+ of 60000 samples\)", line), line
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
