@@ -227,6 +227,7 @@ def test_a_full_disk_under_a_report_is_one_line_and_keeps_the_old_page(small_dis
     assert _no_temp_files(small_disk.path)
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_study_is_one_line_and_the_study_stays_readable(small_disk):
     import optuna
 
@@ -241,9 +242,9 @@ def test_a_full_disk_under_the_study_is_one_line_and_the_study_stays_readable(sm
         study.tell(trial, value)
     small_disk.fill(free=0)
     with pytest.raises(Exception) as e:     # SQLAlchemy's OperationalError: "database or disk is full"
-        for _ in range(200):
+        for _ in range(20):
             trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-            trial.set_user_attr("padding", "x" * 100_000)
+            trial.set_user_attr("padding", "x" * 1_000_000)
             study.tell(trial, 0.3)
     failure = storage_failure(e.value, small_disk.path / STUDY_FILE)
     assert str(failure) == f"{small_disk.path / STUDY_FILE}: no space left on device"
@@ -370,6 +371,7 @@ def test_two_data_preps_into_one_out_at_once_one_writes_the_other_exits_2(tmp_pa
     assert manifest["sizes"] == {"train": 200, "val": 50}
 
 
+@pytest.mark.slow
 def test_data_prep_on_a_full_disk_exits_1_and_keeps_the_last_complete_output(small_disk, tmp_path):
     from _fixtures_data import make_fashion_mnist
 
@@ -407,3 +409,32 @@ def test_data_prep_that_fills_the_disk_half_way_exits_at_once(small_disk, fmnist
     assert re.fullmatch(rf"error: {out}/train\.beton: no space left on device \(a writer worker stopped after "
                         r"\d+ of 60000 samples\)", line), line
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+
+
+@pytest.mark.slow
+def test_a_run_that_finds_its_betons_being_written_waits_for_them(held, tmp_path):
+    """Two runs on a fresh checkout both find the Fashion-MNIST .beton files missing: the one
+    that finds the other writing them waits for it, then reads what it wrote."""
+    import dataclasses
+    import threading
+
+    from _fixtures_data import make_fashion_mnist
+
+    from mpcl.data.betons import BETON_FILES, write_betons_if_missing
+    from mpcl.data.datasets import get_dataset
+
+    out, holder = held
+    make_fashion_mnist(tmp_path / "raw", n_train=40, n_val=10)
+    spec = dataclasses.replace(get_dataset("fashion_mnist"), raw_path=str(tmp_path / "raw"))
+    said: list[str] = []
+    waiter = threading.Thread(target=lambda: said.append(write_betons_if_missing(spec, out, say=said.append)))
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while not any(s.startswith("waiting for the writer of") for s in said) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(f"waiting for the writer of {out}: error: {out} is in use by pid {holder.pid}" in s for s in said), said
+    assert waiter.is_alive() and not any((out / f).exists() for f in BETON_FILES)
+    _kill(holder)                                          # the writer ends (here: without writing)
+    waiter.join(timeout=120)
+    assert not waiter.is_alive() and said[-1] is True      # so this run writes them itself
+    assert all((out / f).is_file() for f in BETON_FILES)
