@@ -65,6 +65,30 @@ def local_ray():
     ray.shutdown()
 
 
+def _gloo_rank(rank: int, world: int, out_dir: str, fn) -> None:
+    import torch
+    import torch.distributed as tdist
+
+    torch.set_num_threads(1)
+    # a file rendezvous: no port to pick in advance (gloo binds its own at the moment of use)
+    tdist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'rendezvous'}", rank=rank,
+                             world_size=world)
+    try:
+        torch.save(fn(rank, world), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def on_gloo_ranks(fn, out_dir, world: int = 2) -> list:
+    """``fn(rank, world)`` in ``world`` processes joined in one gloo process group (a module-level
+    function: the processes are spawned); what each returned (tensors), in rank order."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(world, str(out_dir), fn), nprocs=world, join=True)
+    return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
 def tiny_sweep_overrides(fmnist_path: str, subset: int, epochs: int) -> dict:
     """A sweep file's ``overrides`` for trials that take seconds on a CPU (small CNN, raw files)."""
     return {"model.backbone": "small_cnn", "model.projector_hidden": 64, "model.projector_out": 32,

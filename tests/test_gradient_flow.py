@@ -18,12 +18,10 @@ weights: a pooled linear map, whose features spread).
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mpcl import distributed as dist
@@ -33,6 +31,7 @@ from mpcl.losses import prototype_pairs, soft_kl
 from mpcl.methods import METHODS, build_method
 from mpcl.methods.bank import SnapshotBank
 from mpcl.methods.moco import KeyQueue
+from tests.conftest import on_gloo_ranks
 
 N, CLASSES, SAMPLES, SIZE = 6, 10, 40, 16
 INDEX = torch.tensor([17, 3, 29, 8, 0, 35])
@@ -414,23 +413,13 @@ def _rank_step(case: str, rank: int, world: int) -> dict:
     return {"loss": loss, "grads": grads}
 
 
-def _worker(rank: int, world: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no port to pick in advance
-    tdist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'rendezvous'}", rank=rank,
-                             world_size=world)
-    try:
-        results = {"gather": _gather_case(rank, world), **{c: _rank_step(c, rank, world) for c in TWO_RANK_CASES}}
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _every_case(rank: int, world: int) -> dict:
+    return {"gather": _gather_case(rank, world), **{c: _rank_step(c, rank, world) for c in TWO_RANK_CASES}}
 
 
 @pytest.fixture(scope="module")
 def two_rank_gradients(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gather_grad")
-    mp.spawn(_worker, args=(2, str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return on_gloo_ranks(_every_case, tmp_path_factory.mktemp("gather_grad"))
 
 
 def test_gathered_gradient_is_the_global_loss_gradient_of_the_local_slice(two_rank_gradients):

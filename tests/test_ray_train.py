@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
 
 from mpcl.configure import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
-from tests.conftest import tiny_overrides
+from tests.conftest import on_gloo_ranks, tiny_overrides
 
 METHODS = ["simclr", "simclr_attn", "simsiam_multi", "simclr_attn_multi"]
 BANKED = ("simsiam_multi", "simclr_attn_multi")
@@ -74,23 +73,13 @@ def _step(method_name: str, rank: int, world: int) -> dict:
     return result
 
 
-def _worker(rank: int, world: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # a file rendezvous: no port to pick in advance (gloo binds its own at the moment of use)
-    tdist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'rendezvous'}", rank=rank,
-                             world_size=world)
-    try:
-        results = {m: _step(m, rank, world) for m in METHODS}
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
+def _every_method(rank: int, world: int) -> dict:
+    return {m: _step(m, rank, world) for m in METHODS}
 
 
 @pytest.fixture(scope="module")
 def two_worker_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return on_gloo_ranks(_every_method, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.mark.parametrize("method", METHODS)
