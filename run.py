@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,18 +41,13 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     address = None
-    try:
-        if args.no_ray and "://" in cfg.out:
-            raise LaunchError(f"out={cfg.out}: --no-ray writes a local run directory; a URI needs Ray "
-                              "(drop --no-ray)")
-        if not args.no_ray:
-            from mpcl.launch.cluster import check_address
+    if args.no_ray and "://" in cfg.out:
+        raise LaunchError(f"out={cfg.out}: --no-ray writes a local run directory; a URI needs Ray (drop --no-ray)")
+    if not args.no_ray:
+        from mpcl.launch.cluster import check_address
 
-            address = check_address(args.address)
-        # paths made absolute here, once: Ray workers run in other directories
-        cfg = preflight(cfg, local_gpus=address is None)
-    except LaunchError as e:
-        fail(str(e))
+        address = check_address(args.address)
+    cfg = preflight(cfg, local_gpus=address is None)   # paths made absolute once: Ray workers run elsewhere
     with exclusive(Mirror(cfg.out).local, "out"):   # a URI out: its local mirror on this machine
         metrics = train_without_ray(cfg) if args.no_ray else train_with_ray(cfg, address)
     print(json.dumps({k: metrics[k] for k in ("epoch", "train/loss", "val/knn_top1", "val/online_top1")
@@ -76,14 +72,11 @@ def train_without_ray(cfg) -> dict:
 
 def train_with_ray(cfg, address: str | None) -> dict:
     from mpcl.files import storage_failure
-    from mpcl.launch import LaunchError
     from mpcl.launch.train import train
 
     try:
         return train(cfg, address)
-    except LaunchError as e:
-        fail(str(e))
-    except Exception as e:  # ray.train.TrainingFailedError: the worker traceback is above
+    except Exception as e:  # ray.train.TrainingFailedError: the worker traceback is in out/logs/
         if hasattr(e, "exit_code") or storage_failure(e) is not None:   # one line, from main
             raise
         fail(f"training failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
@@ -91,15 +84,11 @@ def train_with_ray(cfg, address: str | None) -> dict:
 
 
 def cmd_sweep(args) -> None:
-    from mpcl.launch import LaunchError
     from mpcl.launch.sweep import run_sweep
     from mpcl.tracking.sweep_results import format_table
 
-    try:
-        rows, spec, sweep_dir = run_sweep(args.sweep_file, address=args.address, resume=args.resume,
-                                          out=args.out, storage=args.storage, overrides=args.overrides)
-    except LaunchError as e:
-        fail(str(e))
+    rows, spec, sweep_dir = run_sweep(args.sweep_file, address=args.address, resume=args.resume,
+                                      out=args.out, storage=args.storage, overrides=args.overrides)
     print(format_table(rows, spec.metric))
     print(f"sweep directory: {sweep_dir}")
     print(f"optuna study:    optuna-dashboard {spec.study}")
@@ -136,25 +125,21 @@ def cmd_reproduce(args) -> None:
     import shlex
 
     from mpcl.files import exclusive, write_text_atomic
-    from mpcl.launch import LaunchError
     from mpcl.launch.reproduce import build_runs, default_out, run_reproduce
     from mpcl.report import write_report
     from mpcl.report.comparison import results_markdown
 
     out = Path(args.out or default_out(args.dataset, args.budget)).resolve()
-    try:
-        runs = build_runs(args.dataset, args.budget, args.seeds, out, args.overrides)
-        with exclusive(out, "--out"):
-            summary = run_reproduce(runs, out, args.dataset, args.budget, args.seeds, use_ray=not args.no_ray,
-                                    address=args.address, overrides=args.overrides)
-            command = "python run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-            results = results_markdown(summary, command)
-            write_text_atomic(out / "RESULTS.md", results)
-            print(results)
-            print(f"results: {out / 'RESULTS.md'}")
-            print(f"report:  {write_report(out)}")
-    except LaunchError as e:
-        fail(str(e))
+    runs = build_runs(args.dataset, args.budget, args.seeds, out, args.overrides)
+    with exclusive(out, "--out"):
+        summary = run_reproduce(runs, out, args.dataset, args.budget, args.seeds, use_ray=not args.no_ray,
+                                address=args.address, overrides=args.overrides)
+        command = "python run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        results = results_markdown(summary, command)
+        write_text_atomic(out / "RESULTS.md", results)
+        print(results)
+        print(f"results: {out / 'RESULTS.md'}")
+        print(f"report:  {write_report(out)}")
 
 
 def cmd_demo(args) -> None:
@@ -170,9 +155,9 @@ def cmd_demo(args) -> None:
         write_fashion_mnist_betons_if_missing(ROOT / get_dataset("fashion_mnist").beton_dir)
     except LaunchError as e:  # the demo sweep itself reads the raw files (data.loader=torch)
         print(f"demo: {e}; going on", file=sys.stderr)
-    print("demo: sweep sweeps/fmnist_demo.yaml: SimCLR-Attn, temperature x attention weight, "
-          "Optuna TPE + ASHA on a local Ray")
-    sweep_args = build_parser().parse_args(["sweep", str(DEMO_SWEEP), "--out", args.out])
+    print("demo: sweeps/fmnist_demo.yaml: SimCLR-Attn, temperature x attention weight, TPE + ASHA on a local Ray")
+    sweep_args = build_parser().commands["sweep"].parse_intermixed_args([str(DEMO_SWEEP), "--out", args.out,
+                                                                          *args.overrides])
     sweep_args.resume = (Path(args.out) / "tune").is_dir()  # a second `make demo` continues / reprints
     cmd_sweep(sweep_args)
     cmd_report(build_parser().parse_args(["report", args.out]))
@@ -184,14 +169,13 @@ def cmd_bench(args) -> None:
 
     if args.what == "step":
         return cmd_bench_step(args)
-    # OpenMP's default wait policy (spin briefly, then sleep) is left alone: under PASSIVE every
-    # small colour op of the FFCV pipeline wakes sleeping threads, and under ACTIVE the
-    # reference's main thread spins while its workers decode
+    # OpenMP's default wait policy is left alone: under PASSIVE every small colour op of the FFCV
+    # pipeline wakes sleeping threads, under ACTIVE the reference's main thread spins while it decodes
     from mpcl.bench import bench_loader
     from mpcl.data.process import keep_freed_memory
+    from mpcl.data.sources import SourceError
 
     keep_freed_memory()  # freed batch buffers stay in the process: no page faults per batch
-    from mpcl.data.sources import SourceError
 
     dataset, batch_size = args.dataset or "fashion_mnist", args.batch_size or 512
     samples = 20_000 if args.samples is None else args.samples
@@ -244,8 +228,13 @@ def cmd_bench_step(args) -> None:
         fail(str(e))
 
 
+# --verbose: Ray's own output (worker lines, Tune's tables) on the terminal, as Ray prints it
+VERBOSE = argparse.ArgumentParser(add_help=False)
+VERBOSE.add_argument("--verbose", action="store_true", help="Ray's logs on the terminal (default: in DIR/logs/)")
+
+
 def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train one config (section.key=value overrides)")
+    t = sub.add_parser("train", help="train one config (section.key=value overrides)", parents=[VERBOSE])
     t.add_argument("--config", help="YAML preset, e.g. configs/fmnist_simclr.yaml")
     t.add_argument("--no-ray", action="store_true", help="run the engine in this process, without Ray")
     t.add_argument("--address", help="join this Ray cluster (host:port, 'auto', ray://...; default: "
@@ -264,7 +253,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_sweep(sub) -> None:
-    s = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over a sweeps/*.yaml file")
+    s = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over a sweeps/*.yaml file", parents=[VERBOSE])
     s.add_argument("sweep_file")
     s.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     s.add_argument("--resume", action="store_true", help="continue the interrupted sweep in its directory")
@@ -344,7 +333,8 @@ def _add_dynamics(sub) -> None:
 
 
 def _add_reproduce(sub) -> None:
-    rp = sub.add_parser("reproduce", help="the paper's comparison: SimCLR(-Attn), SimSiam(-Multi), N seeds each")
+    rp = sub.add_parser("reproduce", help="the paper's comparison: SimCLR(-Attn), SimSiam(-Multi), N seeds each",
+                        parents=[VERBOSE])
     rp.add_argument("--dataset", default="fashion_mnist", help="a dataset with presets configs/<dataset>_<method>.yaml")
     rp.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 0..N-1)")
     rp.add_argument("--budget", default="smoke", choices=["smoke", "short", "paper"],
@@ -357,8 +347,9 @@ def _add_reproduce(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)")
+    d = sub.add_parser("demo", help="the embedded default job (what `make demo` runs)", parents=[VERBOSE])
     d.add_argument("--out", default="runs/demo", help="the sweep directory")
+    d.add_argument("overrides", nargs="*", help="as run.py sweep's, e.g. num_samples=2 train.epochs=1")
     d.set_defaults(func=cmd_demo)
 
 
@@ -373,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands whose options and key=value overrides may come in any order (a=1 --no-ray b=2)
-INTERMIXED = ("train", "eval", "sweep")
+INTERMIXED = ("train", "eval", "sweep", "demo")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,9 +377,13 @@ def main(argv: list[str] | None = None) -> None:
         args = parser.parse_args(argv)
     from mpcl.files import storage_failure
 
+    if getattr(args, "verbose", False):
+        os.environ["MPCL_VERBOSE"] = "1"   # read by mpcl.launch.console.verbose()
+    # one line for mpcl's errors that carry their exit code (LaunchError, DivergedError, OutputError)
+    # and for a library's write that the storage refused
     try:
         args.func(args)
-    except Exception as e:   # one line: mpcl's errors that carry their exit code, a library's failed write
+    except Exception as e:
         if (failure := e if hasattr(e, "exit_code") else storage_failure(e)) is None:
             raise
         fail(str(failure), failure.exit_code)

@@ -71,6 +71,9 @@ class LocalReporter:
         if self.echo:
             print(summary_line(metrics), flush=True)
 
+    def progress(self, epoch: int, done: int, total: int) -> None:
+        """The loop's own bar shows it (on a terminal)."""
+
     def close(self) -> None:
         if self.record is not None:
             self.record.close()

@@ -53,6 +53,9 @@ class Reporter(Protocol):
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         """Called on every worker once per epoch; ``state`` is the checkpoint (rank 0 only)."""
 
+    def progress(self, epoch: int, done: int, total: int) -> None:
+        """Called after each step: ``done`` of the epoch's ``total`` steps (cheap: no sync)."""
+
 
 class TrainStep(nn.Module):
     """Wraps a method so that DDP sees the training step as ``forward``."""
@@ -156,7 +159,7 @@ class Schedule:
 
 def train_epoch(cfg: Config, epoch: int, step: int, train_step: nn.Module, method: Method,
                 optimizer: torch.optim.Optimizer, rt: Runtime, loaders: Loaders,
-                schedule: Schedule) -> dict[str, float]:
+                schedule: Schedule, reporter: Reporter | None = None) -> dict[str, float]:
     """One epoch of optimizer steps from global step ``step``: its metrics (the method's step
     metrics averaged over steps and workers, the step count, the last lr, the timing).
     A NaN/inf loss raises ``DivergedError``, checked every ``train.log_every`` steps."""
@@ -181,6 +184,8 @@ def train_epoch(cfg: Config, epoch: int, step: int, train_step: nn.Module, metho
             _check_finite(first_bad, epoch)  # the only host sync of the loop
             bar.set_postfix(loss=f"{out.metrics['train/loss'].item():.4f}", lr=f"{lr:.3g}")
         bar.update()
+        if reporter is not None:
+            reporter.progress(epoch, i + 1, n)
     bar.close()
     _check_finite(first_bad, epoch)
     method.on_epoch_end(epoch)
@@ -210,7 +215,7 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
         train_step = torch.compile(train_step)
     schedule = Schedule.of(cfg, loaders)
     for epoch in range(start_epoch, cfg.train.epochs):
-        metrics = train_epoch(cfg, epoch, step, train_step, method, optimizer, rt, loaders, schedule)
+        metrics = train_epoch(cfg, epoch, step, train_step, method, optimizer, rt, loaders, schedule, reporter)
         step = metrics["step"]
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_every == 0 or last:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 
 from mpcl.config import Config
 from mpcl.launch import LaunchError
@@ -44,24 +45,34 @@ def check_address(address: str | None, timeout: float = GCS_PROBE_TIMEOUT_S) -> 
     return address
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> str:
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_dir: str | os.PathLike | None = None) -> str:
     """Join the cluster at ``address`` (as ``check_address`` returned it); with none, start a
-    local Ray with this machine's CPUs and its dashboard on 127.0.0.1 only. Returns a
-    description."""
+    local Ray with this machine's CPUs and its dashboard on 127.0.0.1 only. Unless
+    ``--verbose``, Ray's driver logs go to ``log_dir/logs/ray.log`` (nowhere without a
+    ``log_dir``) and the workers' output stays with them (:mod:`mpcl.launch.console`).
+    Returns a description."""
     import ray
+
+    from mpcl.launch.console import ray_log_file, ray_logs_to, verbose
 
     if ray.is_initialized():
         return "the Ray already initialised in this process"
-    quiet = {"log_to_driver": os.environ.get("MPCL_RAY_LOG_TO_DRIVER", "1") != "0",
-             "configure_logging": True, "logging_level": "WARNING"}
-    if address:
-        try:
-            ray.init(address=address, **quiet)
-        except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LaunchError(f"--address {address}: cannot join the Ray cluster ({first})") from None
-        return f"the Ray cluster at {address}"
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, dashboard_host="127.0.0.1", **quiet)
+    loud = verbose()
+    quiet = {"log_to_driver": loud, "configure_logging": loud, "logging_level": "WARNING"}
+    logs = nullcontext() if loud else ray_logs_to(ray_log_file(log_dir) if log_dir is not None else None)
+    with logs:
+        if address:
+            try:
+                ray.init(address=address, **quiet)
+            except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ...
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise LaunchError(f"--address {address}: cannot join the Ray cluster ({first})") from None
+            return f"the Ray cluster at {address}"
+        cpus = num_cpus or os.cpu_count() or 1
+        # a sweep starts processes that take no CPU (trials, Train controllers) besides the workers:
+        # Ray's startup limit (the CPUs) would have the raylet warn about a few of them on a laptop
+        ray.init(num_cpus=cpus, dashboard_host="127.0.0.1",
+                 _system_config={"worker_maximum_startup_concurrency": max(cpus, 8)}, **quiet)
     return "a local Ray (dashboard on 127.0.0.1)"
 
 
@@ -151,9 +162,11 @@ def check_cluster_fits(cfg: Config, key_prefix: str = "scale.", can_grow: bool =
         raise LaunchError(f"{problem} (still, after waiting {wait_s:.0f} s for the autoscaler)")
 
 
-def start_ray(cfg: Config, address: str | None, key_prefix: str = "scale.") -> str:
-    """Start or join Ray (``address`` as ``check_address`` returned it) and check that the
-    cluster holds ``cfg``'s workers (an autoscaled cluster is asked to grow). Returns where Ray runs."""
-    where = init_ray(address)
+def start_ray(cfg: Config, address: str | None, key_prefix: str = "scale.",
+              log_dir: str | os.PathLike | None = None) -> str:
+    """Start or join Ray (``address`` as ``check_address`` returned it; its logs in
+    ``log_dir/logs/``) and check that the cluster holds ``cfg``'s workers (an autoscaled
+    cluster is asked to grow). Returns where Ray runs."""
+    where = init_ray(address, log_dir=log_dir)
     check_cluster_fits(cfg, key_prefix, can_grow=address is not None)
     return where

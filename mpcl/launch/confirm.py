@@ -92,7 +92,7 @@ def run_confirm(spec, sweep_dir: Path, rows: list[dict[str, Any]], address: str 
             owners.append(label)
     print(f"confirm: {len(chosen) - 1} top configuration(s) and the baseline, seeds {seeds}, "
           f"{spec.epochs} epochs each ({len(runs)} runs)", file=sys.stderr, flush=True)
-    results = run_all(runs, use_ray=True, address=address)
+    results = run_all(runs, use_ray=True, address=address, log_dir=sweep_dir)
     values: dict[str, dict[int, float]] = {label: {} for label, _ in chosen}
     for cfg, label, result in zip(runs, owners, results):
         value = (result or {}).get("metrics", {}).get(spec.metric)

@@ -66,7 +66,7 @@ def latest_ray_checkpoint(out: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def run_on_ray(cfg: Config, linear_epochs: int) -> dict[str, Any]:
+def run_on_ray(cfg: Config, linear_epochs: int, quiet: bool = True) -> dict[str, Any]:
     """The body of one Ray run (a task that reserves nothing itself): its ``TorchTrainer``
     takes the workers' resources, the evaluation a task with one worker's resources."""
     import ray
@@ -75,7 +75,7 @@ def run_on_ray(cfg: Config, linear_epochs: int) -> dict[str, Any]:
     from mpcl.launch.train import make_trainer
     from mpcl.launch.worker import failure_reason
 
-    make_trainer(cfg).fit()
+    make_trainer(cfg, quiet=quiet).fit()
     reason = failure_reason(cfg.out)
     if reason:
         return _write_result(cfg.out, {"failed": reason})
@@ -90,9 +90,10 @@ def run_on_ray(cfg: Config, linear_epochs: int) -> dict[str, Any]:
 
 def run_all(configs: list[Config], use_ray: bool, address: str | None = None, linear_epochs: int = 0,
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-            ) -> list[dict[str, Any] | None]:
+            log_dir: str | os.PathLike | None = None) -> list[dict[str, Any] | None]:
     """Brings every config to a ``result.json``; returns the results in order (None where a
-    run did not finish: a Ray run that crashed, its reason logged)."""
+    run did not finish: a Ray run that crashed, its reason logged). Ray's driver logs go to
+    ``log_dir/logs/`` (unless ``--verbose``), each run's worker output to its own ``logs/``."""
     todo = [c for c in configs if read_result(c.out) is None]
     if len(todo) < len(configs):
         log(f"{len(configs) - len(todo)} of {len(configs)} run(s) already finished: kept")
@@ -104,10 +105,11 @@ def run_all(configs: list[Config], use_ray: bool, address: str | None = None, li
         import ray
 
         from mpcl.launch.cluster import init_ray
+        from mpcl.launch.console import verbose
 
-        log(f"ray: {init_ray(address)}; {len(todo)} run(s), {todo[0].scale.workers} worker(s) each")
+        log(f"ray: {init_ray(address, log_dir=log_dir)}; {len(todo)} run(s), {todo[0].scale.workers} worker(s) each")
         task = ray.remote(num_cpus=0, memory=1)(run_on_ray)  # the trainers reserve the resources
-        pending = {task.remote(c, linear_epochs): c for c in todo}
+        pending = {task.remote(c, linear_epochs, not verbose()): c for c in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             cfg = pending.pop(done[0])

@@ -146,7 +146,7 @@ def run_reproduce(runs: list[Config], out_dir: Path, dataset: str, budget: str, 
     (:func:`mpcl.files.exclusive`)."""
     t0 = time.perf_counter()
     linear_epochs = int(BUDGETS[budget]["linear_epochs"])
-    results = run_all(runs, use_ray, address, linear_epochs=linear_epochs)
+    results = run_all(runs, use_ray, address, linear_epochs=linear_epochs, log_dir=out_dir)
     wall = time.perf_counter() - t0
     example = runs[0]
     summary = {

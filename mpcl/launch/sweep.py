@@ -49,9 +49,12 @@ def make_trainable(spec: SweepSpec, sweep_dir: str | Path, base: Config):
     restored trial resumes from its Ray Train checkpoints). ``base`` (the checked example trial)
     travels as a flat dict: the node a trial lands on needs the code and the data, not the
     sweep files. Each trial loads (and validates) its config once; the workers get it as is."""
+    from mpcl.launch.console import verbose
+
     trials_dir = join(sweep_dir, "trials") if is_uri(sweep_dir) else str((Path(sweep_dir) / "trials").resolve())
     base_tree = flatten(to_dict(base))
     metric = spec.metric
+    quiet = not verbose()   # as the driver was asked: a trial's process may not share its environment
 
     def trial(params: dict[str, Any]) -> None:
         from ray import tune
@@ -64,7 +67,7 @@ def make_trainable(spec: SweepSpec, sweep_dir: str | Path, base: Config):
         cfg = load(None, {**base_tree, **params, "out": f"{trials_dir}/{trial_id}"})
         if not cfg.train.resume:
             start_over(cfg.out)
-        run_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()])
+        run_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()], quiet=quiet)
 
     return trial
 
@@ -119,15 +122,25 @@ def _tuner(spec: SweepSpec, sweep_dir: str | Path, files: Mirror, example: Confi
     """A new ``Tuner``, or the interrupted one restored from ``tune/``."""
     from ray import tune
 
+    from mpcl.launch.console import sweep_view, verbose
     from mpcl.launch.search import make_scheduler, make_searcher
 
     # The trial function only waits on its TorchTrainer: it reserves no CPU (Ray refuses an
     # empty request, hence a token byte of memory); the trainer's workers take scale.*.
     trainable = tune.with_resources(make_trainable(spec, sweep_dir, example), {"cpu": 0, "memory": 1})
-    if resume:
-        return tune.Tuner.restore(str(join(sweep_dir, "tune")), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
     epochs = example.train.epochs
+    # Tune's own status tables with --verbose; otherwise mpcl's view of the trials
+    shown = {"verbose": 1, "callbacks": []} if verbose() else {
+        "verbose": 0, "callbacks": [sweep_view(spec, epochs, sweep_dir)]}
+    if not verbose():   # Tune's newer output prints its experiment header at any verbosity
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    if resume:
+        tuner = tune.Tuner.restore(str(join(sweep_dir, "tune")), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        # restore() takes no run config: what is shown is this run's choice, not the first run's
+        run_config = tuner._local_tuner._run_config
+        run_config.verbose, run_config.callbacks = shown["verbose"], shown["callbacks"]
+        return tuner
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -139,8 +152,7 @@ def _tuner(spec: SweepSpec, sweep_dir: str | Path, files: Mirror, example: Confi
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                                   # Tune's state reaches a URI every 30 s (Ray's default: 300 s),
                                   # so a killed driver's --resume loses little
-                                  sync_config=tune.SyncConfig(sync_period=30),
-                                  verbose=int(os.environ.get("MPCL_TUNE_VERBOSE", "1"))),
+                                  sync_config=tune.SyncConfig(sync_period=30), **shown),
     )
 
 
@@ -180,7 +192,7 @@ def _run_locked(path, spec: SweepSpec, sweep_dir: str | Path, files: Mirror, add
         spec = _record_sweep_file(spec, sweep_dir, files, example)
     spec.study = storage or storage_url(files.local)
     epochs = example.train.epochs
-    where = start_ray(example, address, f"{path}: resources.")
+    where = start_ray(example, address, f"{path}: resources.", log_dir=files.local)
     print(f"ray: {where}; sweep {spec.name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, "
           f"{epochs} epochs each; directory {sweep_dir}", file=sys.stderr)
     try:

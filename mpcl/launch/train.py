@@ -47,17 +47,23 @@ def run_config(cfg: Config, callbacks: list | None = None):
     )
 
 
-def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | None = None):
+def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | None = None,
+                 quiet: bool | None = None):
     """A ``TorchTrainer`` for ``cfg``; ``objective`` (a metric name) adds an ``objective`` key
-    to every report (the last measured value) for Tune."""
+    to every report (the last measured value) for Tune. ``quiet`` (default: not
+    ``--verbose``, as the driver sees it): the workers' output goes to ``out/logs/``."""
     from ray.train.torch import TorchTrainer
 
-    loop_config: dict[str, Any] = {"cfg": cfg, "objective": objective}
+    from mpcl.launch.console import verbose
+
+    quiet = not verbose() if quiet is None else quiet
+    loop_config: dict[str, Any] = {"cfg": cfg, "objective": objective, "quiet": quiet}
     return TorchTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling_config(cfg), run_config=run_config(cfg, callbacks))
 
 
-def run_trainer(cfg: Config, objective: str | None = None, callbacks: list | None = None):
+def run_trainer(cfg: Config, objective: str | None = None, callbacks: list | None = None,
+                quiet: bool | None = None):
     """Fit one ``TorchTrainer`` (``run.py train`` and every sweep trial). Raises
     ``DivergedError`` (NaN/inf loss) or ``LaunchError`` (a config or data error a worker
     raised: one line, not retried)."""
@@ -66,7 +72,7 @@ def run_trainer(cfg: Config, objective: str | None = None, callbacks: list | Non
 
     Mirror(cfg.out).remove(FAILED_FILE)  # a reason left by an earlier attempt
     try:
-        result = make_trainer(cfg, objective, callbacks).fit()
+        result = make_trainer(cfg, objective, callbacks, quiet).fit()
     except Exception as e:
         failure = read_failure(cfg.out)
         if failure is None:
@@ -99,12 +105,19 @@ def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
     ``check_address`` returned it). Returns the last reported metrics; raises
     ``DivergedError`` (NaN/inf loss) or ``LaunchError``."""
     from mpcl.engine.local import start_over
+    from mpcl.launch.console import LOG_DIR, RunView, verbose
 
-    where = start_ray(cfg, address)
+    local = Mirror(cfg.out).local
     if not cfg.train.resume:
         start_over(cfg.out)
-    print(f"ray: {where}; {cfg.scale.workers} worker(s), run directory {cfg.out}", file=sys.stderr)
-    result = run_trainer(cfg)
+    where = start_ray(cfg, address, log_dir=local)
+    logs = "" if verbose() else f"; Ray's logs in {local / LOG_DIR}"
+    print(f"ray: {where}; {cfg.scale.workers} worker(s), run directory {cfg.out}{logs}", file=sys.stderr)
+    if verbose() or is_uri(cfg.out):   # Ray prints the workers' lines / rank 0 writes on its own node
+        result = run_trainer(cfg)
+    else:
+        with RunView(cfg.out, cfg.train.epochs):
+            result = run_trainer(cfg)
     return dict(result.metrics or {})
 
 

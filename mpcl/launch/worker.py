@@ -18,6 +18,10 @@ import json
 import os
 import shutil
 import tempfile
+import sys
+import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ from mpcl.launch.storage import Mirror, is_uri, join, read_text
 from mpcl.tracking import write_json
 
 FAILED_FILE = "FAILED.json"
+LOG_DIR = "logs"                  # the workers' output (quiet runs) and rank 0's progress
+PROGRESS_FILE = "progress.json"
 STATE_FILE = "state.pt"
 # the keys every report carries for Tune: epochs trained, and the objective's last measured value
 EPOCHS_KEY = "epochs_done"
@@ -80,6 +86,7 @@ class RayReporter:
         self.last_objective: float | None = None
         self.record = None
         self.saved_epoch: int | None = None   # the epoch of the run's latest checkpoint
+        self.progress_at = 0.0
         if self.rank == 0:
             self.run_dir.pull("metrics.jsonl")   # a restart on another node continues the log
             self.record = RunRecord(cfg, self.out, push=self.run_dir.push)
@@ -160,6 +167,13 @@ class RayReporter:
             raise write_failed(f"{self.out}/checkpoint_* (epoch {state['epoch']})", e, state_bytes(state),
                                kept_note(self.saved_epoch, self.cfg.train.resume)) from e
 
+    def progress(self, epoch: int, done: int, total: int) -> None:
+        """Rank 0 leaves its place in the epoch for the driver's bar, at most twice a second."""
+        now = time.monotonic()
+        if self.rank == 0 and (now - self.progress_at >= 0.5 or done == total):
+            self.progress_at = now
+            write_progress(self.out, epoch, done, total)
+
     def close(self) -> None:
         if self.record is not None:
             self.record.close()
@@ -186,7 +200,22 @@ def data_fails_on_any_worker(cfg: Config) -> bool:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One worker. A NaN/inf loss (seen by every worker at the same step: an all-reduce) ends
+    """One worker; with ``config["quiet"]`` its output (Ray Train's lines, a traceback) goes
+    to ``out/logs/worker-<rank>.log``, not to the driver."""
+    import ray.train
+
+    cfg: Config = config["cfg"]
+    rank = ray.train.get_context().get_world_rank()
+    with worker_output(Mirror(cfg.out).local, rank, bool(config.get("quiet"))):
+        try:
+            _train(config)
+        except BaseException:   # Ray reports it only after this block: into the log it goes
+            traceback.print_exc()
+            raise
+
+
+def _train(config: dict[str, Any]) -> None:
+    """A NaN/inf loss (seen by every worker at the same step: an all-reduce) ends
     the run cleanly with ``FAILED.json``; so does data a worker cannot read (checked by all
     first). A config or data error raised later is recorded there too and raised, so that
     Ray stops the other workers; a restart that finds it returns at once instead of failing
@@ -219,3 +248,48 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finally:
         if reporter is not None:
             reporter.close()
+
+
+def worker_log_file(run_dir: str | os.PathLike, rank: int) -> Path:
+    return Path(run_dir) / LOG_DIR / f"worker-{rank}.log"
+
+
+@contextmanager
+def worker_output(run_dir: str | os.PathLike, rank: int, quiet: bool):
+    """Inside a Ray Train worker: its stdout and stderr (Ray Train's INFO lines, tracebacks,
+    anything printed) appended to ``RUN/logs/worker-<rank>.log`` while the block runs, when
+    ``quiet``. At the file-descriptor level, so that Ray's handlers, C++ logs and child
+    processes follow."""
+    if not quiet:
+        yield None
+        return
+    path = worker_log_file(run_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def write_progress(run_dir: str | os.PathLike, epoch: int, step: int, steps: int) -> None:
+    """Rank 0's place in the epoch, for the driver's bar (replaced whole, not synced: a
+    progress file that a crash loses costs nothing)."""
+    path = Path(run_dir) / LOG_DIR / PROGRESS_FILE
+    tmp = path.with_name(f".{PROGRESS_FILE}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"epoch": epoch, "step": step, "steps": steps}))
+        os.replace(tmp, path)
+    except OSError:   # a full disk must not stop training for a progress bar
+        tmp.unlink(missing_ok=True)
