@@ -59,7 +59,6 @@ def local_ray():
     ray = pytest.importorskip("ray")
     from mpcl.launch.cluster import init_ray
 
-    os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

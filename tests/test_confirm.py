@@ -98,7 +98,7 @@ def test_verdict_says_whether_the_interval_excludes_zero():
 @pytest.mark.ray
 def test_sweep_with_confirm_end_to_end(tmp_path, fmnist_path):
     path = _write(tmp_path, _tree(tmp_path, fmnist_path))
-    env = dict(os.environ, MPCL_RAY_LOG_TO_DRIVER="0", MPCL_TUNE_VERBOSE="0", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=1800)

@@ -67,8 +67,7 @@ def repo(tmp_path_factory, fmnist_path) -> Path:
 
 def run_as_written(repo: Path, argv: list[str], *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     assert argv[0] == "python"
-    env = dict(os.environ, PYTHONPATH=str(repo), MPCL_RAY_LOG_TO_DRIVER="0", MPCL_TUNE_VERBOSE="0",
-               PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    env = dict(os.environ, PYTHONPATH=str(repo), PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, *argv[1:], *overrides], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -111,10 +110,15 @@ def test_data_prep_fashion_mnist(repo, fmnist_path):
 @pytest.mark.ray
 def test_train_through_ray_with_two_workers(repo):
     argv = readme_command("python run.py train --config configs/fmnist_simclr_attn.yaml scale.workers=2")
-    run_as_written(repo, argv, "train.epochs=1", "model.backbone=small_cnn", *SMALL, "out=runs/r_ray")
+    proc = run_as_written(repo, argv, "train.epochs=1", "model.backbone=small_cnn", *SMALL, "out=runs/r_ray")
     assert [r["epoch"] for r in _metrics(repo / "runs/r_ray")] == [0]
     assert list((repo / "runs/r_ray").glob("checkpoint_*"))
     assert not (repo / "runs/r_ray/FAILED.json").exists()
+    # what --no-ray shows: the epoch's line; Ray's own lines are in the run's logs/, one file a worker
+    assert re.search(r"^epoch 0  train/loss=\S+  val/knn_top1=", proc.stdout, re.M), proc.stdout
+    assert "RayTrainWorker" not in proc.stdout + proc.stderr and "\x1b[" not in proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert "Reporting training result" in (repo / f"runs/r_ray/logs/worker-{rank}.log").read_text()
 
 
 @pytest.mark.slow
@@ -127,3 +131,47 @@ def test_sweep_then_report(repo):
     assert [t["state"] for t in results["trials"]] == ["complete"]
     proc = run_as_written(repo, readme_command("python run.py report runs/sweeps/fmnist_demo"))
     assert (sweep_dir / "report/index.html").is_file() and "report:" in proc.stdout
+
+
+def _merged(repo: Path, argv: list[str], env: dict | None = None) -> tuple[int, list[str]]:
+    """Run ``argv`` (python ...) in the copy, stdout and stderr into one pipe (not a terminal)."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", **(env or {})}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=repo, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900)
+    return proc.returncode, proc.stdout.splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_demo_prints_a_short_plain_account_with_its_summary_last(repo):
+    """``run.py demo``, two trials of one epoch, the one at attention weight 1 made to crash
+    (tests/faults): at most 60 plain lines, no Ray worker line, the crash in one line naming
+    the log that holds its traceback, and the summary last."""
+    faults = ROOT / "tests" / "faults"
+    rc, lines = _merged(repo, ["python", "run.py", "demo", "--out", "runs/demo_small", "num_samples=2",
+                               "train.epochs=1", "data.subset=1024", "data.val_subset=512"],
+                        {"PYTHONPATH": f"{faults}{os.pathsep}{repo}", "MPCL_TEST_FAULT": "crash_full_attention"})
+    text = "\n".join(lines)
+    assert rc == 0, text[-3000:]
+    assert len(lines) <= 60, text
+    assert "\x1b[" not in text
+    for ray_line in ("RayTrainWorker", "TrainController", "(raylet)", "Trial status", "tensorboard"):
+        assert ray_line not in text, ray_line
+    (failed,) = [line for line in lines if " failed: " in line and line.startswith("trial ")]
+    log = Path(re.fullmatch(r"trial \w+ failed: .*injected crash for the test.* \(log: (\S+)\)", failed)[1])
+    assert "Traceback (most recent call last)" in log.read_text() and "injected crash" in log.read_text()
+    assert lines[-1].startswith("demo: done in ") and lines[-2].startswith("report: ")
+    assert [line.split(":")[0] for line in lines[-5:-2]] == ["sweep directory", "optuna study", "report"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_verbose_brings_ray_s_worker_lines_back(repo):
+    argv = readme_command("python run.py train --config configs/fmnist_simclr_attn.yaml scale.workers=2")
+    rc, lines = _merged(repo, [*argv, "--verbose", "train.epochs=1", "model.backbone=small_cnn", *SMALL,
+                               "out=runs/r_verbose"])
+    text = "\n".join(lines)
+    assert rc == 0, text[-3000:]
+    assert "(RayTrainWorker pid=" in text and "Reporting training result" in text
+    assert not list((repo / "runs/r_verbose").glob("logs/worker-*.log"))

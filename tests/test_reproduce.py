@@ -125,7 +125,6 @@ def test_a_ray_run_is_trained_and_evaluated_once(tmp_path, fmnist_path, monkeypa
     from mpcl.launch.repeat import latest_ray_checkpoint, run_all
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("MPCL_RAY_LOG_TO_DRIVER", "0")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     (cfg,) = [c for c in rp.build_runs("fashion_mnist", "smoke", 1, tmp_path, [
         f"data.path={fmnist_path}", "data.subset=128", "data.val_subset=128", "data.batch_size=64", "train.epochs=1"])

@@ -108,7 +108,6 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
     from mpcl.launch.cluster import init_ray
     from mpcl.launch.train import train
 
-    os.environ["MPCL_RAY_LOG_TO_DRIVER"] = "0"
     out = tmp_path / "run"
     try:
         init_ray(num_cpus=2)

@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import tiny_sweep_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-HOLD_HOOK = Path(__file__).resolve().parent / "hold_after_first_epoch"
+FAULTS = Path(__file__).resolve().parent / "faults"   # sitecustomize: MPCL_TEST_FAULT names the fault
 HELD_FILE, RELEASE_FILE = "HELD", "RELEASE"   # written and awaited by the hook
 
 
@@ -74,7 +74,7 @@ def _wait_for(what: str, condition, proc, log: Path, timeout: float = 300):
 
 
 def _env():
-    env = dict(os.environ, MPCL_RAY_LOG_TO_DRIVER="0", MPCL_TUNE_VERBOSE="0", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -82,7 +82,7 @@ def _env():
 @pytest.mark.ray
 def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     """Every trial that trains holds after reporting its first epoch (the test-only hook in
-    tests/hold_after_first_epoch, on the sweep's PYTHONPATH): the first to hold is released
+    tests/faults, hold_after_first_epoch, on the sweep's PYTHONPATH): the first to hold is released
     and finishes; the sweep is interrupted while the second
     holds, its first epoch reported and checkpointed. --resume keeps the finished trial as it
     was and continues the interrupted one from its checkpoint, the study keeping both epochs'
@@ -94,7 +94,8 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     log_path = tmp_path / "first.log"
     log = open(log_path, "w")
     env = _env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOLD_HOOK), str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), str(ROOT), env.get("PYTHONPATH")]))
+    env["MPCL_TEST_FAULT"] = "hold_after_first_epoch"
     proc = subprocess.Popen([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     held = lambda: sorted(p.parent for p in (sweep_dir / "trials").glob(f"*/{HELD_FILE}"))  # noqa: E731
