@@ -114,15 +114,19 @@ def test_a_min_objective_ranks_the_smallest_first(tmp_path):
 
 
 def test_a_ray_run_prints_each_epoch_as_no_ray_does_once(tmp_path):
-    """A resumed run's earlier epochs are not printed again; epochs written while it runs are,
-    in order, each once."""
+    """A resumed run's earlier epochs are not printed again, but one it trains again is (its
+    line was logged, its checkpoint was not); epochs written while it runs are, in order, each
+    once."""
     from mpcl.tracking import MetricsLog, summary_line
 
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.append({"epoch": 0, "train/loss": 3.0})
+    log.append({"epoch": 1, "train/loss": 2.6})             # logged; the run died before its checkpoint
     stream = io.StringIO()
     rows = [{"epoch": 1, "train/loss": 2.5, "val/knn_top1": 41.0}, {"epoch": 2, "train/loss": 2.0}]
     with RunView(tmp_path, 3, stream=stream, interval=0.02):
+        time.sleep(0.1)
+        log.truncate_after(0)                                # the resumed run replays epoch 1
         for row in rows:
             log.append(row)
             time.sleep(0.1)

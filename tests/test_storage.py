@@ -5,6 +5,7 @@ driver), resume from there; report and eval read from there."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def test_two_worker_run_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = _text("runs/r1/metrics.jsonl").splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3] and lines[0] == first[0]
+    # what this run trained, printed as --no-ray prints it, read from the store as it came
+    printed = [int(m[1]) for m in re.finditer(r"^epoch (\d+)  train/loss=", done.stdout, re.M)]
+    assert printed and printed == list(range(printed[0], 4)) and printed[0] <= 2, done.stdout
     keys = _keys("runs/r1/")
     assert "runs/r1/config.yaml" in keys and "runs/r1/FAILED.json" not in keys
     last = sorted(k for k in keys if k.endswith("/state.pt"))[-1]

@@ -79,22 +79,27 @@ def _value(v: Any) -> str:
 
 class RunView:
     """``run.py train`` through Ray: while the run trains, a thread prints each new epoch of
-    ``metrics.jsonl`` as ``--no-ray`` does and, on a terminal, draws the epoch's steps."""
+    ``metrics.jsonl`` as ``--no-ray`` does and, on a terminal, draws the epoch's steps. A run
+    directory that is a URI is read there, every 5 s, without the steps (rank 0 writes them on
+    its own node)."""
 
-    def __init__(self, run_dir: str | os.PathLike, epochs: int, stream=None, interval: float = 0.5):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | os.PathLike, epochs: int, stream=None, interval: float | None = None):
+        from mpcl.launch.storage import is_uri
+
+        self.remote = is_uri(run_dir)
+        self.run_dir = str(run_dir) if self.remote else Path(run_dir)
         self.epochs = epochs
         self.stream = stream or sys.stdout
-        self.interval = interval
-        self.printed = 0
+        self.interval = interval or (5.0 if self.remote else 0.5)
+        self.shown: set[str] = set()
         self.stop = threading.Event()
         self.bar = None
         self.thread = threading.Thread(target=self._loop, name="mpcl-run-view", daemon=True)
 
     def __enter__(self) -> RunView:
-        from mpcl.tracking import read_metrics
-
-        self.printed = len(read_metrics(self.run_dir))   # a resumed run: its earlier epochs are known
+        # a resumed run: the epochs already logged are known; one it trains again (its line was
+        # written, its checkpoint was not) comes back with other numbers and is printed
+        self.shown = {json.dumps(row, sort_keys=True) for row in self._rows()}
         self.thread.start()
         return self
 
@@ -109,14 +114,26 @@ class RunView:
         while not self.stop.wait(self.interval):
             self._poll()
 
-    def _poll(self, final: bool = False) -> None:
-        from mpcl.tracking import read_metrics, summary_line
+    def _rows(self) -> list[dict[str, Any]]:
+        from mpcl.launch.storage import join, read_text
+        from mpcl.tracking import parse_metrics, read_metrics
 
-        rows = read_metrics(self.run_dir)
-        for row in rows[self.printed:]:
-            self._say(summary_line(row))
-        self.printed = max(self.printed, len(rows))
-        if self.stream.isatty() and not final:
+        if not self.remote:
+            return read_metrics(self.run_dir)
+        try:
+            return parse_metrics(read_text(join(self.run_dir, "metrics.jsonl")) or "")
+        except OSError:   # the store did not answer this time: the next poll asks again
+            return []
+
+    def _poll(self, final: bool = False) -> None:
+        from mpcl.tracking import summary_line
+
+        for row in self._rows():
+            key = json.dumps(row, sort_keys=True)
+            if key not in self.shown:
+                self.shown.add(key)
+                self._say(summary_line(row))
+        if self.stream.isatty() and not final and not self.remote:
             self._draw_bar()
 
     def _say(self, line: str) -> None:

@@ -113,7 +113,7 @@ def train(cfg: Config, address: str | None = None) -> dict[str, Any]:
     where = start_ray(cfg, address, log_dir=local)
     logs = "" if verbose() else f"; Ray's logs in {local / LOG_DIR}"
     print(f"ray: {where}; {cfg.scale.workers} worker(s), run directory {cfg.out}{logs}", file=sys.stderr)
-    if verbose() or is_uri(cfg.out):   # Ray prints the workers' lines / rank 0 writes on its own node
+    if verbose():   # Ray prints the workers' lines
         result = run_trainer(cfg)
     else:
         with RunView(cfg.out, cfg.train.epochs):

@@ -38,6 +38,22 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The epochs' rows of a ``metrics.jsonl``. Lines that are not a JSON object with an
+    integer ``epoch`` (a line torn by a crash mid-write, or anything else not written here)
+    are skipped."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            rows.append(row)
+    return rows
+
+
 class MetricsLog:
     """Appends one line per epoch; ``truncate_after(epoch)`` drops lines of epochs a resumed
     run will replay, so the file never holds an epoch twice."""
@@ -51,20 +67,7 @@ class MetricsLog:
                     kept="its earlier lines are kept")
 
     def read(self) -> list[dict[str, Any]]:
-        """The epochs' rows. Lines that are not a JSON object with an integer ``epoch`` (a line
-        torn by a crash mid-write, or anything else not written here) are skipped."""
-        if not self.path.is_file():
-            return []
-        rows = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            epoch = row.get("epoch") if isinstance(row, dict) else None
-            if isinstance(epoch, int) and not isinstance(epoch, bool):
-                rows.append(row)
-        return rows
+        return parse_metrics(self.path.read_text(errors="replace")) if self.path.is_file() else []
 
     def truncate_after(self, epoch: int) -> None:
         """Cut the file after the last whole line of an epoch <= ``epoch`` (and so a torn last
