@@ -202,6 +202,8 @@ def data_fails_on_any_worker(cfg: Config) -> bool:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One worker; with ``config["quiet"]`` its output (Ray Train's lines, a traceback) goes
     to ``out/logs/worker-<rank>.log``, not to the driver."""
+    if not config.get("quiet"):
+        return _train(config)
     import ray.train
 
     cfg: Config = config["cfg"]
