@@ -408,7 +408,13 @@ CLI_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CLI_CASES))
+# mcl and spcl (clustering, prototypes) train in the fast suite; the others in the full one,
+# each with its unit-level reference and gradient-flow tests in the fast suite
+FAST_CLI_CASES = ("mcl", "spcl")
+
+
+@pytest.mark.parametrize("case", [c if c in FAST_CLI_CASES else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in CLI_CASES])
 def test_each_new_method_trains_through_the_cli(case, tmp_path, fmnist_path):
     """256 samples in batches of 64 for two epochs (the samples of one epoch of 512), evaluated
     at the end only: the mean training loss of the last epoch is below that of the one before."""
