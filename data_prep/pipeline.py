@@ -24,7 +24,7 @@ from data_prep.plan import Plan, mean_std, pixel_histogram
 from data_prep.planners import LAYOUTS, PLANNERS
 from mpcl.data.process import available_cpus
 from mpcl.data.sources import SourceError
-from mpcl.files import exclusive, write_failed
+from mpcl.files import OutputBusy, exclusive, wait_until_free, write_failed
 
 DEFAULT_JPEG_QUALITY = 90
 
@@ -96,6 +96,23 @@ def prepare(dataset: str, src: str | os.PathLike, out: str | os.PathLike,
     sizes = ", ".join(f"{n} {manifest['bytes'][f] / 2**20:.1f} MiB" for n, f in manifest["files"].items())
     say(f"wrote {out} ({sizes}) in {time.time() - t0:.1f} s")
     return manifest
+
+
+def prepare_if_missing(dataset: str, src: str | os.PathLike, out: str | os.PathLike, say=None) -> bool:
+    """Write ``out``'s train.beton and val.beton (and manifest) with :func:`prepare`, quietly,
+    when either is missing; returns whether it wrote them. When another process is writing
+    into ``out`` right now, ``say`` says so and this waits for it, then uses what it wrote.
+    Raises what :func:`prepare` raises."""
+    out = Path(out)
+    while not all((out / SPLIT_FILES[split]).is_file() for split in ("train", "val")):
+        try:
+            prepare(dataset, src, out, quiet=True)
+            return True
+        except OutputBusy as e:   # another run writes the same files: theirs will do
+            if say is not None:
+                say(f"waiting for the writer of {out}: {e}")
+            wait_until_free(out)
+    return False
 
 
 def _call_text(dataset, src, out, max_resolution, jpeg_quality, workers, write_mode, unlabeled) -> str:

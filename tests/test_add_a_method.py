@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-import run
+from mpcl import cli
 from conftest import tiny_overrides
 from mpcl.config import ConfigError
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.data.batch import Batch
 from mpcl.methods import METHODS, Method, build_method, register
 
@@ -97,7 +97,7 @@ def test_a_registered_method_trains_through_the_cli(toy, tmp_path, fmnist_path):
     preset = tmp_path / "fmnist_toy.yaml"     # what configs/fmnist_toy.yaml would be: the two parts
     preset.write_text(f"base: [{ROOT}/configs/parts/data/fmnist.yaml, {part.name}]\ntrain: {{epochs: 1}}\n")
     out = tmp_path / "run"
-    run.main(["train", "--config", str(preset), "--no-ray", *tiny_overrides(
+    cli.main(["train", "--config", str(preset), "--no-ray", *tiny_overrides(
         out, "toy", **{"data.path": fmnist_path, "data.subset": 64, "data.val_subset": 64, "data.batch_size": 32})])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0] and "val/knn_top1" in rows[0]

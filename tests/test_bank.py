@@ -2,7 +2,7 @@
 
 import torch
 
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.data.batch import Batch
 from mpcl.losses import symmetric_negative_cosine
 from mpcl.methods import build_method

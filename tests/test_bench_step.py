@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mpcl.bench_step import bench_step
-from mpcl.bench_step_report import format_table
-from mpcl.bench_step_settings import Row, StepReport, peak_bf16_flops
+from mpcl.bench.step import bench_step
+from mpcl.bench.step_report import format_table
+from mpcl.bench.step_settings import Row, StepReport, peak_bf16_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_HEADS = ["model.projector_hidden=32", "model.projector_out=16", "model.predictor_hidden=8",
@@ -138,7 +138,7 @@ def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     text = (tmp_path / "B.md").read_text()
     assert "| simclr | fp32 eager |" in text and "skipped: kornia is not installed" in text
-    r = run_bare(["-m", "mpcl.gpu_check", "--device", "cpu", "--quick", "--data", str(raw),
+    r = run_bare(["-m", "mpcl.bench.gpu_check", "--device", "cpu", "--quick", "--data", str(raw),
                   "--out", str(tmp_path / "gc"), "--out-file", str(tmp_path / "G.md")], tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     table = r.stdout[r.stdout.index("| part | item |"):]
@@ -158,7 +158,7 @@ def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
 def test_worker_consistent_buffers_are_the_banks_queues_and_pseudo_labels(method, expected):
     """What DDP is told to leave out of its broadcast: exactly the buffers kept consistent by
     gathered writes or rank-0 broadcasts; BN statistics stay in."""
-    from mpcl.configure import declared_only, load
+    from mpcl.config.compose import declared_only, load
     from mpcl.methods import build_method
 
     cfg = load(None, declared_only(method, [f"method.name={method}", "model.backbone=small_cnn", *SMALL_HEADS]))

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import run
+from mpcl import cli
 from mpcl.config import SECTIONS, field_types
 from mpcl.config import ConfigError, dump, to_dict
-from mpcl.configure import declared_only, from_dict, load
+from mpcl.config.compose import declared_only, from_dict, load
 from mpcl.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ BAD = [
 @pytest.mark.parametrize("override,key,method", BAD)
 def test_bad_value_exits_2_naming_the_key(override, key, method, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", f"method.name={method}", override, f"out={tmp_path / 'r'}"])
+        cli.main(["train", "--no-ray", f"method.name={method}", override, f"out={tmp_path / 'r'}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and (key in err if method != "mcl_nope" else "mcl_nope" in err)
@@ -142,7 +142,7 @@ def test_cli_subprocess_exit_code(tmp_path):
 
 def test_missing_config_file(capsys):
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", "--config", "configs/nope.yaml"])
+        cli.main(["train", "--no-ray", "--config", "configs/nope.yaml"])
     assert e.value.code == 2 and "configs/nope.yaml" in capsys.readouterr().err
 
 
@@ -155,7 +155,7 @@ NON_FINITE = ["optim.lr=nan", "method.temperature=inf", "data.crop_scale_min=nan
 def test_nan_and_inf_are_refused_naming_the_key(override, capsys, tmp_path):
     key = override.split()[-1].split("=")[0]
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", *override.split(), f"out={tmp_path / 'r'}"])
+        cli.main(["train", "--no-ray", *override.split(), f"out={tmp_path / 'r'}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err and "finite" in err
@@ -189,7 +189,7 @@ def test_empty_or_duplicate_yaml_is_one_line(text, expect, tmp_path, capsys):
     path = tmp_path / "preset.yaml"
     path.write_text(text)
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", "--config", str(path), f"out={tmp_path / 'r'}"])
+        cli.main(["train", "--no-ray", "--config", str(path), f"out={tmp_path / 'r'}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"error: {path}: {expect}"] or (len(err.splitlines()) == 1 and expect in err
@@ -204,15 +204,15 @@ def test_empty_or_duplicate_yaml_is_one_line(text, expect, tmp_path, capsys):
 ])
 def test_train_options_and_overrides_in_any_order(argv, monkeypatch):
     seen = {}
-    monkeypatch.setattr(run, "cmd_train", lambda args: seen.update(vars(args)))
-    run.main(["train", *argv])
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)))
+    cli.main(["train", *argv])
     assert seen["overrides"] == ["a.b=1", "c.d=2"] and seen["no_ray"] and seen["config"] == "c.yaml"
     assert seen["command"] == "train"
 
 
 def test_an_override_after_an_option_is_applied(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--config", "configs/fmnist_simclr.yaml", "train.epochs=1", "--no-ray",
+        cli.main(["train", "--config", "configs/fmnist_simclr.yaml", "train.epochs=1", "--no-ray",
                   "method.temperature=0", f"out={tmp_path / 'r'}"])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == "error: method.temperature=0.0: must be > 0.0"
@@ -220,16 +220,16 @@ def test_an_override_after_an_option_is_applied(tmp_path, capsys):
 
 def test_eval_options_and_overrides_in_any_order(monkeypatch):
     seen = {}
-    monkeypatch.setattr(run, "cmd_eval", lambda args: seen.update(vars(args)))
-    run.main(["eval", "data.path=/x", "--checkpoint", "last.pt", "data.subset=5", "--linear-epochs", "3"])
+    monkeypatch.setattr(cli, "cmd_eval", lambda args: seen.update(vars(args)))
+    cli.main(["eval", "data.path=/x", "--checkpoint", "last.pt", "data.subset=5", "--linear-epochs", "3"])
     assert seen["overrides"] == ["data.path=/x", "data.subset=5"] and seen["checkpoint"] == "last.pt"
     assert seen["linear_epochs"] == 3
 
 
 def test_the_schema_and_the_methods_import_no_loader():
-    """Layers: the schema imports nothing of mpcl; the methods import the schema, not the loader
-    that composes a Config (mpcl.configure, above them)."""
+    """Layers: the schema imports nothing else of mpcl; the methods import the schema, not the loader
+    that composes a Config (mpcl.config.compose, above them)."""
     code = ("import sys, mpcl.config; schema = {m for m in sys.modules if m.startswith('mpcl.')}; "
-            "import mpcl.methods; print(sorted(schema), 'mpcl.configure' in sys.modules)")
+            "import mpcl.methods; print(sorted(schema), 'mpcl.config.compose' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.stdout.split() == ["['mpcl.config']", "False"], proc.stderr
+    assert proc.stdout.split() == ["['mpcl.config',", "'mpcl.config.schema']", "False"], proc.stderr

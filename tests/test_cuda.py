@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcl.gpu_check import CHECKS
+from mpcl.bench.gpu_check import CHECKS
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import run
+from mpcl import cli
 
 RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 GOOD_LABELS = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 4, 1, 2, 3, 4]))  # a valid 4-label idx file
@@ -36,7 +36,7 @@ def damaged(request, tmp_path, fmnist_path) -> Path:
 
 def test_the_torch_loader_names_the_damaged_file(damaged, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", "data.loader=torch", f"data.path={damaged.parent}", "model.backbone=small_cnn",
+        cli.main(["train", "--no-ray", "data.loader=torch", f"data.path={damaged.parent}", "model.backbone=small_cnn",
                   f"out={tmp_path / 'run'}"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()

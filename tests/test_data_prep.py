@@ -219,25 +219,21 @@ def test_real_fashion_mnist(tmp_path):
 
 # ------------------------------------------------------------------------------ betons for mpcl
 
-def test_mpcl_has_missing_betons_written_by_data_prep(tmp_path):
-    """mpcl.data.betons.write_betons_if_missing runs `python -m data_prep` (the only writer):
+def test_missing_betons_are_written_in_process_once(tmp_path):
+    """data_prep.prepare_if_missing (what a run calls on a fresh checkout, in its own process):
     it writes what the reader then reads, once, and a bad source is data_prep's one-line error."""
-    import dataclasses
-
-    from mpcl.data.betons import write_betons_if_missing
-    from mpcl.data.datasets import get_dataset
+    from data_prep import prepare_if_missing
 
     folder, data, _ = make_cifar(tmp_path / "raw", "cifar10")
-    spec = dataclasses.replace(get_dataset("cifar10"), raw_path=str(folder))
     said = []
-    assert write_betons_if_missing(spec, tmp_path / "out", said.append)
-    assert len(said) == 1 and str(folder) in said[0]
+    assert prepare_if_missing("cifar10", folder, tmp_path / "out", said.append)
+    assert said == []                                  # nobody else was writing: nothing to wait for
     reader = BetonReader(tmp_path / "out" / "train.beton")
     assert len(reader) == len(data["train"][1]) and np.array_equal(reader[3][0], data["train"][0][3])
-    assert not write_betons_if_missing(spec, tmp_path / "out", said.append) and len(said) == 1
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["dataset"] == "cifar10"
+    assert not prepare_if_missing("cifar10", folder, tmp_path / "out", said.append)
 
-    missing = dataclasses.replace(spec, raw_path=str(tmp_path / "nowhere"))
     with pytest.raises(SourceError) as e:
-        write_betons_if_missing(missing, tmp_path / "out2")
+        prepare_if_missing("cifar10", tmp_path / "nowhere", tmp_path / "out2")
     assert "\n" not in str(e.value) and str(tmp_path / "nowhere") in str(e.value)
     assert not (tmp_path / "out2").exists()

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-import run
+from mpcl import cli
 from mpcl.dynamics import (GraphError, Settings, Variant, default_variants, fashion_mnist_graph, messages, simulate,
                            synthetic_graph)
 from mpcl.dynamics import metrics
@@ -208,7 +208,7 @@ def test_knn_ignores_views_of_the_same_natural_sample():
 
 def test_cli_writes_numbers_plots_and_a_self_contained_page(tmp_path, capsys):
     out = tmp_path / "dyn"
-    run.main(["dynamics", "--out", str(out), "--classes", "2", "--naturals", "3", "--views", "2",
+    cli.main(["dynamics", "--out", str(out), "--classes", "2", "--naturals", "3", "--views", "2",
               "--steps", "12", "--dim", "4", "--stage-steps", "4"])
     printed = capsys.readouterr().out
     assert "multi_stage" in printed and "report:" in printed
@@ -224,7 +224,7 @@ def test_cli_writes_numbers_plots_and_a_self_contained_page(tmp_path, capsys):
         assert (out / "report" / f"{png}.png").stat().st_size > 1000
     # run.py report redraws the page from the numbers
     (out / "report" / "index.html").unlink()
-    run.main(["report", str(out)])
+    cli.main(["report", str(out)])
     assert (out / "report" / "index.html").read_text().count("data:image/png;base64,") == 9
 
 
@@ -237,7 +237,7 @@ def test_cli_writes_numbers_plots_and_a_self_contained_page(tmp_path, capsys):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
     out = tmp_path / "dyn"
     with pytest.raises(SystemExit) as e:
-        run.main(["dynamics", "--out", str(out), "--steps", "2", *argv])
+        cli.main(["dynamics", "--out", str(out), "--steps", "2", *argv])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
@@ -248,6 +248,6 @@ def test_cli_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
     out = tmp_path / "taken"
     out.write_text("mine")
     with pytest.raises(SystemExit) as e:
-        run.main(["dynamics", "--out", str(out), "--steps", "2"])
+        cli.main(["dynamics", "--out", str(out), "--steps", "2"])
     assert e.value.code == 2 and str(out) in capsys.readouterr().err
     assert out.read_text() == "mine"

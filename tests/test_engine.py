@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import run
-from mpcl.configure import load
+from mpcl import cli
+from mpcl.config.compose import load
 from mpcl.engine.checkpoint import load as load_checkpoint
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import DivergedError, fit, reported_metrics
@@ -26,7 +26,7 @@ def test_each_method_trains_one_epoch_through_the_cli(method, tmp_path, fmnist_p
     out = tmp_path / method
     extra = {"method.bank_warmup_epochs": 0} if method.endswith("_multi") else {}
     overrides = tiny_overrides(out, method, **{"data.path": fmnist_path, "train.epochs": 2, **extra})
-    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
+    cli.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
     assert (out / "config.yaml").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
@@ -82,7 +82,7 @@ class _StopAfter(LocalReporter):
 def simclr_run(tmp_path_factory, fmnist_path) -> Path:
     """A finished one-epoch tiny SimCLR run (SGD), trained once for the tests below."""
     out = tmp_path_factory.mktemp("simclr") / "run"
-    run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{"data.path": fmnist_path, "optim.name": "sgd"})])
+    cli.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{"data.path": fmnist_path, "optim.name": "sgd"})])
     return out
 
 
@@ -91,7 +91,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(simclr_run, tmp_pat
     args = tiny_overrides(out, "simclr", **{"data.path": fmnist_path, "optim.name": "sgd"})
     good = load_checkpoint(out / "checkpoints/last.pt")
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", *args, "train.epochs=2", "optim.lr=1e30"])
+        cli.main(["train", "--no-ray", *args, "train.epochs=2", "optim.lr=1e30"])
     assert e.value.code == 1
     assert "diverged at epoch 1 step" in capsys.readouterr().err
     kept = load_checkpoint(out / "checkpoints/last.pt")
@@ -112,7 +112,7 @@ def test_eval_reads_a_checkpoint(simclr_run, capsys):
     out = simclr_run
     logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     capsys.readouterr()
-    run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "5"])
+    cli.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "5"])
     result = json.loads(capsys.readouterr().out)
     assert result["epoch"] == 0 and result["method"] == "simclr"
     # the saved encoder on the same data: what the run measured at its end
@@ -124,11 +124,11 @@ def test_eval_reads_a_checkpoint(simclr_run, capsys):
 @pytest.mark.slow
 def test_eval_reports_every_mcl_network(tmp_path, fmnist_path, capsys):
     out = tmp_path / "run"
-    run.main(["train", "--no-ray", *tiny_overrides(out, "mcl", **{"data.path": fmnist_path,
+    cli.main(["train", "--no-ray", *tiny_overrides(out, "mcl", **{"data.path": fmnist_path,
                                                                   "method.report_networks": True})])
     logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     capsys.readouterr()
-    run.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "1"])
+    cli.main(["eval", "--checkpoint", str(out / "checkpoints/last.pt"), "--linear-epochs", "1"])
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "mcl"
     assert result["val/knn_top1_net0"] == pytest.approx(result["knn_top1"])  # network 0 is evaluated
@@ -139,7 +139,7 @@ def test_eval_reports_every_mcl_network(tmp_path, fmnist_path, capsys):
 
 def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        run.main(["eval", "--checkpoint", str(tmp_path / "nope.pt")])
+        cli.main(["eval", "--checkpoint", str(tmp_path / "nope.pt")])
     assert e.value.code == 2 and "nope.pt" in capsys.readouterr().err
 
 

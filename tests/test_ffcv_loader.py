@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 
 from _fixtures_data import make_cifar  # noqa: E402
 
-from mpcl.configure import load  # noqa: E402
+from mpcl.config.compose import load  # noqa: E402
 from mpcl.data.loaders import build_loaders  # noqa: E402
 from mpcl.data.sources import SourceError  # noqa: E402
 
@@ -206,30 +206,30 @@ def test_beton_without_index_field_is_a_one_line_error(tmp_path, betons):
 @pytest.mark.slow
 def test_bench_loader_cli_writes_benchmarks(betons, tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
-    import run
+    from mpcl import cli
 
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nother notes stay\n")
     argv = ["bench", "loader", "--dataset", "cifar10", "--data-dir", str(betons[0]), "--samples", "64",
             "--batch-size", "32", "--epochs", "2", "--workers", "1", "--device", "cpu",
             "--out-file", str(out)]
-    run.main(argv)
+    cli.main(argv)
     printed = capsys.readouterr().out
     assert "ratio:" in printed
     text = out.read_text()
     assert "other notes stay" in text and "ratio FFCV / reference" in text and "ffcv 1.0.2" in text
-    run.main(argv)  # a second run replaces the section
+    cli.main(argv)  # a second run replaces the section
     assert out.read_text().count("ratio FFCV / reference") == 1
 
 
 @pytest.mark.slow
 def test_train_cli_reads_betons(betons, tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
-    import run
+    from mpcl import cli
     from tests.conftest import tiny_overrides
 
     out = tmp_path / "run"
-    run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{
+    cli.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{
         "data.loader": "ffcv", "data.dataset": "cifar10", "data.path": betons[0], "data.subset": 128,
         "data.val_subset": N_VAL, "data.batch_size": BATCH, "data.num_workers": 1, "train.epochs": 4,
         "train.eval_every": 4})])

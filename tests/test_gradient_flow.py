@@ -25,7 +25,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 
 from mpcl import distributed as dist
-from mpcl.configure import declared_only, load
+from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.losses import prototype_pairs, soft_kl
 from mpcl.methods import METHODS, build_method

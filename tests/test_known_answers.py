@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mpcl import metrics as ev
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import fit
 from mpcl.engine.optim import LARS, base_lr, build_optimizer, lr_factor, set_lr

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import run
-from mpcl.configure import load
+from mpcl import cli
+from mpcl.config.compose import load
 from mpcl.launch import LaunchError
 from tests.conftest import tiny_overrides
 
@@ -75,7 +75,7 @@ def test_preflight_errors_are_one_line_before_ray_and_write_nothing(case, tmp_pa
              "cuda_device": ["train.device=cuda"], "cuda_workers": ["scale.use_gpu=true"]}.get(case, [])
     no_ray = [] if case == "cuda_workers" else ["--no-ray"]
     with pytest.raises(SystemExit) as e:
-        run.main([*args[:3], *no_ray, *args[3:], *extra])
+        cli.main([*args[:3], *no_ray, *args[3:], *extra])
     assert e.value.code == 2
     assert expect in _one_error_line(capsys)
     assert not (tmp_path / "runs").exists()                           # nothing written into out
@@ -135,7 +135,7 @@ def test_no_ray_run_logs_to_wandb_like_a_ray_run(tmp_path, monkeypatch, fmnist_p
 
     monkeypatch.setattr(wandb, "init", fake_init)
     out = tmp_path / "run"
-    run.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{
+    cli.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{
         "data.path": fmnist_path, "data.subset": 256, "data.val_subset": 128, "train.epochs": 2,
         "tracking.wandb": "offline"})])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -164,7 +164,7 @@ def test_an_address_that_is_not_a_ray_gcs_is_one_line(tmp_path, monkeypatch, cap
     t0 = time.monotonic()
     try:
         with pytest.raises(SystemExit) as e:
-            run.main(["train", "--address", address, "--config", str(ROOT / "configs/fmnist_simclr.yaml"),
+            cli.main(["train", "--address", address, "--config", str(ROOT / "configs/fmnist_simclr.yaml"),
                       "out=runs/r"])
     finally:
         server.shutdown()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.data.loaders import build_loaders
 from mpcl.engine.evaluate import evaluate
 from mpcl.engine.local import LocalReporter

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mpcl import metrics as ev
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 

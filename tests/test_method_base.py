@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpcl.configure import declared_only, load
+from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import METHODS, build_method
 

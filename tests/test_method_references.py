@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpcl.configure import declared_only, load
+from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 

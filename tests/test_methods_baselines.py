@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import run
+from mpcl import cli
 from mpcl.config import ConfigError
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.data.augment import SSLAugment
 from mpcl.data.batch import Batch
 from mpcl.data.tensor_loader import TensorTrainLoader, class_grouped_order
@@ -423,7 +423,7 @@ def test_each_new_method_trains_through_the_cli(case, tmp_path, fmnist_path):
     over = {"data.path": fmnist_path, "data.subset": 256, "data.batch_size": 64, "train.epochs": 2,
             "train.eval_every": 100, **CLI_CASES[case]}
     overrides = tiny_overrides(out, method, **over)
-    run.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
+    cli.main(["train", "--config", f"configs/fmnist_{method}.yaml", "--no-ray", *overrides])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(over["train.epochs"]))
     assert rows[-1]["train/loss"] < rows[-2]["train/loss"]      # training helped

@@ -210,7 +210,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
 
 
 def test_a_full_disk_under_a_report_is_one_line_and_keeps_the_old_page(small_disk, capsys):
-    import run
+    from mpcl import cli
 
     run_dir = small_disk.path / "run"
     run_dir.mkdir()
@@ -219,7 +219,7 @@ def test_a_full_disk_under_a_report_is_one_line_and_keeps_the_old_page(small_dis
     write_text_atomic(run_dir / "report" / "index.html", "the old page")
     small_disk.fill(free=0)
     with pytest.raises(SystemExit) as e:
-        run.main(["report", str(run_dir)])
+        cli.main(["report", str(run_dir)])
     assert e.value.code == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert re.fullmatch(rf"error: {run_dir}/report/\w+\.png: no space left on device \(needs about \d+ kB\)", line)
@@ -327,7 +327,7 @@ def _checkpoint_size(overrides: list[str]) -> int:
     """The bytes of a checkpoint of this run (the method and optimizer of its config, saved)."""
     import io
 
-    from mpcl.configure import load
+    from mpcl.config.compose import load
     from mpcl.data.loaders import build_loaders
     from mpcl.engine.loop import checkpoint_state
     from mpcl.engine.runtime import build, runtime
@@ -431,24 +431,23 @@ def test_data_prep_that_fills_the_disk_half_way_exits_at_once(small_disk, fmnist
 def test_a_run_that_finds_its_betons_being_written_waits_for_them(held, tmp_path):
     """Two runs on a fresh checkout both find the Fashion-MNIST .beton files missing: the one
     that finds the other writing them waits for it, then reads what it wrote."""
-    import dataclasses
     import threading
 
     from _fixtures_data import make_fashion_mnist
 
-    from mpcl.data.betons import BETON_FILES, write_betons_if_missing
-    from mpcl.data.datasets import get_dataset
+    from data_prep import prepare_if_missing
+    from mpcl.data.betons import BETON_FILES
 
     out, holder = held
     make_fashion_mnist(tmp_path / "raw", n_train=40, n_val=10)
-    spec = dataclasses.replace(get_dataset("fashion_mnist"), raw_path=str(tmp_path / "raw"))
     said: list[str] = []
-    waiter = threading.Thread(target=lambda: said.append(write_betons_if_missing(spec, out, say=said.append)))
+    waiter = threading.Thread(target=lambda: said.append(prepare_if_missing("fashion_mnist", tmp_path / "raw", out,
+                                                                            say=said.append)))
     waiter.start()
     deadline = time.monotonic() + 60
     while not any(s.startswith("waiting for the writer of") for s in said) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert any(f"waiting for the writer of {out}: error: {out} is in use by pid {holder.pid}" in s for s in said), said
+    assert any(f"waiting for the writer of {out}: {out} is in use by pid {holder.pid}" in s for s in said), said
     assert waiter.is_alive() and not any((out / f).exists() for f in BETON_FILES)
     _kill(holder)                                          # the writer ends (here: without writing)
     waiter.join(timeout=120)

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from mpcl.config import ConfigError
-from mpcl.configure import load
-from mpcl.presets import read_preset
+from mpcl.config.compose import load
+from mpcl.config.presets import read_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from mpcl.configure import declared_only, load
+from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
 from tests.conftest import on_gloo_ranks, tiny_overrides
@@ -201,10 +201,10 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, fmnist_path, local_
 
 
 def test_wrong_address_is_one_line(capsys):
-    import run
+    from mpcl import cli
 
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--address", "127.0.0.1:1", "--config", "configs/fmnist_simclr.yaml"])
+        cli.main(["train", "--address", "127.0.0.1:1", "--config", "configs/fmnist_simclr.yaml"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "127.0.0.1:1" in err

@@ -11,9 +11,9 @@ import optuna
 import pytest
 import yaml
 
-import run
+from mpcl import cli
 from mpcl.config import dump
-from mpcl.configure import load
+from mpcl.config.compose import load
 
 
 def _make_sweep(d: Path, complete: int = 2) -> list[dict]:
@@ -47,7 +47,7 @@ def test_report_of_a_sweep(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(
         {"name": "hand", "metric": "val/knn_top1", "mode": "max", "epochs": 3, "trials": rows}))
     out = tmp_path / "elsewhere" / "dash.html"
-    run.main(["report", str(tmp_path), "--out", str(out)])
+    cli.main(["report", str(tmp_path), "--out", str(out)])
     assert str(out) in capsys.readouterr().out
     page = out.read_text()
     for r in rows:
@@ -67,7 +67,7 @@ def test_report_of_a_sweep(tmp_path, capsys):
 def test_report_of_an_interrupted_sweep_reads_the_study(tmp_path):
     _make_sweep(tmp_path, complete=1)                                 # no results.json
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "hand", "objective": {"metric": "val/knn_top1"}}))
-    path = run.main(["report", str(tmp_path)]) or tmp_path / "report" / "index.html"
+    path = cli.main(["report", str(tmp_path)]) or tmp_path / "report" / "index.html"
     page = Path(path).read_text()
     assert "t_best" in page and "t_failed" in page
     assert "needs at least 2 complete trials" in page                 # importances: handled
@@ -76,10 +76,10 @@ def test_report_of_an_interrupted_sweep_reads_the_study(tmp_path):
 def test_report_of_a_run_and_of_nothing(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": e, "train/loss": 3.0 - e, "val/knn_top1": 50.0 + e}) + "\n" for e in range(3)))
-    run.main(["report", str(tmp_path)])
+    cli.main(["report", str(tmp_path)])
     assert "val/knn_top1" in (tmp_path / "report" / "index.html").read_text()
     with pytest.raises(SystemExit) as e:
-        run.main(["report", str(tmp_path / "report")])
+        cli.main(["report", str(tmp_path / "report")])
     assert e.value.code == 2
 
 
@@ -87,7 +87,7 @@ def test_report_skips_lines_of_metrics_jsonl_that_are_not_epochs(tmp_path, capsy
     good = [json.dumps({"epoch": e, "train/loss": 3.0 - e, "val/knn_top1": 50.0 + e}) for e in range(3)]
     junk = ["[1, 2, 3]", "42", '"text"', "null", '{"no_epoch": 1}', '{"epoch": "1"}', "{torn", "\u00ff"]
     (tmp_path / "metrics.jsonl").write_text("\n".join([good[0], *junk[:4], good[1], *junk[4:], good[2]]) + "\n")
-    run.main(["report", str(tmp_path)])
+    cli.main(["report", str(tmp_path)])
     page = (tmp_path / "report" / "index.html").read_text()
     assert "3 epochs" in page and page.count("data:image/png;base64,") >= 2
     from mpcl.tracking import read_metrics
@@ -99,7 +99,7 @@ def test_report_skips_lines_of_metrics_jsonl_that_are_not_epochs(tmp_path, capsy
 def test_report_of_a_damaged_results_json_is_one_line(text, tmp_path, capsys):
     (tmp_path / "results.json").write_text(text)
     with pytest.raises(SystemExit) as e:
-        run.main(["report", str(tmp_path)])
+        cli.main(["report", str(tmp_path)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "results.json" in err[0], err

@@ -49,7 +49,7 @@ def test_a_pair_that_differs_outside_its_method_is_refused(tmp_path, monkeypatch
         if m == "simsiam_multi":
             text = text.replace("batch_size: 256", "batch_size: 128")
         (configs / f"fmnist_{m}.yaml").write_text(text)
-    monkeypatch.setattr(rp, "ROOT", tmp_path)
+    monkeypatch.setattr(rp, "preset_path", lambda dataset, method: configs / f"fmnist_{method}.yaml")
     with pytest.raises(LaunchError, match="simsiam and simsiam_multi .* data.batch_size"):
         rp.build_runs("fashion_mnist", "paper", 1, tmp_path / "out")
     rp.build_runs("fashion_mnist", "paper", 1, tmp_path / "out", ["data.batch_size=64"])  # made equal: fine
@@ -57,13 +57,13 @@ def test_a_pair_that_differs_outside_its_method_is_refused(tmp_path, monkeypatch
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
-    import run
+    from mpcl import cli
 
     for args, needle in ((["--dataset", "mnist9"], "no preset configs/mnist9_simclr.yaml"),
                          (["--seeds", "0"], "--seeds 0"),
                          (["train.epochs=zero"], "train.epochs")):
         with pytest.raises(SystemExit) as e:
-            run.main(["reproduce", "--no-ray", "--out", str(tmp_path / "o"), *args])
+            cli.main(["reproduce", "--no-ray", "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()

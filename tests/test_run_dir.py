@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import run
+from mpcl import cli
 from tests.conftest import tiny_overrides
 
 
@@ -33,7 +33,7 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory, fmnist_path) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
-    run.main(["train", "--no-ray", *_overrides(out, fmnist_path, **{"train.epochs": 2})])
+    cli.main(["train", "--no-ray", *_overrides(out, fmnist_path, **{"train.epochs": 2})])
     assert _epochs(out) == [0, 1]
     return out
 
@@ -46,7 +46,7 @@ def finished_run(trained_once, tmp_path) -> Path:
 
 def test_resume_false_starts_over_and_moves_the_old_run_aside(finished_run, fmnist_path, capsys):
     before = _files(finished_run)
-    run.main(["train", "--no-ray", *_overrides(finished_run, fmnist_path, **{"train.epochs": 1,
+    cli.main(["train", "--no-ray", *_overrides(finished_run, fmnist_path, **{"train.epochs": 1,
                                                                              "train.resume": False})])
     assert _epochs(finished_run) == [0]                         # a clean log, not [0, 1, 0]
     aside = sorted(finished_run.parent.glob("run.old-*"))
@@ -58,7 +58,7 @@ def test_resuming_with_another_backbone_is_one_line_and_rewrites_nothing(finishe
     before = _files(finished_run)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run.main(["train", "--no-ray", *_overrides(finished_run, fmnist_path, **{
+        cli.main(["train", "--no-ray", *_overrides(finished_run, fmnist_path, **{
             "train.epochs": 3, "model.backbone": "resnet18"})])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -75,7 +75,7 @@ def test_an_empty_or_torn_last_checkpoint_is_one_line(content, tmp_path, fmnist_
     for argv in (["train", "--no-ray", *_overrides(out, fmnist_path)],
                  ["eval", "--checkpoint", str(out / "checkpoints" / "last.pt")]):
         with pytest.raises(SystemExit) as e:
-            run.main(argv)
+            cli.main(argv)
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "last.pt: not a readable mpcl checkpoint" in err[0], err
@@ -104,7 +104,7 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
     pytest.importorskip("ray")
     import ray
 
-    from mpcl.configure import load
+    from mpcl.config.compose import load
     from mpcl.launch.cluster import init_ray
     from mpcl.launch.train import train
 
@@ -129,7 +129,7 @@ def test_resume_false_through_ray_starts_over(tmp_path, fmnist_path, capsys):
 def test_run_record_pushes_every_file_it_writes_and_drops_replayed_epochs(tmp_path, capsys):
     """The record both reporters keep: each write is followed by ``push`` of that file (a URI
     run directory copies it there); resuming after epoch 0 drops the log lines of later epochs."""
-    from mpcl.configure import load
+    from mpcl.config.compose import load
     from mpcl.tracking import RunRecord
 
     cfg = load(None, [f"out={tmp_path}", "tracking.wandb=disabled"])

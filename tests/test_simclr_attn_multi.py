@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mpcl.config import ConfigError
-from mpcl.configure import declared_only, load
+from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.losses import attention_weighted_nt_xent, attention_weights, mixed_positive_terms, pair_indices
 from mpcl.methods import build_method

@@ -190,13 +190,13 @@ def test_searcher_records_pruned_failed_and_complete(tmp_path):
 
 
 def test_bad_sweep_file_is_one_line(tmp_path, capsys):
-    import run
+    from mpcl import cli
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"base": str(ROOT / "configs/fmnist_simclr_attn.yaml"),
                                    "space": {"method.temprature": {"type": "uniform", "low": 0.1, "high": 1}}}))
     with pytest.raises(SystemExit) as e:
-        run.main(["sweep", str(bad)])
+        cli.main(["sweep", str(bad)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "method.temprature" in err
@@ -246,7 +246,7 @@ BAD_SWEEPS = [  # (change to a valid sweep file, the key the one-line error name
 def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, capsys):
     import ray
 
-    import run
+    from mpcl import cli
 
     tree = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
     tree.update(change)
@@ -255,7 +255,7 @@ def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, caps
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     with pytest.raises(SystemExit) as e:
-        run.main(["sweep", str(path)])
+        cli.main(["sweep", str(path)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
@@ -337,12 +337,12 @@ def test_results_tell_interrupted_trials_from_pruned_ones(tmp_path):
      "duplicate key 'space.method.temperature' (lines 2 and 3)"),
 ])
 def test_empty_or_duplicate_key_sweep_file_is_one_line(text, named, tmp_path, capsys):
-    import run
+    from mpcl import cli
 
     path = tmp_path / "sweep.yaml"
     path.write_text(text)
     with pytest.raises(SystemExit) as e:
-        run.main(["sweep", str(path)])
+        cli.main(["sweep", str(path)])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {path}: {named}" if named != "empty file"
                                                             else f"error: {path}: empty file (expected a mapping)"]

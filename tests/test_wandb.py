@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.tracking.wandb_run import WandbRun, resolve_mode
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"

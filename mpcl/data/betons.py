@@ -1,5 +1,5 @@
-"""The ``.beton`` files mpcl reads: their field schema, where they are, checking them, reading
-them without ffcv's Loader, and having ``data_prep`` (the only writer) write missing ones.
+"""The ``.beton`` files mpcl reads: their field schema, where they are, checking them, and
+reading them without ffcv's Loader. ``data_prep`` (the only writer, a layer above) writes them.
 
 A sample is ``(image, label, index)``: ``image`` an RGBImageField, ``label`` and ``index``
 IntFields (``index`` the sample's position 0..N-1 in its split, ``label`` -1 for unlabeled data).
@@ -8,8 +8,6 @@ IntFields (``index`` the sample's position 0..N-1 in its split, ``label`` -1 for
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,14 +15,12 @@ import numpy as np
 
 from mpcl.data.datasets import DatasetSpec
 from mpcl.data.sources import SourceError
-from mpcl.files import wait_until_free
 
 if TYPE_CHECKING:
     from mpcl.config import Config
 
 FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}  # in file order
 BETON_FILES = ("train.beton", "val.beton")
-_REPO = Path(__file__).resolve().parents[2]   # holds data_prep beside mpcl (source checkouts)
 
 
 def data_dir(cfg: Config, spec: DatasetSpec) -> Path:
@@ -32,10 +28,14 @@ def data_dir(cfg: Config, spec: DatasetSpec) -> Path:
     return Path(cfg.data.path or spec.default_path("ffcv"))
 
 
+def writer_name(spec: DatasetSpec) -> str:
+    """The ``data_prep`` writer of ``spec``'s raw files."""
+    return "imagefolder" if spec.name == "imagenet100" else spec.name
+
+
 def prep_args(spec: DatasetSpec, out: str | os.PathLike) -> list[str]:
     """``python -m data_prep``'s arguments that write the .beton files of ``spec`` into ``out``."""
-    writer = "imagefolder" if spec.name == "imagenet100" else spec.name
-    return ["-m", "data_prep", writer, "--src", spec.raw_path, "--out", str(out)]
+    return ["-m", "data_prep", writer_name(spec), "--src", spec.raw_path, "--out", str(out)]
 
 
 def prep_command(spec: DatasetSpec, out: str | os.PathLike) -> str:
@@ -114,30 +114,3 @@ class BetonReader:
 
     def __getitem__(self, i: int):
         return self.image(i), int(self.labels[i]), int(self.indices[i])
-
-
-def write_betons_if_missing(spec: DatasetSpec, root: str | os.PathLike, say=None) -> bool:
-    """Have ``python -m data_prep`` write ``root``'s train.beton and val.beton from the raw files
-    at ``spec.raw_path`` when either is missing; ``say`` announces it in one line. Returns
-    whether it wrote them. A bad or missing source is a ``SourceError``, a failed write a
-    ``RuntimeError``, each with data_prep's one-line message."""
-    root = Path(root)
-    if all((root / name).is_file() for name in BETON_FILES):
-        return False
-    if say is not None:
-        say(f"writing {root}/train.beton and val.beton from {spec.raw_path} (once)")
-    env = dict(os.environ)
-    if (_REPO / "data_prep").is_dir():   # the data_prep shipped with this mpcl
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, *prep_args(spec, root)], capture_output=True, text=True,
-                          env=env, check=False)
-    if done.returncode == 2 and " is in use by " in done.stderr:   # another run writes them now
-        if say is not None:
-            say(f"waiting for the writer of {root}: {done.stderr.strip().splitlines()[-1]}")
-        wait_until_free(root)
-        return write_betons_if_missing(spec, root, say)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        message = lines[-1].removeprefix("error: ") if lines else f"exit code {done.returncode}"
-        raise (SourceError if done.returncode == 2 else RuntimeError)(message)
-    return True

@@ -43,7 +43,7 @@ def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict
 
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None, linear_epochs: int = 100) -> dict[str, Any]:
     """``run.py eval``: kNN top-1 and a linear probe on the frozen encoder of a checkpoint."""
-    from mpcl.configure import from_dict
+    from mpcl.config.compose import from_dict
     from mpcl.engine.checkpoint import load as load_checkpoint
 
     state = load_checkpoint(path)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from mpcl.config import Config, ConfigError, to_dict
-from mpcl.configure import from_dict
+from mpcl.config.compose import from_dict
 from mpcl.data.datasets import get_dataset
 from mpcl.launch import LaunchError
 from mpcl.launch.storage import is_uri
@@ -46,7 +46,8 @@ def write_fashion_mnist_betons_if_missing(beton_dir: str | os.PathLike) -> bool:
     """Write Fashion-MNIST's ``.beton`` files into ``beton_dir`` when one is missing and the
     raw files are on the machine (``make setup`` installs them); says so in one line.
     Returns whether it wrote them; raises ``LaunchError`` when writing fails."""
-    from mpcl.data.betons import BETON_FILES, write_betons_if_missing
+    from data_prep import prepare_if_missing
+    from mpcl.data.betons import BETON_FILES, writer_name
     from mpcl.data.sources import fashion_mnist_present
 
     spec = get_dataset("fashion_mnist")
@@ -56,8 +57,8 @@ def write_fashion_mnist_betons_if_missing(beton_dir: str | os.PathLike) -> bool:
     print(f"data: writing the Fashion-MNIST .beton files into {beton_dir} (from {spec.raw_path}, once)",
           file=sys.stderr, flush=True)
     try:
-        write_betons_if_missing(spec, beton_dir)
-    except Exception as e:  # SourceError (bad source), RuntimeError (failed write): each one line
+        prepare_if_missing(writer_name(spec), spec.raw_path, beton_dir)
+    except Exception as e:  # SourceError (bad source), WriteError (failed write): each one line
         raise LaunchError(f"data.path={beton_dir}: could not write the Fashion-MNIST .beton files "
                           f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     return True

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from mpcl.config import Config, ConfigError, flatten, parse_override, to_dict
-from mpcl.configure import declared_only, load
+from mpcl.config.compose import declared_only, load
+from mpcl.config.presets import shipped_dir
 from mpcl.launch import LaunchError
 from mpcl.launch.repeat import run_all
 from mpcl.stats import paired_difference, summarize
 from mpcl.tracking import read_metrics, write_json
 
-ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("simclr", "simclr_attn", "simsiam", "simsiam_multi")
 PAIRS = (("simclr", "simclr_attn"), ("simsiam", "simsiam_multi"))
 PRESET_PREFIX = {"fashion_mnist": "fmnist"}  # the presets' file names; other datasets: their name
@@ -51,7 +51,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 
 def preset_path(dataset: str, method: str) -> Path:
-    return ROOT / "configs" / f"{PRESET_PREFIX.get(dataset, dataset)}_{method}.yaml"
+    """The shipped preset of ``method`` on ``dataset`` (``configs/<dataset>_<method>.yaml``)."""
+    return shipped_dir("preset") / f"{PRESET_PREFIX.get(dataset, dataset)}_{method}.yaml"
 
 
 def _scaled(preset: Config, epochs: int) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
     for method in METHODS:
         path = preset_path(dataset, method)
         if not path.is_file():
-            raise LaunchError(f"--dataset {dataset}: no preset {path.relative_to(ROOT)} "
+            raise LaunchError(f"--dataset {dataset}: no preset configs/{path.name} "
                               f"(reproduce needs configs/<dataset>_<method>.yaml for {', '.join(METHODS)})")
         try:
             preset = load(str(path), {"data.dataset": dataset})
@@ -93,7 +94,7 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
                 runs.append(load(str(path), {**tree, "train.seed": seed,
                                              "out": str(out / "runs" / method / f"seed{seed}")}))
         except ConfigError as e:
-            raise LaunchError(f"{path.relative_to(ROOT)}: {e}") from None
+            raise LaunchError(f"configs/{path.name}: {e}") from None
         trees[method] = flatten(to_dict(runs[-1]))
     for base, variant in PAIRS:  # equal budget: a pair differs in the method's own keys only
         differ = sorted(k for k in set(trees[base]) | set(trees[variant])

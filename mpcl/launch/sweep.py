@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from mpcl.config import Config, flatten, to_dict
-from mpcl.configure import load
+from mpcl.config.compose import load
 from mpcl.files import write_text_atomic
 from mpcl.launch import LaunchError
 from mpcl.launch.confirm import run_confirm

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from mpcl.config import ConfigError, parse_override, read_yaml_mapping
-from mpcl.configure import load
+from mpcl.config.compose import load
+from mpcl.config.presets import find
 from mpcl.launch import LaunchError
 from mpcl.launch.confirm import parse_confirm
 
@@ -231,17 +232,17 @@ def _read_tree(path: Path, overrides: list[str] | None) -> dict[str, Any]:
 
 
 def _base_path(path: Path, base: Any) -> str:
-    """The preset every trial starts from: as given, or relative to the repository root."""
+    """The preset every trial starts from: a path as given, else beside the sweep file, else a
+    shipped preset of that name (``configs/fmnist_simclr_attn.yaml`` or ``fmnist_simclr_attn``)."""
     if base is None:
         raise _fail(path, "base: missing (the config preset every trial starts from, e.g. "
                           "base: configs/fmnist_simclr_attn.yaml)")
     _check(path, "base", base, isinstance(base, str) and base != "", "expected the path of a config preset")
-    base_path = Path(base)
-    if not base_path.is_file() and (path.parent.parent / base).is_file():
-        base_path = path.parent.parent / base  # relative to the repository root
-    if not base_path.is_file():
-        raise _fail(path, f"base={base!r}: no such file")
-    return str(base_path)
+    beside = path.parent / base
+    try:
+        return str(beside if not Path(base).is_file() and beside.is_file() else find("preset", base, "base"))
+    except ConfigError:
+        raise _fail(path, f"base={base!r}: no such file, and no shipped preset of that name") from None
 
 
 def _check_trial_configs(path: Path, spec: SweepSpec) -> None:
@@ -266,8 +267,12 @@ def _check_trial_configs(path: Path, spec: SweepSpec) -> None:
 
 
 def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[str] | None = None) -> SweepSpec:
-    """Read and validate a sweep file: every error is one line naming the key, before Ray starts."""
-    path = Path(path)
+    """Read and validate a sweep file (a path, or the name of a shipped one: ``fmnist_demo``):
+    every error is one line naming the key, before Ray starts."""
+    try:
+        path = find("sweep", path, "sweep file")
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
     tree = _read_tree(path, overrides)
     base = _base_path(path, tree.get("base"))
     overrides, resources = _mapping(path, tree, "overrides"), _mapping(path, tree, "resources")

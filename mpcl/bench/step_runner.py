@@ -6,22 +6,22 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from mpcl.bench_step_settings import PRESET_PREFIX, Setting
+from mpcl.bench.step_settings import PRESET_PREFIX, Setting
 
-ROOT = Path(__file__).resolve().parent.parent
 
 def method_config(method: str, dataset: str, backbone: str, batch_size: int, device: str,
                   setting: Setting, overrides: list[str]):
     """The method's preset for ``dataset`` (``configs/<dataset>_<method>.yaml``, else the
     defaults) with the bench's scale and this setting (``method.*`` keys of other methods
     left out)."""
-    from mpcl.configure import declared_only, load
+    from mpcl.config.compose import declared_only, load
 
-    preset = ROOT / "configs" / f"{PRESET_PREFIX.get(dataset, dataset)}_{method}.yaml"
+    from mpcl.config.presets import shipped_dir
+
+    preset = shipped_dir("preset") / f"{PRESET_PREFIX.get(dataset, dataset)}_{method}.yaml"
     return load(str(preset) if preset.is_file() else None, declared_only(method, [
         f"method.name={method}", f"data.dataset={dataset}", "data.loader=torch",
         f"data.batch_size={batch_size}", f"model.backbone={backbone}", f"train.device={device}",

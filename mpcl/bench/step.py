@@ -47,10 +47,10 @@ from pathlib import Path
 
 import torch
 
-from mpcl.bench_report import cpu_model, write_section
-from mpcl.bench_step_measure import measure
-from mpcl.bench_step_report import format_table, render_section, section_markers
-from mpcl.bench_step_settings import CPU_DEFAULTS, CUDA_DEFAULTS, SETTINGS, Row, StepReport
+from mpcl.bench.record import cpu_model, write_section
+from mpcl.bench.step_measure import measure
+from mpcl.bench.step_report import format_table, render_section, section_markers
+from mpcl.bench.step_settings import CPU_DEFAULTS, CUDA_DEFAULTS, SETTINGS, Row, StepReport
 
 
 def bench_step(methods: list[str] | None = None, settings: list[str] | None = None, dataset: str = "cifar10",

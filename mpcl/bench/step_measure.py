@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from mpcl.bench_step_runner import CommCounter, StepRunner, buffers_agree, kornia_augment, method_config, nbytes
-from mpcl.bench_step_settings import SETTINGS, Row
+from mpcl.bench.step_runner import CommCounter, StepRunner, buffers_agree, kornia_augment, method_config, nbytes
+from mpcl.bench.step_settings import SETTINGS, Row
 
 Block = tuple[Row, Callable[[], object]]   # (row, one step of it)
 

@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mpcl.config import (ALIASES, Config, ConfigError, apply, check_values, coerce, field_types, flatten,
+from mpcl.config.schema import (ALIASES, Config, ConfigError, apply, check_values, coerce, field_types, flatten,
                          has_key, parse_override)
 from mpcl.data.datasets import DATASETS
 from mpcl.methods import METHODS, method_class, new_params
 from mpcl.models import BACKBONES
-from mpcl.presets import read_preset
+from mpcl.config.presets import read_preset
 
 DEFAULT_METHOD = "simclr"
 Items = Iterable[tuple[str, Any]]

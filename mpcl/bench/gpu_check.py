@@ -1,6 +1,6 @@
 """The GPU check: everything a new CUDA machine must pass, in one command, ending in one table.
 
-    scripts/gpu_check.sh [FASHION_MNIST_DIR]        (= python3 -m mpcl.gpu_check --data DIR)
+    scripts/gpu_check.sh [FASHION_MNIST_DIR]        (= python3 -m mpcl.bench.gpu_check --data DIR)
 
 Needs only torch, torchvision, numpy, pyyaml, tqdm and pillow (no pytest, Ray, FFCV, numba,
 wandb or kornia; kornia is compared when present). Three parts, each timed:
@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
 PAPER_METHODS = ("simclr", "simclr_attn", "simsiam", "simsiam_multi")
 DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 # toy scale for --quick (CPU): heads small enough for a CI machine
@@ -51,14 +50,14 @@ def _small(device: torch.device) -> bool:
 
 def _method(name: str, device: torch.device, **extra):
     """A method built by the engine from its Fashion-MNIST preset (small on CPU), in fp32."""
-    from mpcl.configure import load
+    from mpcl.config.compose import load
     from mpcl.methods import build_method
 
     overrides = [f"method.name={name}", "data.batch_size=64", "train.precision=fp32",
                  *[f"{k}={v}" for k, v in extra.items()]]
     if _small(device):
         overrides += QUICK
-    cfg = load(str(ROOT / "configs" / f"fmnist_{name}.yaml"), overrides)
+    cfg = load(f"fmnist_{name}", overrides)
     torch.manual_seed(0)
     return build_method(cfg, 10, 256).to(device), cfg
 
@@ -126,7 +125,7 @@ def check_augment_matches_cpu(device: torch.device) -> str:
 def check_bf16_step_close_to_fp32(device: torch.device) -> str:
     """The same SimCLR step (weights, batch) under bf16 autocast: loss within 2 % of fp32's, and a
     whole optimizer step leaves finite, changed weights."""
-    from mpcl.configure import load
+    from mpcl.config.compose import load
     from mpcl.engine.loop import TrainStep, optimizer_step
     from mpcl.engine.optim import build_optimizer
     from mpcl.engine.runtime import Runtime, runtime
@@ -221,18 +220,17 @@ def run_checks(device: torch.device, say) -> list[Line]:
 
 
 def run_epochs(data: str, out: Path, device: torch.device, quick: bool, say) -> list[Line]:
-    """One epoch of each paper method on Fashion-MNIST, each in its own ``run.py train --no-ray``."""
+    """One epoch of each paper method on Fashion-MNIST, each in its own ``mpcl train --no-ray``."""
     lines = []
     for m in PAPER_METHODS:
         run_dir = out / f"epoch_{m}"
-        args = [sys.executable, str(ROOT / "run.py"), "train", "--no-ray",
-                "--config", str(ROOT / "configs" / f"fmnist_{m}.yaml"),
+        args = [sys.executable, "-m", "mpcl", "train", "--no-ray", "--config", f"fmnist_{m}",
                 "data.loader=torch", f"data.path={data}", "train.epochs=1", "train.resume=false",
                 f"train.device={device.type}", "tracking.wandb=disabled", "train.progress=false", f"out={run_dir}"]
         if quick:
             args += [*QUICK, "data.subset=256", "data.val_subset=128", "data.batch_size=64"]
         t0 = time.perf_counter()
-        r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(args, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if r.returncode != 0:
             lines.append(Line("epoch", m, False, wall, (r.stderr.strip().splitlines() or ["?"])[-1][:200]))
@@ -247,7 +245,7 @@ def run_epochs(data: str, out: Path, device: torch.device, quick: bool, say) -> 
 
 
 def run_benches(out_file: str, device: torch.device, quick: bool, say) -> tuple[list[Line], dict]:
-    from mpcl.bench_step import bench_step
+    from mpcl.bench.step import bench_step
 
     lines, rates = [], {}
     small = dict(backbone="small_cnn", batch_size=32, samples=64, steps=1, rounds=2,
@@ -258,7 +256,7 @@ def run_benches(out_file: str, device: torch.device, quick: bool, say) -> tuple[
         t0 = time.perf_counter()
         try:
             report = bench_step(device=str(device), out_file=out_file, say=say, **small, **kw,
-                                command=f"python3 -m mpcl.gpu_check ({title})")
+                                command=f"python3 -m mpcl.bench.gpu_check ({title})")
         except Exception as e:
             lines.append(Line("bench", title, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"))
             say(traceback.format_exc())
@@ -309,14 +307,14 @@ def summary(lines: list[Line]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m mpcl.gpu_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python3 -m mpcl.bench.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.environ.get("MPCL_FMNIST", DEFAULT_FMNIST),
                    help="folder of the four Fashion-MNIST idx files (default: $MPCL_FMNIST, else %(default)s)")
     p.add_argument("--device", default="cuda", help="cuda (the check) | cpu (a toy-scale dry run)")
     p.add_argument("--quick", action="store_true", help="toy scale: small model, 256 samples (CI)")
     p.add_argument("--out", default="runs/gpu_check", help="run directories of the epochs")
-    p.add_argument("--out-file", default=str(ROOT / "BENCHMARKS.md"), help="where bench step writes ('' = none)")
+    p.add_argument("--out-file", default="BENCHMARKS.md", help="where bench step writes ('' = none)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: checks, epochs, bench")
     a = p.parse_args(argv)
     say = lambda *x: print(*x, flush=True)  # noqa: E731

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime
 import os
 
-from mpcl.bench_report import cpu_model, versions
-from mpcl.bench_step_settings import SETTINGS, StepReport, peak_bf16_flops
+from mpcl.bench.record import cpu_model, versions
+from mpcl.bench.step_settings import SETTINGS, StepReport, peak_bf16_flops
 from mpcl.data.process import available_cpus
 
 

@@ -1,4 +1,4 @@
-"""``python -m mpcl.bench_augment``: samples/s of ``SSLAugment`` alone (one view of a uint8
+"""``python -m mpcl.bench.augment``: samples/s of ``SSLAugment`` alone (one view of a uint8
 batch per call) at the three image sizes mpcl trains on, with and without the crop."""
 
 from __future__ import annotations

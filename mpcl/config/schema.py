@@ -4,7 +4,7 @@ Every field declares its default and, where a value can be out of range, its ran
 choices at the field (``knob``). The ``method`` section is the chosen method's own parameter
 class (a ``MethodParams`` subclass declared next to the method, in ``mpcl/methods/``).
 Composing a config from a preset and overrides needs the method registry, so it lives above
-the methods, in ``mpcl.configure``; this module imports nothing of mpcl.
+the methods, in ``mpcl.config.compose``; this module imports nothing of mpcl but ``mpcl.files`` (to write a config).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class TrackingConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # the chosen method's parameters: its own MethodParams subclass, picked by mpcl.configure
+    # the chosen method's parameters: its own MethodParams subclass, picked by mpcl.config.compose
     method: MethodParams = field(default_factory=MethodParams)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -325,5 +325,6 @@ def dump(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-__all__ = ["Config", "ConfigError", "MethodParams", "knob", "apply", "check_values", "dump", "to_dict",
-           "flatten", "parse_override", "get", "read_yaml_mapping"]
+__all__ = ["ALIASES", "SECTIONS", "Config", "ConfigError", "DataConfig", "MethodParams", "ModelConfig", "OptimConfig",
+           "ScaleConfig", "TrackingConfig", "TrainConfig", "apply", "check_value", "check_values", "coerce", "dump",
+           "field_types", "flatten", "get", "has_key", "knob", "parse_override", "read_yaml_mapping", "to_dict"]

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpcl.bench_report import cpu_model, versions, write_section
-from mpcl.data.betons import BetonReader, write_betons_if_missing
+from mpcl.bench.record import cpu_model, versions, write_section
+from data_prep import prepare_if_missing
+from mpcl.data.betons import BetonReader, writer_name
 
 SECTION_START = "<!-- bench:loader:start -->"
 SECTION_END = "<!-- bench:loader:end -->"
@@ -118,7 +119,7 @@ def reference_epochs(path: Path, size: int, samples: int, batch_size: int, worke
 def ffcv_epochs(path: Path, dataset: str, samples: int, batch_size: int, workers: int,
                 device: torch.device):
     """``run_epoch(e) -> samples`` for mpcl's FFCV training loader."""
-    from mpcl.configure import load
+    from mpcl.config.compose import load
     from mpcl.data.datasets import get_dataset
     from mpcl.data.ffcv_loader import FFCVTrainLoader
 
@@ -217,7 +218,9 @@ def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, bat
     dev = torch.device(device)
     workers = min(workers or available_cpus(), available_cpus())
     root = Path(data_dir or spec.beton_dir)
-    write_betons_if_missing(spec, root, say)
+    if not all((root / name).is_file() for name in ("train.beton", "val.beton")):
+        say(f"writing {root}/train.beton and val.beton from {spec.raw_path} (once)")
+    prepare_if_missing(writer_name(spec), spec.raw_path, root, say)
     path = root / "train.beton"
     n_total = len(BetonReader(path))
     samples = min(samples, n_total) if samples else n_total

@@ -1,0 +1,5 @@
+"""``python -m mpcl COMMAND ...``: the ``mpcl`` command."""
+
+from mpcl.cli import main
+
+main()
