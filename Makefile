@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # the container image `make image` builds; sweeps/cluster/*.yaml name the same (tests check it)
 IMAGE ?= ghcr.io/your-org/mpcl:ray-2.60.0
 
-.PHONY: setup system-packages venv demo test test-fast mutate lint image clean
+.PHONY: setup system-packages venv install-wheel demo test test-fast mutate lint image clean
 
 setup: system-packages venv
 
@@ -35,6 +35,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e ".$(EXTRAS)"
 	@touch $(STAMP)
+
+# mpcl installed as a package, not editable: the wheel built from this tree, into VENV (the
+# container image does this; a checkout is not needed afterwards). DIST: where the wheel goes.
+DIST ?= dist
+install-wheel:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	rm -rf build $(DIST)
+	$(PY) -m pip wheel -q --no-deps -w $(DIST) .
+	$(PY) -m pip install -q $(DIST)/mpcl-*.whl
 
 demo: setup
 	$(PY) run.py demo
@@ -66,4 +76,4 @@ image:
 	docker build -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache mutants
+	rm -rf $(VENV) runs .pytest_cache mutants build dist

@@ -1,7 +1,7 @@
 """The container image and the cluster files agree: one image name (Makefile IMAGE, KubeRay
 manifest, cluster launcher), one Ray version (pyproject.toml's pin, the image tag, KubeRay's
-rayVersion, the installed Ray); the Dockerfile installs through the Makefile's own steps and
-passes hadolint; the SLURM script is valid bash."""
+rayVersion, the installed Ray); the Dockerfile installs mpcl's wheel through the Makefile's own
+steps and passes hadolint; the SLURM script is valid bash."""
 
 from __future__ import annotations
 
@@ -54,12 +54,16 @@ def test_one_image_and_one_ray_version_everywhere():
     assert images_in(launcher) == [image]
 
 
-def test_dockerfile_installs_through_the_makefile_steps():
+def test_dockerfile_installs_the_wheel_through_the_makefile_steps():
     docker = (ROOT / "Dockerfile").read_text()
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"^RUN make system-packages\b", docker, re.M)
     assert re.search(r"^system-packages:$", make, re.M) and "apt-get install" in make
-    assert re.search(r"^RUN make venv VENV=\S+ VENV_FLAGS=--system-site-packages", docker, re.M)
+    assert re.search(r"^RUN make -C (\S+) install-wheel VENV=\S+ VENV_FLAGS=--system-site-packages", docker, re.M)
+    target = re.search(r"^install-wheel:\n((?:\t.*\n)+)", make, re.M).group(1)
+    assert "pip wheel" in target and re.search(r"pip install -q \$\(DIST\)/mpcl-\*\.whl$", target, re.M)
+    assert " -e " not in target and "rm -rf /tmp/mpcl-src" in docker   # installed, not a checkout
+    assert re.search(r'^CMD \["mpcl", ', docker, re.M)
     assert re.search(r"^USER (?!root\b|0\b|0:)\w+", docker, re.M)        # not root (by name or uid 0)
     assert 'VOLUME ["/app/data", "/app/runs"]' in docker
     assert re.search(r"^image:\n\tdocker build -t \$\(IMAGE\) \.$", make, re.M)
