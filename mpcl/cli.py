@@ -1,4 +1,4 @@
-"""The ``mpcl`` command: train | sweep | report | eval | bench | dynamics | reproduce | demo.
+"""The ``mpcl`` command: train | eval | export | sweep | report | bench | dynamics | reproduce | demo.
 
 ``mpcl`` once installed (the console script), ``python -m mpcl``, or ``python run.py`` in a checkout.
 
@@ -127,6 +127,16 @@ def cmd_eval(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+def cmd_export(args) -> None:
+    from mpcl.launch.export import FORMATS, export
+
+    formats = list(FORMATS) if args.format == "all" else [f for f in args.format.split(",") if f]
+    folder, card = export(args.run, formats, args.out)
+    for name in card["format_files"].values():
+        print(f"exported: {folder / name}")
+    print(f"model card: {folder / 'model_card.json'}")
+
+
 def cmd_reproduce(args) -> None:
     """The paper's four methods at equal budget, N seeds each: RESULTS.md and the report."""
     import shlex
@@ -234,6 +244,15 @@ def _add_sweep(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="a run's encoder as files other tools load: torchvision, onnx, safetensors")
+    x.add_argument("run", help="a run directory (its newest checkpoint) or a checkpoint file")
+    x.add_argument("--format", default="all", help="comma-separated of torchvision, onnx, safetensors; or all "
+                   "(torchvision: ResNet backbones only)")
+    x.add_argument("--out", help="the folder of the files and model_card.json (default: RUN/export)")
+    x.set_defaults(func=cmd_export)
+
+
 def _add_report(sub) -> None:
     r = sub.add_parser("report", help="HTML results dashboard of a run or sweep directory")
     r.add_argument("directory", help="a sweep directory (results.json / optuna.db) or a run directory; "
@@ -299,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     from mpcl.bench.cli import add_bench
 
-    for add in (_add_train, _add_eval, _add_sweep, _add_report, add_bench, _add_dynamics, _add_reproduce, _add_demo):
+    for add in (_add_train, _add_eval, _add_export, _add_sweep, _add_report, add_bench, _add_dynamics, _add_reproduce,
+                _add_demo):
         add(sub)
     p.commands = sub.choices  # name -> subparser, for the intermixed parsing in main
     return p

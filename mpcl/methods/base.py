@@ -103,6 +103,11 @@ class Method(nn.Module):
         return {}
 
     # -- evaluation ---------------------------------------------------------------------
+    @staticmethod
+    def encoder_prefix(params: MethodParams) -> str:
+        """Where ``forward``'s encoder sits in the state dict (what export writes)."""
+        return "backbone."
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (what kNN and linear evaluation use)."""
         return self.backbone(images)

@@ -113,6 +113,11 @@ class MCL(Method):
         return mcl_weighted(terms, p.alpha, p.beta, p.gamma, p.lam)
 
     # -- evaluation -------------------------------------------------------------------------
+    @staticmethod
+    def encoder_prefix(params: MCLParams) -> str:
+        i = params.eval_network
+        return "backbone." if i == 0 else f"more_backbones.{i - 1}."
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbones()[self.params.eval_network](images)
 

@@ -1,0 +1,137 @@
+"""``mpcl export``: every format loaded by its real consumer (torchvision, onnxruntime,
+safetensors) gives the features of mpcl's own encoder on the same batch, and the model card
+says how to rebuild and feed it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mpcl import cli
+from mpcl.config import to_dict
+from mpcl.config.compose import load
+from mpcl.methods import build_method
+from mpcl.models import build_backbone
+
+TOL = 1e-4
+
+
+def _randomized(method: torch.nn.Module, seed: int) -> None:
+    """Weights and BatchNorm statistics away from their initial values, so that a format that
+    drops the running statistics or a layer differs from the encoder."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in method.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "running_var" in name
+                        else torch.randn(t.shape, generator=g) * 0.1)
+
+
+def make_run(root: Path, backbone: str, method: str = "simclr", **extra) -> tuple[Path, torch.nn.Module]:
+    """A run directory with a checkpoint of epoch 2 and its metrics, as training leaves them;
+    returns it and the method in eval mode."""
+    overrides = {"method.name": method, "model.backbone": backbone, "data.dataset": "cifar10",
+                 "out": str(root), **extra}
+    cfg = load(None, overrides)
+    m = build_method(cfg, 10, 64)
+    _randomized(m, seed=len(backbone))
+    (root / "checkpoints").mkdir(parents=True)
+    torch.save({"model": m.state_dict(), "epoch": 2, "config": to_dict(cfg)}, root / "checkpoints" / "last.pt")
+    lines = [{"epoch": e, "train/loss": 5.0 - e, "val/knn_top1": 40.0 + e} for e in range(3)]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root, m.eval()
+
+
+@pytest.fixture
+def batch() -> torch.Tensor:
+    return torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("stem", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["cifar_stem", "imagenet_stem"])
+def test_every_format_gives_the_encoders_features(tmp_path, batch, stem, capsys):
+    import onnxruntime
+    import torchvision
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    run, method = make_run(tmp_path / "run", "resnet18", **{"model.cifar_stem": stem})
+    cli.main(["export", str(run)])
+    folder = run / "export"
+    printed = capsys.readouterr().out
+    assert f"model card: {folder / 'model_card.json'}" in printed and printed.count("exported: ") == 3
+    card = json.loads((folder / "model_card.json").read_text())
+    with torch.no_grad():
+        expected = method(batch).numpy()
+
+    net = torchvision.models.resnet18(weights=None)
+    for swap in card["architecture"]["module_swaps"]:    # the card's own instructions, as written
+        exec(f"net.{swap}", {"torch": torch, "net": net})
+    net.load_state_dict(torch.load(folder / "encoder_torchvision.pt", weights_only=True), strict=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(batch).numpy(), expected, atol=TOL, rtol=0)
+
+    session = onnxruntime.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    (features,) = session.run(["features"], {"images": batch.numpy()})      # batch 5: the batch axis is free
+    np.testing.assert_allclose(features, expected, atol=TOL, rtol=0)
+
+    encoder, dim = build_backbone("resnet18", stem)
+    encoder.load_state_dict(load_file(folder / "encoder.safetensors"), strict=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(encoder.eval()(batch).numpy(), expected, atol=TOL, rtol=0)
+    with safe_open(folder / "encoder.safetensors", "pt") as f:
+        assert f.metadata()["backbone"] == "resnet18" and f.metadata()["cifar_stem"] == str(stem).lower()
+    assert features.shape == (5, dim) == (5, 512)
+
+
+def test_the_model_card(tmp_path):
+    run, _ = make_run(tmp_path / "run", "small_cnn", "simclr_attn", **{"data.normalize": True,
+                                                                       "method.temperature": 0.3})
+    cli.main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")])
+    card = json.loads((tmp_path / "x" / "model_card.json").read_text())
+    assert card["format_files"] == {"onnx": "encoder.onnx"} and sorted(p.name for p in (tmp_path / "x").iterdir()) \
+        == [".lock", "encoder.onnx", "model_card.json"]
+    assert card["epochs_trained"] == 3 and card["metrics"] == {"val/knn_top1": 42.0}
+    assert card["method"]["name"] == "simclr_attn" and card["method"]["temperature"] == 0.3
+    assert card["input"]["shape"] == [3, 32, 32] and card["input"]["range"] == [0.0, 1.0]
+    assert card["input"]["normalize"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+    assert card["architecture"]["torchvision"] is None and card["data"]["manifest_sha256"] is None
+    from mpcl import __version__
+    assert card["mpcl_version"] == __version__
+
+
+def test_mcl_exports_the_network_it_evaluates(tmp_path, batch):
+    """MCL trains several networks; the export is ``method.eval_network``'s, as kNN reads it."""
+    import onnxruntime
+
+    run, method = make_run(tmp_path / "run", "small_cnn", "mcl", **{"method.num_networks": 2,
+                                                                     "method.eval_network": 1})
+    cli.main(["export", str(run / "checkpoints" / "last.pt"), "--format", "onnx,safetensors"])
+    session = onnxruntime.InferenceSession(str(run / "export" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected, other = method(batch).numpy(), method.backbone(batch).numpy()
+    (features,) = session.run(None, {"images": batch.numpy()})
+    np.testing.assert_allclose(features, expected, atol=TOL, rtol=0)
+    assert np.abs(features - other).max() > 1e-2            # not network 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--format", "torchvision"], "--format torchvision: model.backbone='small_cnn' is not a torchvision model"),
+    (["--format", "tflite"], "--format tflite: allowed: torchvision, onnx, safetensors"),
+])
+def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    run, _ = make_run(tmp_path / "run", "small_cnn")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(run), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (run / "export").exists()
+
+
+def test_a_folder_without_a_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(tmp_path)])
+    assert e.value.code == 2 and "no checkpoint" in capsys.readouterr().err
