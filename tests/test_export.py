@@ -51,7 +51,8 @@ def batch() -> torch.Tensor:
     return torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("stem", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["cifar_stem", "imagenet_stem"])
+@pytest.mark.parametrize("stem", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["cifar_stem", "imagenet_stem"])
 def test_every_format_gives_the_encoders_features(tmp_path, batch, stem, capsys):
     import onnxruntime
     import torchvision
