@@ -110,3 +110,25 @@ def test_a_missing_part_is_one_line_naming_it(capsys):
         cli.main(["train", "--no-ray", "--config", "fmnist_simclr", "--config", "parts/budget/nope"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "parts/budget/nope" in err, err
+
+
+# the tests' tiny runs as dicts of overrides, before they became configs/parts/budget/tiny.yaml
+OLD_TINY = {"model.backbone": "small_cnn", "data.subset": 512, "data.val_subset": 256, "data.loader": "torch",
+            "data.batch_size": 128, "train.epochs": 1, "optim.warmup_epochs": 0, "train.progress": "false",
+            "model.projector_hidden": 128, "model.projector_out": 64, "model.predictor_hidden": 32}
+OLD_TINY_SWEEP = {"model.backbone": "small_cnn", "model.projector_hidden": 64, "model.projector_out": 32,
+                  "data.loader": "torch", "data.path": "/data", "data.subset": 96, "data.val_subset": 96,
+                  "data.batch_size": 64, "data.num_workers": 0, "train.epochs": 3, "train.progress": "false",
+                  "optim.name": "sgd", "optim.lr": 0.3, "optim.scale_lr": False, "optim.warmup_epochs": 0,
+                  "tracking.wandb": "disabled"}
+
+
+def test_the_tests_tiny_runs_are_the_tiny_part(tmp_path):
+    from tests.helpers.runs import tiny_overrides, tiny_sweep_overrides
+
+    old = load("fmnist_simsiam", {"method.name": "simsiam", **OLD_TINY, "out": str(tmp_path), "data.subset": 64})
+    assert load("fmnist_simsiam", tiny_overrides(tmp_path, "simsiam", **{"data.subset": 64})) == old
+    assert load(["fmnist_simsiam", "parts/budget/tiny"], {"out": str(tmp_path), "data.subset": 64}) == old
+    # a sweep's tiny trials: the same keys as before, and the part's predictor width (no sweep of
+    # the suite trains a predictor: simclr_attn, mcl)
+    assert tiny_sweep_overrides("/data", subset=96, epochs=3) == {**OLD_TINY_SWEEP, "model.predictor_hidden": 32}
