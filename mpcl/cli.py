@@ -30,12 +30,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     raise SystemExit(code)
 
 
-def load_config(path: str | None, overrides: list[str]):
+def load_config(paths: list[str] | None, overrides: list[str]):
+    """The config of ``--config`` files (none: the defaults; several: each later one over the
+    earlier) and the overrides; a bad one exits with one line."""
     from mpcl.config import ConfigError
     from mpcl.config.compose import load
 
     try:
-        return load(path, overrides)
+        return load(paths, overrides)
     except ConfigError as e:
         fail(str(e))
 
@@ -213,7 +215,8 @@ VERBOSE.add_argument("--verbose", action="store_true", help="Ray's logs on the t
 
 def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one config (section.key=value overrides)", parents=[VERBOSE])
-    t.add_argument("--config", help="YAML preset, e.g. configs/fmnist_simclr.yaml")
+    t.add_argument("--config", action="append", help="YAML preset, e.g. configs/fmnist_simclr.yaml; repeat it "
+                   "to apply parts on top, later over earlier (--config fmnist_simclr --config parts/budget/smoke)")
     t.add_argument("--no-ray", action="store_true", help="run the engine in this process, without Ray")
     t.add_argument("--address", help="join this Ray cluster (host:port, 'auto', ray://...; default: "
                    "RAY_ADDRESS, else start a local Ray)")

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from mpcl import cli
-from conftest import tiny_overrides
+from tests.helpers.runs import tiny_overrides
 from mpcl.config import ConfigError
 from mpcl.config.compose import load
 from mpcl.data.batch import Batch

@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from _fixtures_data import awkward_images
+from tests.helpers.data import awkward_images
 from mpcl.data import augment as A
 
 TV_JITTER = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]

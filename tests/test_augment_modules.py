@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from _fixtures_data import awkward_images
+from tests.helpers.data import awkward_images
 from mpcl.data import augment as A
 
 

@@ -7,7 +7,7 @@ from mpcl.data.batch import Batch
 from mpcl.losses import symmetric_negative_cosine
 from mpcl.methods import build_method
 from mpcl.methods.bank import SnapshotBank
-from tests.conftest import tiny_overrides
+from tests.helpers.runs import tiny_overrides
 
 
 def test_reads_see_the_previous_epoch_only():

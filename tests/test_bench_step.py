@@ -119,7 +119,7 @@ def run_bare(args: list[str], tmp_path, timeout: int = 600) -> subprocess.Comple
 def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
     """run.py train --no-ray (torch loader), run.py bench step and the GPU check's dry run, with
     ray, ffcv, optuna, wandb, numba and kornia unimportable."""
-    from _fixtures_data import make_fashion_mnist
+    from tests.helpers.data import make_fashion_mnist
 
     raw = tmp_path / "fmnist"
     make_fashion_mnist(raw, n_train=300, n_val=150)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.test_sweep import ROOT, _env, _sweep_file
+from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
 
 
 def _ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -50,7 +50,7 @@ def _stop_ray_started_in(temp_dir: str, address: str | None) -> None:
 @pytest.mark.slow
 def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_path):
     # token authentication stays on: every node and the client share one token, as on a real cluster
-    env = dict(_env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = dict(sweep_env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="ray-head-")
     # --port=0: the GCS binds a free port itself; Ray writes the address into the temp dir
     head = _ray("start", "--head", "--port=0", "--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -70,7 +70,7 @@ def test_two_node_cluster_runs_a_sweep_submitted_with_address(tmp_path, fmnist_p
             time.sleep(2)
         assert "second_node" in status.stdout and "head_node" in status.stdout, status.stdout + status.stderr
 
-        path = _sweep_file(tmp_path, fmnist_path, num_samples=2, points=[
+        path = sweep_file(tmp_path, fmnist_path, num_samples=2, points=[
             {"method.temperature": 0.5, "optim.lr": 0.3}, {"method.temperature": 0.2, "optim.lr": 0.3}])
         run = subprocess.run([sys.executable, "run.py", "sweep", str(path), "--address", address], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=600)

@@ -206,7 +206,7 @@ def test_train_options_and_overrides_in_any_order(argv, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)))
     cli.main(["train", *argv])
-    assert seen["overrides"] == ["a.b=1", "c.d=2"] and seen["no_ray"] and seen["config"] == "c.yaml"
+    assert seen["overrides"] == ["a.b=1", "c.d=2"] and seen["no_ray"] and seen["config"] == ["c.yaml"]
     assert seen["command"] == "train"
 
 

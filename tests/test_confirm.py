@@ -16,7 +16,7 @@ from mpcl.launch import LaunchError
 from mpcl.launch.confirm import BASELINE, candidates, verdict
 from mpcl.launch.sweep_spec import load_sweep
 from mpcl.tracking.sweep_results import confirmed_best
-from tests.conftest import tiny_sweep_overrides
+from tests.helpers.runs import tiny_sweep_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

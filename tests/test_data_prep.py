@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fixtures_data import (check_output, check_stats, make_cifar, make_fashion_mnist, make_stl10, save,
+from tests.helpers.data import (check_output, check_stats, make_cifar, make_fashion_mnist, make_stl10, save,
                             smooth_images, tar_gz)
 from data_prep import OptionError, SourceError, prepare
 from data_prep.__main__ import main

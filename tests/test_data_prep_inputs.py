@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fixtures_data import check_output, make_fashion_mnist, save, smooth_images
+from tests.helpers.data import check_output, make_fashion_mnist, save, smooth_images
 from data_prep import SourceError, WriteError, prepare
 from mpcl.data.sources import gray_to_rgb_padded
 

@@ -13,7 +13,7 @@ from mpcl.config.compose import load
 from mpcl.engine.checkpoint import load as load_checkpoint
 from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import DivergedError, fit, reported_metrics
-from tests.conftest import tiny_overrides
+from tests.helpers.runs import tiny_overrides
 
 REQUIRED = {"epoch", "train/loss", "val/knn_top1", "val/online_top1", "lr", "val/align", "val/uniform"}
 

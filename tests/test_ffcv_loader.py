@@ -15,7 +15,7 @@ pytest.importorskip("ffcv")
 # garbage-collected (numba 0.68 + ffcv 1.0.2); harmless, reported as unraisable
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-from _fixtures_data import make_cifar  # noqa: E402
+from tests.helpers.data import make_cifar  # noqa: E402
 
 from mpcl.config.compose import load  # noqa: E402
 from mpcl.data.loaders import build_loaders  # noqa: E402
@@ -226,7 +226,7 @@ def test_bench_loader_cli_writes_benchmarks(betons, tmp_path, capsys):
 def test_train_cli_reads_betons(betons, tmp_path, capsys):
     sys.path.insert(0, str(ROOT))
     from mpcl import cli
-    from tests.conftest import tiny_overrides
+    from tests.helpers.runs import tiny_overrides
 
     out = tmp_path / "run"
     cli.main(["train", "--no-ray", *tiny_overrides(out, "simclr", **{

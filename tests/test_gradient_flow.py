@@ -31,7 +31,7 @@ from mpcl.losses import prototype_pairs, soft_kl
 from mpcl.methods import METHODS, build_method
 from mpcl.methods.bank import SnapshotBank
 from mpcl.methods.moco import KeyQueue
-from tests.conftest import on_gloo_ranks
+from tests.helpers.ranks import on_gloo_ranks
 
 N, CLASSES, SAMPLES, SIZE = 6, 10, 40, 16
 INDEX = torch.tensor([17, 3, 29, 8, 0, 35])

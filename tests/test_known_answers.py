@@ -16,7 +16,7 @@ from mpcl.engine.local import LocalReporter
 from mpcl.engine.loop import fit
 from mpcl.engine.optim import LARS, base_lr, build_optimizer, lr_factor, set_lr
 from mpcl.methods import build_method
-from tests.conftest import tiny_overrides
+from tests.helpers.runs import tiny_overrides
 
 
 def _at(*degrees: float, norm: float = 1.0) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from mpcl import cli
 from mpcl.config.compose import load
 from mpcl.launch import LaunchError
-from tests.conftest import tiny_overrides
+from tests.helpers.runs import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

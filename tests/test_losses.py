@@ -22,6 +22,7 @@ from mpcl.losses import (
     pair_indices,
     symmetric_negative_cosine,
 )
+from tests.helpers.references import released_attention_loss
 
 
 def fixed(n=6, d=5, seed=0):
@@ -92,29 +93,6 @@ def test_attention_weight_zero_is_exactly_nt_xent():
     pos, lse = contrastive_terms(z, z, s, p, 0.5)
     w = attention_weights(h, torch.cat([h[n:], h[:n]]), 1.0).double()
     assert torch.equal(attention_weighted_nt_xent(pos, lse, w, 0.0), nt_xent(z, z, s, p, 0.5))
-
-
-def released_attention_loss(u, h, T, a=1.0, attention_temperature=1.0):
-    """The released GRAPH-ATTENTION NTXent, re-derived as a loop over anchors: z = u / |u|,
-    logprob_i = s(i, p(i))/T - log sum_{k != i} exp(s(i, k)/T), pair weights from detached
-    features. At a = 1 and attention temperature 1 the weight is exp(cos(h_i, h_p(i)) + 1) as
-    released; otherwise c_i = (1 - a) + a * N softmax_i(cos_i / t). Loss = -sum c_i logprob_i /
-    sum c_i (the weights' sum carries no gradient)."""
-    N = u.shape[0]
-    n = N // 2
-    z = [u[i] / u[i].norm() for i in range(N)]
-    cos = [float(h[i] @ h[(i + n) % N] / (h[i].norm() * h[(i + n) % N].norm())) for i in range(N)]
-    if a == 1.0 and attention_temperature == 1.0:
-        c = [math.exp(cs + 1.0) for cs in cos]
-    else:
-        e = [math.exp((cs - max(cos)) / attention_temperature) for cs in cos]   # softmax, shifted
-        c = [(1 - a) + a * N * ei / sum(e) for ei in e]
-    total = 0.0
-    for i in range(N):
-        logits = [z[i] @ z[k] / T for k in range(N) if k != i]
-        logprob = z[i] @ z[(i + n) % N] / T - torch.logsumexp(torch.stack(logits), 0)
-        total = total - c[i] * logprob
-    return total / sum(c)
 
 
 @pytest.mark.parametrize("a, attention_temperature", [(1.0, 1.0), (0.6, 0.5), (0.3, 2.0)])

@@ -441,7 +441,7 @@ def test_mcl_supervised_on_the_second_of_two_workers(monkeypatch):
 # -- Barlow Twins ----------------------------------------------------------------------------------
 
 def test_barlow_twins_is_the_cross_correlation_loss_of_the_two_views():
-    from tests.test_methods_baselines import reference_barlow
+    from tests.helpers.references import reference_barlow
 
     method = _method("barlow_twins", **{"method.lambda": 0.02, "method.scale_loss": 0.3})
     batch = _batch()

@@ -22,13 +22,10 @@ from mpcl.losses import (barlow_twins_loss, infonce_queue, mcl_queue_terms, mcl_
                          multi_positive_terms, nt_xent, pair_indices, soft_kl, supcon_loss)
 from mpcl.methods import build_method
 from mpcl.methods.moco import KeyQueue, momentum_at, queue_length
-from tests.conftest import tiny_overrides
+from tests.helpers.references import gen, reference_barlow, small_method
+from tests.helpers.runs import tiny_overrides
 
 D64 = torch.float64
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def unit(n, d, seed=0):
@@ -36,25 +33,6 @@ def unit(n, d, seed=0):
 
 
 # -- Barlow Twins ---------------------------------------------------------------------------
-
-def reference_barlow(z1, z2, lambd, eps=1e-5):
-    n, d = z1.shape
-    def std(z):
-        out = torch.empty_like(z)
-        for j in range(d):
-            col = z[:, j]
-            mu = sum(col.tolist()) / n
-            var = sum((v - mu) ** 2 for v in col.tolist()) / n
-            out[:, j] = (col - mu) / math.sqrt(var + eps)
-        return out
-    a, b = std(z1), std(z2)
-    loss = 0.0
-    for i in range(d):
-        for j in range(d):
-            c = sum(float(a[k, i] * b[k, j]) for k in range(n)) / n
-            loss += (1 - c) ** 2 if i == j else lambd * c ** 2
-    return loss
-
 
 def test_barlow_twins_matches_reference():
     z1 = torch.randn(9, 5, generator=gen(1), dtype=D64)
@@ -223,12 +201,6 @@ def test_mcl_supervised_with_one_network_is_supcon():
     assert mcl_weighted(terms, 1, 1, 1, 1).item() == pytest.approx(want, rel=1e-12)
 
 
-def _method(name, **extra):
-    over = {"method.name": name, "model.backbone": "small_cnn", "data.batch_size": 4, "model.projector_hidden": 16,
-            "model.projector_out": 8, "out": "/tmp/unused", **extra}
-    return load(None, [f"{k}={v}" for k, v in over.items()])
-
-
 def _batch(n=4, seed=0, size=32, views=2):
     g = gen(seed)
     return Batch([torch.rand(n, 3, size, size, generator=g) for _ in range(views)],
@@ -237,9 +209,9 @@ def _batch(n=4, seed=0, size=32, views=2):
 
 def test_mcl_method_with_one_network_is_the_moco_method():
     torch.manual_seed(0)
-    moco = build_method(_method("moco", **{"method.queue_size": 12}), 10, 100)
+    moco = build_method(small_method("moco", **{"method.queue_size": 12}), 10, 100)
     torch.manual_seed(0)
-    mcl = build_method(_method("mcl", **{"method.queue_size": 12, "method.num_networks": 1, "method.alpha": 1.0}),
+    mcl = build_method(small_method("mcl", **{"method.queue_size": 12, "method.num_networks": 1, "method.alpha": 1.0}),
                        10, 100)
     batch = _batch()
     for _ in range(3):   # the queues fill identically too
@@ -249,14 +221,14 @@ def test_mcl_method_with_one_network_is_the_moco_method():
 
 
 def test_mcl_mlp_head_is_really_used():
-    m = build_method(_method("mcl", **{"method.queue_size": 8, "method.mlp": True}), 10, 100)
+    m = build_method(small_method("mcl", **{"method.queue_size": 8, "method.mlp": True}), 10, 100)
     for proj, key in zip(m.projectors, m.key_encoders):
         assert isinstance(proj[0], nn.Linear) and isinstance(proj[1], nn.ReLU) and len(proj) == 3
         assert len(key[1]) == 3                                 # the key encoder has it too
     m.ssl_loss(_batch(), 0).loss.backward()
     assert m.projectors[0][0].weight.grad.abs().sum() > 0       # gradient reaches the hidden layer
     assert m.projectors[1][0].weight.grad.abs().sum() > 0
-    linear = build_method(_method("mcl", **{"method.queue_size": 8, "method.mlp": False}), 10, 100)
+    linear = build_method(small_method("mcl", **{"method.queue_size": 8, "method.mlp": False}), 10, 100)
     assert len(linear.projectors[0]) == 1
 
 
@@ -300,13 +272,13 @@ def test_a_new_queue_holds_unit_keys():
 def test_the_queue_holds_whole_steps_of_keys():
     """method.queue_size rounded down to a multiple of the keys pushed per step: the batch,
     or both views' keys when symmetric."""
-    assert build_method(_method("moco", **{"method.queue_size": 20}), 10, 100).queue.size == 20
-    symmetric = _method("moco", **{"method.queue_size": 20, "method.symmetric": True})
+    assert build_method(small_method("moco", **{"method.queue_size": 20}), 10, 100).queue.size == 20
+    symmetric = small_method("moco", **{"method.queue_size": 20, "method.symmetric": True})
     assert build_method(symmetric, 10, 100).queue.size == 16
 
 
 def test_moco_v1_head_is_one_linear_map():
-    cfg = _method("moco", **{"method.queue_size": 8, "method.mlp": False, "method.temperature": 0.3})
+    cfg = small_method("moco", **{"method.queue_size": 8, "method.mlp": False, "method.temperature": 0.3})
     m = build_method(cfg, 10, 100).eval()
     assert [type(layer) for layer in m.projector] == [nn.Linear]
     assert m.projector[0].weight.shape == (8, m.feature_dim)
@@ -319,7 +291,7 @@ def test_moco_v1_head_is_one_linear_map():
 
 
 def test_moco_state_restored_on_resume():
-    cfg = _method("moco", **{"method.queue_size": 10})
+    cfg = small_method("moco", **{"method.queue_size": 10})
     torch.manual_seed(0)
     a = build_method(cfg, 10, 100)
     for s in range(3):
@@ -342,14 +314,14 @@ def test_moco_state_restored_on_resume():
 
 
 def test_momentum_update_is_an_ema():
-    m = build_method(_method("moco", **{"method.queue_size": 8, "method.momentum": 0.9}), 10, 100)
+    m = build_method(small_method("moco", **{"method.queue_size": 8, "method.momentum": 0.9}), 10, 100)
     q0 = m.backbone.net[0].weight.detach().clone()
     with torch.no_grad():
         m.backbone.net[0].weight.add_(1.0)
     m.after_optimizer_step(0, 10)
     assert torch.allclose(m.key_encoder[0].net[0].weight, 0.9 * q0 + 0.1 * (q0 + 1.0), atol=1e-6)
     # cosine schedule: step 4 of 10 is half-way, momentum 1 - 0.1 / 2
-    m = build_method(_method("moco", **{"method.queue_size": 8, "method.momentum": 0.9,
+    m = build_method(small_method("moco", **{"method.queue_size": 8, "method.momentum": 0.9,
                                         "method.momentum_schedule": "cosine"}), 10, 100)
     k0 = m.key_encoder[0].net[0].weight.detach().clone()
     with torch.no_grad():

@@ -256,7 +256,7 @@ def test_a_full_disk_under_the_study_is_one_line_and_the_study_stays_readable(sm
 # -- through the command line ------------------------------------------------------------------------
 
 def _train_args(out: Path, fmnist_path: str, epochs: int = 3) -> list[str]:
-    from tests.conftest import tiny_overrides
+    from tests.helpers.runs import tiny_overrides
 
     return tiny_overrides(out, "simclr", **{"data.path": fmnist_path, "data.subset": 256, "data.val_subset": 128,
                                             "data.batch_size": 64, "train.epochs": epochs,
@@ -376,7 +376,7 @@ def _prepare(src: Path, out: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_two_data_preps_into_one_out_at_once_one_writes_the_other_exits_2(tmp_path):
-    from _fixtures_data import make_fashion_mnist
+    from tests.helpers.data import make_fashion_mnist
 
     make_fashion_mnist(tmp_path / "raw", n_train=200, n_val=50)
     out = tmp_path / "out"
@@ -392,7 +392,7 @@ def test_two_data_preps_into_one_out_at_once_one_writes_the_other_exits_2(tmp_pa
 
 @pytest.mark.slow
 def test_data_prep_on_a_full_disk_exits_1_and_keeps_the_last_complete_output(small_disk, tmp_path):
-    from _fixtures_data import make_fashion_mnist
+    from tests.helpers.data import make_fashion_mnist
 
     from data_prep.beton import sha256_file
 
@@ -433,7 +433,7 @@ def test_a_run_that_finds_its_betons_being_written_waits_for_them(held, tmp_path
     that finds the other writing them waits for it, then reads what it wrote."""
     import threading
 
-    from _fixtures_data import make_fashion_mnist
+    from tests.helpers.data import make_fashion_mnist
 
     from data_prep import prepare_if_missing
     from mpcl.data.betons import BETON_FILES

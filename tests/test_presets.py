@@ -76,3 +76,59 @@ def test_a_recipe_change_in_a_part_reaches_every_preset_built_on_it(tmp_path):
     part.write_text(part.read_text().replace("crop_scale_min: 0.08", "crop_scale_min: 0.3"))
     for name in ("cifar10_simclr", "cifar10_simclr_attn", "fmnist_simclr_attn_multi"):
         assert load(tmp_path / f"configs/{name}.yaml").data.crop_scale_min == 0.3, name
+
+
+# reproduce's smoke budget as a dict of overrides, before it became configs/parts/budget/smoke.yaml
+OLD_SMOKE = {"model.backbone": "small_cnn", "model.projector_hidden": 256, "model.projector_out": 128,
+             "model.predictor_hidden": 64, "data.loader": "torch", "data.num_workers": 0, "data.subset": 2048,
+             "data.val_subset": 1000, "data.batch_size": 256, "train.epochs": 2, "tracking.wandb": "disabled",
+             "scale.cpus_per_worker": 1, "scale.use_gpu": "false", "train.progress": "false"}
+
+
+@pytest.mark.parametrize("preset", ["fmnist_simclr", "cifar10_simsiam_multi"])
+def test_a_part_over_a_preset_is_the_preset_with_the_parts_overrides(preset):
+    from mpcl import cli
+
+    old = load(preset, OLD_SMOKE)
+    assert load([preset, "parts/budget/smoke"]) == old
+    assert load([f"configs/{preset}.yaml", "configs/parts/budget/smoke.yaml"]) == old
+    args = cli.build_parser().parse_args(["train", "--config", preset, "--config", "parts/budget/smoke",
+                                          "data.subset=64"])
+    assert args.config == [preset, "parts/budget/smoke"]
+    assert cli.load_config(args.config, args.overrides) == load(preset, {**OLD_SMOKE, "data.subset": 64})
+    # later files override earlier ones: the preset after the part takes its own values back
+    assert load(["parts/budget/smoke", preset]).model.backbone == load(preset).model.backbone == "resnet18"
+
+
+def test_a_missing_part_is_one_line_naming_it(capsys):
+    from mpcl import cli
+
+    with pytest.raises(ConfigError, match=r"^--config parts/budget/nope: no such file") as e:
+        load(["fmnist_simclr", "parts/budget/nope"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--no-ray", "--config", "fmnist_simclr", "--config", "parts/budget/nope"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "parts/budget/nope" in err, err
+
+
+# the tests' tiny runs as dicts of overrides, before they became configs/parts/budget/tiny.yaml
+OLD_TINY = {"model.backbone": "small_cnn", "data.subset": 512, "data.val_subset": 256, "data.loader": "torch",
+            "data.batch_size": 128, "train.epochs": 1, "optim.warmup_epochs": 0, "train.progress": "false",
+            "model.projector_hidden": 128, "model.projector_out": 64, "model.predictor_hidden": 32}
+OLD_TINY_SWEEP = {"model.backbone": "small_cnn", "model.projector_hidden": 64, "model.projector_out": 32,
+                  "data.loader": "torch", "data.path": "/data", "data.subset": 96, "data.val_subset": 96,
+                  "data.batch_size": 64, "data.num_workers": 0, "train.epochs": 3, "train.progress": "false",
+                  "optim.name": "sgd", "optim.lr": 0.3, "optim.scale_lr": False, "optim.warmup_epochs": 0,
+                  "tracking.wandb": "disabled"}
+
+
+def test_the_tests_tiny_runs_are_the_tiny_part(tmp_path):
+    from tests.helpers.runs import tiny_overrides, tiny_sweep_overrides
+
+    old = load("fmnist_simsiam", {"method.name": "simsiam", **OLD_TINY, "out": str(tmp_path), "data.subset": 64})
+    assert load("fmnist_simsiam", tiny_overrides(tmp_path, "simsiam", **{"data.subset": 64})) == old
+    assert load(["fmnist_simsiam", "parts/budget/tiny"], {"out": str(tmp_path), "data.subset": 64}) == old
+    # a sweep's tiny trials: the same keys as before, and the part's predictor width (no sweep of
+    # the suite trains a predictor: simclr_attn, mcl)
+    assert tiny_sweep_overrides("/data", subset=96, epochs=3) == {**OLD_TINY_SWEEP, "model.predictor_hidden": 32}

@@ -20,7 +20,8 @@ import torch.distributed as tdist
 from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.methods import build_method
-from tests.conftest import on_gloo_ranks, tiny_overrides
+from tests.helpers.ranks import on_gloo_ranks
+from tests.helpers.runs import tiny_overrides
 
 METHODS = ["simclr", "simclr_attn", "simsiam_multi", "simclr_attn_multi"]
 BANKED = ("simsiam_multi", "simclr_attn_multi")

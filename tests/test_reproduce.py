@@ -41,6 +41,28 @@ def test_runs_share_the_budget_and_carry_the_papers_knobs(tmp_path):
     assert all(c.model.backbone == "resnet18" and c.data.subset == 0 and c.train.epochs == 15 for c in short)
 
 
+# The budgets as they were written in reproduce.py before they became configs/parts/budget/*.yaml:
+# the reference the parts must keep giving.
+OLD_BUDGETS = {
+    "smoke": {"linear_epochs": 10, "overrides": {
+        "model.backbone": "small_cnn", "model.projector_hidden": 256, "model.projector_out": 128,
+        "model.predictor_hidden": 64, "data.loader": "torch", "data.num_workers": 0, "data.subset": 2048,
+        "data.val_subset": 1000, "data.batch_size": 256, "train.epochs": 2, "tracking.wandb": "disabled",
+        "scale.cpus_per_worker": 1, "scale.use_gpu": "false", "train.progress": "false"}},
+    "short": {"linear_epochs": 100, "overrides": {
+        "model.backbone": "resnet18", "model.cifar_stem": True, "data.subset": 0, "data.val_subset": 0,
+        "train.epochs": 15, "scale.gpus_per_worker": 0.25, "scale.cpus_per_worker": 3, "train.progress": "false"}},
+    "paper": {"linear_epochs": 100, "overrides": {"train.progress": "false"}},
+}
+
+
+def test_budgets_are_the_parts_and_keep_their_values():
+    assert tuple(OLD_BUDGETS) == rp.BUDGETS
+    for name, old in OLD_BUDGETS.items():
+        assert rp.budget_overrides(name) == old["overrides"], name
+        assert rp.LINEAR_EPOCHS[name] == old["linear_epochs"], name
+
+
 def test_a_pair_that_differs_outside_its_method_is_refused(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
     shutil.copytree(ROOT / "configs" / "parts", configs / "parts")   # what the presets compose

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpcl import cli
-from tests.conftest import tiny_overrides
+from tests.helpers.runs import tiny_overrides
 
 
 def _overrides(out, fmnist_path, **extra) -> list[str]:

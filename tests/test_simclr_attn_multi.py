@@ -14,9 +14,8 @@ from mpcl.config.compose import declared_only, load
 from mpcl.data.batch import Batch
 from mpcl.losses import attention_weighted_nt_xent, attention_weights, mixed_positive_terms, pair_indices
 from mpcl.methods import build_method
-from tests.conftest import tiny_overrides
-from tests.test_methods_baselines import _method as small_method
-from tests.test_methods_baselines import gen
+from tests.helpers.runs import tiny_overrides
+from tests.helpers.references import gen, released_attention_loss, small_method
 
 N_SAMPLES = 16
 
@@ -198,7 +197,6 @@ def _attn_method(**extra):
 
 
 def test_simclr_attn_step_is_the_released_loss():
-    from tests.test_losses import released_attention_loss
 
     # the small CNN's features of random images are nearly collinear: a low attention
     # temperature makes the weights differ between anchors

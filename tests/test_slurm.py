@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unassigned_port
-from tests.test_sweep import ROOT, _env, _sweep_file
+from tests.helpers.ranks import unassigned_port
+from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
 
 SCRIPT = ROOT / "sweeps" / "cluster" / "slurm.sbatch"
 
@@ -41,7 +41,7 @@ def _slurm_env(tmp_path: Path) -> dict:
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
     return dict(
-        _env(), PATH=f"{shims}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="2",
+        sweep_env(), PATH=f"{shims}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="2",
         SLURM_JOB_NODELIST="localhost,localhost", SLURM_SUBMIT_DIR=str(ROOT),
         MPCL_PYTHON=sys.executable, MPCL_RAY_PORT=str(unassigned_port()), MPCL_RAY_WAIT_S="180",
         MPCL_RAY_HEAD_ARGS=(f"--num-cpus=1 --resources={{\"head_node\":1}} --include-dashboard=false "
@@ -115,7 +115,7 @@ def _left_running(processes) -> list[str]:
 def test_slurm_script_sweeps_stops_on_sigterm_and_resumes(tmp_path, fmnist_path):
     env = _slurm_env(tmp_path)
     sweep_dir = tmp_path / "sweep"
-    path = _sweep_file(tmp_path, fmnist_path, num_samples=2, points=[
+    path = sweep_file(tmp_path, fmnist_path, num_samples=2, points=[
         {"method.temperature": 0.5, "optim.lr": 0.3}, {"method.temperature": 0.2, "optim.lr": 0.3}])
     tree = path.read_text().replace("train.epochs: 2", "train.epochs: 3")
     path.write_text(tree)

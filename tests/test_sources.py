@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fixtures_data import make_cifar, make_fashion_mnist, make_stl10, save, smooth_images, tar_gz
+from tests.helpers.data import make_cifar, make_fashion_mnist, make_stl10, save, smooth_images, tar_gz
 from mpcl.data.sources import (STL10_CLASSES, BadImageError, SourceError, cifar_classes,
                                gray_to_rgb_padded, list_image_folder, load_rgb, read_cifar,
                                read_fashion_mnist, read_stl10, stl10_classes)

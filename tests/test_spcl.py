@@ -17,7 +17,7 @@ from mpcl.losses import prototype_pairs, spcl_terms
 from mpcl.methods import build_method
 from mpcl.methods.clustering import cluster_features, kmeans
 from mpcl.methods.spcl import dataset_order, loader_order_draws
-from tests.test_methods_baselines import _method, gen
+from tests.helpers.references import gen, small_method
 
 D64 = torch.float64
 
@@ -60,7 +60,7 @@ def _spcl_setup(n=60):
     images = torch.full((n, 3, 8, 8), 30, dtype=torch.uint8)
     images[torch.arange(n), group] = 220
     images = (images.int() + torch.randint(-10, 10, images.shape, generator=g)).clamp(0, 255).to(torch.uint8)
-    cfg = _method("spcl", **{"method.num_prototypes": 3, "method.pca_dim": 2, "data.batch_size": 12})
+    cfg = small_method("spcl", **{"method.num_prototypes": 3, "method.pca_dim": 2, "data.batch_size": 12})
     torch.manual_seed(0)
     method = build_method(cfg, 10, n)
     method.backbone = _ColourMean()          # features that cluster by group, no training needed
@@ -243,12 +243,12 @@ def test_spcl_method_step_is_the_reference_step():
 
 def test_spcl_classifier_outputs_switch():
     """prototypes (default): one output per prototype; classes: the released width."""
-    cfg = _method("spcl", **{"method.num_prototypes": 3})
+    cfg = small_method("spcl", **{"method.num_prototypes": 3})
     assert build_method(cfg, 10, 20).classifier.out_features == 3
-    cfg = _method("spcl", **{"method.num_prototypes": 3, "method.classifier_outputs": "classes"})
+    cfg = small_method("spcl", **{"method.num_prototypes": 3, "method.classifier_outputs": "classes"})
     assert build_method(cfg, 10, 20).classifier.out_features == 10
     with pytest.raises(ConfigError, match="method.classifier_outputs='classes': method.num_prototypes=20"):
-        _method("spcl", **{"method.num_prototypes": 20, "method.classifier_outputs": "classes"})
+        small_method("spcl", **{"method.num_prototypes": 20, "method.classifier_outputs": "classes"})
 
 
 def test_spcl_pseudo_label_order_switch():
@@ -421,7 +421,7 @@ def test_spcl_keeps_its_prototypes_between_reassignments_and_after_a_resume():
 
 
 def test_spcl_classes_outputs_allow_as_many_prototypes_as_classes():
-    cfg = _method("spcl", **{"method.num_prototypes": 10, "method.classifier_outputs": "classes"})
+    cfg = small_method("spcl", **{"method.num_prototypes": 10, "method.classifier_outputs": "classes"})
     assert DATASETS[cfg.data.dataset].num_classes == 10
     assert build_method(cfg, 10, 20).classifier.out_features == 10
 

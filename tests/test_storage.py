@@ -14,8 +14,8 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import tiny_overrides
-from tests.test_sweep import ROOT, _env, _sweep_file
+from tests.helpers.runs import tiny_overrides
+from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
 
 BUCKET = "mpcl"
 
@@ -41,7 +41,7 @@ def s3(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     try:
         boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield dict(_env(), **env)
+        yield dict(sweep_env(), **env)
     finally:
         server.stop()
 
@@ -179,7 +179,7 @@ def test_two_worker_run_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
 @pytest.mark.slow
 def test_two_trial_sweep_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
     out = f"s3://{BUCKET}/sweeps/s1"
-    path = _sweep_file(tmp_path, fmnist_path, num_samples=2, out=out, points=[
+    path = sweep_file(tmp_path, fmnist_path, num_samples=2, out=out, points=[
         {"method.temperature": 0.5, "optim.lr": 0.3}, {"method.temperature": 0.2, "optim.lr": 0.3}])
     cmd = [sys.executable, "run.py", "sweep", str(path)]
 
@@ -217,7 +217,7 @@ def test_study_goes_to_the_storage_url_given(tmp_path, fmnist_path):
     from mpcl.launch.search import make_searcher
     from mpcl.launch.sweep_spec import load_sweep
 
-    spec = load_sweep(_sweep_file(tmp_path, fmnist_path))
+    spec = load_sweep(sweep_file(tmp_path, fmnist_path))
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     make_searcher(spec, tmp_path / "sweep", epochs=2, study=url)
     assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "sweep" / "optuna.db").exists()
@@ -226,7 +226,7 @@ def test_study_goes_to_the_storage_url_given(tmp_path, fmnist_path):
 
 def test_no_ray_with_a_uri_out_is_one_line():
     proc = _run([sys.executable, "run.py", "train", "--config", str(ROOT / "configs/fmnist_simclr.yaml"),
-                 "--no-ray", "out=s3://bucket/run"], _env(), timeout=120)
+                 "--no-ray", "out=s3://bucket/run"], sweep_env(), timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == ("error: out=s3://bucket/run: --no-ray writes a local run directory; "
                            "a URI needs Ray (drop --no-ray)\n")

@@ -16,31 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_sweep_overrides
+from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
 
-ROOT = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).resolve().parent / "faults"   # sitecustomize: MPCL_TEST_FAULT names the fault
 HELD_FILE, RELEASE_FILE = "HELD", "RELEASE"   # written and awaited by the hook
-
-
-def _sweep_file(tmp_path, fmnist_path, **extra) -> Path:
-    tree = {
-        "name": "tiny", "base": str(ROOT / "configs/fmnist_simclr_attn.yaml"),
-        "overrides": tiny_sweep_overrides(fmnist_path, subset=256, epochs=2),
-        "space": {"method.temperature": {"type": "loguniform", "low": 0.1, "high": 1.0},
-                  "optim.lr": {"type": "choice", "values": [0.3, 1.0e30]}},
-        "points": [{"method.temperature": 0.5, "optim.lr": 0.3},
-                   {"method.temperature": 0.3, "optim.lr": 1.0e30},     # diverges at once
-                   {"method.temperature": 0.2, "optim.lr": 0.3}],
-        "objective": {"metric": "val/knn_top1", "mode": "max"},
-        "num_samples": 3, "max_concurrent": 2, "scheduler": {"type": "none"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "use_gpu": "false"},
-        "sampler": {"type": "tpe", "seed": 0}, "out": str(tmp_path / "sweep"),
-    }
-    tree.update(extra)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return path
 
 
 def _finished_trials(sweep_dir: Path) -> list[Path]:
@@ -73,12 +52,6 @@ def _wait_for(what: str, condition, proc, log: Path, timeout: float = 300):
     raise AssertionError(f"no {what} after {timeout} s:\n" + log.read_text()[-3000:])
 
 
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 @pytest.mark.ray
 def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     """Every trial that trains holds after reporting its first epoch (the test-only hook in
@@ -89,11 +62,11 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     intermediate values."""
     import optuna
 
-    path = _sweep_file(tmp_path, fmnist_path)
+    path = sweep_file(tmp_path, fmnist_path)
     sweep_dir = tmp_path / "sweep"
     log_path = tmp_path / "first.log"
     log = open(log_path, "w")
-    env = _env()
+    env = sweep_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), str(ROOT), env.get("PYTHONPATH")]))
     env["MPCL_TEST_FAULT"] = "hold_after_first_epoch"
     proc = subprocess.Popen([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT,
@@ -101,7 +74,7 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     held = lambda: sorted(p.parent for p in (sweep_dir / "trials").glob(f"*/{HELD_FILE}"))  # noqa: E731
     first = _wait_for("held trial", held, proc, log_path)[0]
     for again in ([], ["--resume"]):                       # a second driver into the running sweep
-        refused = subprocess.run([sys.executable, "run.py", "sweep", str(path), *again], cwd=ROOT, env=_env(),
+        refused = subprocess.run([sys.executable, "run.py", "sweep", str(path), *again], cwd=ROOT, env=sweep_env(),
                                  capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2, refused.stderr
         assert re.fullmatch(rf"error: {sweep_dir} is in use by pid {proc.pid} on host \S+ since \d\d:\d\d; "
@@ -119,7 +92,7 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     assert interrupted[second.name]["state"] == "interrupted", interrupted[second.name]
     assert "interrupted after" in interrupted[second.name]["reason"]
 
-    done = subprocess.run([sys.executable, "run.py", "sweep", str(path), "--resume"], cwd=ROOT, env=_env(),
+    done = subprocess.run([sys.executable, "run.py", "sweep", str(path), "--resume"], cwd=ROOT, env=sweep_env(),
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((sweep_dir / "results.json").read_text())
@@ -148,7 +121,7 @@ def test_sweep_interrupted_resumed_keeps_finished_trials(tmp_path, fmnist_path):
     assert [json.loads(x)["epoch"] for x in (second / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert len(list(second.glob("checkpoint_*/state.pt"))) == 2
 
-    rep = subprocess.run([sys.executable, "run.py", "report", str(sweep_dir)], cwd=ROOT, env=_env(),
+    rep = subprocess.run([sys.executable, "run.py", "report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
                          capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
     page = (sweep_dir / "report" / "index.html").read_text()
@@ -248,7 +221,7 @@ def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, caps
 
     from mpcl import cli
 
-    tree = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
+    tree = yaml.safe_load(sweep_file(tmp_path, "/nowhere").read_text())
     tree.update(change)
     if tree["base"] is None:
         del tree["base"]
@@ -265,7 +238,7 @@ def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, caps
 def test_objective_is_checked_against_the_methods_metrics(tmp_path):
     from mpcl.launch.sweep_spec import load_sweep
 
-    base = yaml.safe_load(_sweep_file(tmp_path, "/nowhere").read_text())
+    base = yaml.safe_load(sweep_file(tmp_path, "/nowhere").read_text())
     mcl = {**base, "base": str(ROOT / "configs/fmnist_mcl.yaml"),
            "overrides": {**base["overrides"], "method.mode": "supervised", "data.min_per_class": 2},
            "objective": {"metric": "val/net1_top1", "mode": "max"},

@@ -32,8 +32,10 @@ def _items(overrides: list[str] | dict[str, Any] | None) -> list[tuple[str, Any]
     return [parse_override(o) for o in overrides or []]
 
 
-def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML preset <- overrides; validated. Raises ConfigError."""
+def load(path: str | Path | list[str | Path] | None = None,
+         overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML preset(s) <- overrides; validated. A list of presets merges in order,
+    each later one overriding the earlier (``read_preset``). Raises ConfigError."""
     tree = {} if path is None else read_preset(path)
     return compose([], [*flatten(tree).items(), *_items(overrides)])
 

@@ -6,6 +6,10 @@ read first, in order, each later one overriding the earlier, and the preset's ow
 them all. So ``configs/cifar10_simclr_attn.yaml`` is a few lines on top of
 ``configs/parts/data/cifar10.yaml`` and ``configs/parts/method/simclr_attn.yaml``, and a recipe
 change is made once, in its part.
+
+Several presets given at once (``train --config A --config B``) merge the same way: B over A.
+So a part applies on top of a preset without a file of its own: ``--config fmnist_simclr
+--config parts/budget/smoke``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from pathlib import Path
 from mpcl.config.schema import ConfigError, read_yaml_mapping
 
 
-def read_preset(path: str | Path) -> dict:
+def read_preset(path: str | Path | list[str | Path]) -> dict:
     """The preset at ``path`` (or shipped under that name) with its ``base`` files merged in,
-    as one nested mapping (without the ``base`` key). Raises ConfigError naming the file for a
-    missing base, a cycle, or a ``base`` that is not a path or a list of paths."""
-    return _read(find("preset", path, "--config"), chain=())
+    as one nested mapping (without the ``base`` key); a list of presets is merged in order, each
+    later one overriding the earlier, as a ``base`` list is. Raises ConfigError naming the file
+    for a missing preset or base, a cycle, or a ``base`` that is not a path or a list of paths."""
+    merged: dict = {}
+    for one in path if isinstance(path, (list, tuple)) else [path]:
+        _merge(merged, _read(find("preset", one, "--config"), chain=()))
+    return merged
 
 
 def _read(path: Path, chain: tuple[Path, ...]) -> dict:

@@ -3,8 +3,9 @@ N seeds each, then mean / sd per method and each variant's difference to its bas
 95 % interval paired by seed (``run.py reproduce``).
 
 Every run starts from its preset ``configs/<dataset>_<method>.yaml`` (the released recipes),
-then the budget's overrides, the paper's knobs, the user's overrides, and the seed. A base
-and its variant differ only in ``method.*`` keys: ``build_runs`` checks it.
+then the budget's overrides (the part ``configs/parts/budget/<budget>.yaml``), the paper's
+knobs, the user's overrides, and the seed. A base and its variant differ only in ``method.*``
+keys: ``build_runs`` checks it.
 
 Layout of ``out``: ``runs/<method>/seed<k>/`` (each a run directory with ``result.json`` when
 finished), ``reproduce.json`` (the summary), and, written by the caller, ``RESULTS.md`` and
@@ -19,7 +20,7 @@ from typing import Any
 
 from mpcl.config import Config, ConfigError, flatten, parse_override, to_dict
 from mpcl.config.compose import declared_only, load
-from mpcl.config.presets import shipped_dir
+from mpcl.config.presets import read_preset, shipped_dir
 from mpcl.launch import LaunchError
 from mpcl.launch.repeat import run_all
 from mpcl.stats import paired_difference, summarize
@@ -32,22 +33,17 @@ SUMMARY_FILE = "reproduce.json"
 # The paper's settings of the two methods' knobs (SimCLR-Attn: a = 1 at attention temperature
 # 1; SimSiam-Multi: b = 0.5). Each method gets the method.* keys it declares.
 KNOBS = {"method.attention_weight": 1.0, "method.attention_temperature": 1.0, "method.bank_mix": 0.5}
-QUIET = {"train.progress": "false"}
-BUDGETS: dict[str, dict[str, Any]] = {
-    # the 2-core CPU in a few minutes: a small CNN on a subset, the in-memory torch loader
-    "smoke": {"linear_epochs": 10, "overrides": {
-        "model.backbone": "small_cnn", "model.projector_hidden": 256, "model.projector_out": 128,
-        "model.predictor_hidden": 64, "data.loader": "torch", "data.num_workers": 0, "data.subset": 2048,
-        "data.val_subset": 1000, "data.batch_size": 256, "train.epochs": 2, "tracking.wandb": "disabled",
-        "scale.cpus_per_worker": 1, "scale.use_gpu": "false", **QUIET}},
-    # about 20 minutes of one H100 on Fashion-MNIST (an estimate, not measured: 4 methods x 3
-    # seeds x 15 epochs of ResNet-18 at ~5-8 s per epoch, four runs packed per GPU)
-    "short": {"linear_epochs": 100, "overrides": {
-        "model.backbone": "resnet18", "model.cifar_stem": True, "data.subset": 0, "data.val_subset": 0,
-        "train.epochs": 15, "scale.gpus_per_worker": 0.25, "scale.cpus_per_worker": 3, **QUIET}},
-    # the presets as they are: the released recipes (hundreds of epochs)
-    "paper": {"linear_epochs": 100, "overrides": {**QUIET}},
-}
+# The budgets: each one's overrides are the preset part configs/parts/budget/<name>.yaml (also
+# applicable to one run: train --config PRESET --config parts/budget/<name>); here, the epochs of
+# the linear probe that evaluates each finished run, which is no key of a run's config.
+LINEAR_EPOCHS = {"smoke": 10, "short": 100, "paper": 100}
+BUDGETS = tuple(LINEAR_EPOCHS)
+
+
+def budget_overrides(budget: str) -> dict[str, Any]:
+    """The budget's overrides (``section.key``: value), read from its shipped part (never a file
+    of that name in the working directory)."""
+    return flatten(read_preset(shipped_dir("preset") / "parts" / "budget" / f"{budget}.yaml"))
 
 
 def preset_path(dataset: str, method: str) -> Path:
@@ -74,6 +70,7 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
     if seeds < 1:
         raise LaunchError(f"--seeds {seeds}: need at least 1")
     try:
+        budgeted = budget_overrides(budget)
         user = dict(parse_override(o) for o in overrides or [])
     except ConfigError as e:
         raise LaunchError(str(e)) from None
@@ -86,7 +83,7 @@ def build_runs(dataset: str, budget: str, seeds: int, out: Path, overrides: list
                               f"(reproduce needs configs/<dataset>_<method>.yaml for {', '.join(METHODS)})")
         try:
             preset = load(str(path), {"data.dataset": dataset})
-            tree = declared_only(method, {**BUDGETS[budget]["overrides"], **KNOBS, **user})
+            tree = declared_only(method, {**budgeted, **KNOBS, **user})
             epochs = load(str(path), tree).train.epochs  # validates the overrides first
             if budget != "paper" and epochs != preset.train.epochs:
                 tree = {**_scaled(preset, epochs), **tree}
@@ -146,7 +143,7 @@ def run_reproduce(runs: list[Config], out_dir: Path, dataset: str, budget: str, 
     into ``out_dir``; returns the summary. The caller holds ``out_dir``'s lock
     (:func:`mpcl.files.exclusive`)."""
     t0 = time.perf_counter()
-    linear_epochs = int(BUDGETS[budget]["linear_epochs"])
+    linear_epochs = LINEAR_EPOCHS[budget]
     results = run_all(runs, use_ray, address, linear_epochs=linear_epochs, log_dir=out_dir)
     wall = time.perf_counter() - t0
     example = runs[0]
