@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # the container image `make image` builds; sweeps/cluster/*.yaml name the same (tests check it)
 IMAGE ?= ghcr.io/your-org/mpcl:ray-2.60.0
 
-.PHONY: setup system-packages venv install-wheel demo test test-fast mutate lint image clean
+.PHONY: setup system-packages venv install-wheel demo test test-fast mutate lint docs image clean
 
 setup: system-packages venv
 
@@ -62,13 +62,19 @@ mutate: setup
 	$(PY) tests/mutation_summary.py
 
 # ruff, the import contracts ([tool.ruff], [tool.importlinter] in pyproject.toml), files under
-# 400 lines and functions under 60, then the Dockerfile; `make test` runs this first
+# 400 lines and functions under 60, the Dockerfile, then the docs site with every warning an
+# error (its generated pages import mpcl); `make test` runs this first
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-logo
-	$(PY) scripts/check_sizes.py mpcl data_prep run.py scripts
+	$(PY) scripts/check_sizes.py mpcl data_prep run.py scripts docs
 	$(PY) -m compileall -q mpcl data_prep run.py tests
 	$(VENV)/bin/hadolint Dockerfile
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# The docs site (mkdocs.yml, docs/) into site/; `mkdocs serve` shows it while you edit
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The container image (CUDA PyTorch base, mpcl installed by the steps above). Needs Docker and
 # access to the base image's registry; push it where your cluster pulls from.
@@ -76,4 +82,4 @@ image:
 	docker build -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache mutants build dist
+	rm -rf $(VENV) runs .pytest_cache mutants build dist site

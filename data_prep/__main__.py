@@ -30,8 +30,8 @@ files of a run that was killed are removed by the next run.
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser (also read by the docs' generated CLI page)."""
     parser = argparse.ArgumentParser(
         prog="python -m data_prep", description="Write a raw dataset as FFCV .beton files.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(default for imagefolder)")
     parser.add_argument("--unlabeled", action="store_true",
                         help="stl10: also write unlabeled.beton (100,000 images, label -1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     try:
         prepare(args.dataset, args.src, args.out, max_resolution=args.max_resolution,
                 jpeg_quality=args.jpeg_quality, workers=args.workers,

@@ -1,9 +1,12 @@
-"""The README's commands, as written, from the repository root: the ```bash blocks are read from
-README.md, each command is run in a copy of the repository (so that its relative paths, the
-presets' data/fmnist and runs/..., land in the copy, not in the real checkout), shortened only
-by ``key=value`` overrides appended at the end. The Ray commands run in worker processes
-whose working directory is not the repository: relative paths (``--config``, ``data.path``,
-``out``) must have been resolved by the driver.
+"""The docs' commands, as written, from the repository root: the ```bash blocks are read from
+README.md and docs/**/*.md (a command shown in both is one command), each command is run in a
+copy of the repository (so that its relative paths, the presets' data/fmnist and runs/...,
+land in the copy, not in the real checkout), shortened only by ``key=value`` overrides and
+options appended at the end (argparse keeps an option's last value). Every ```bash command is
+run by a test here or is in NOT_RUN_HERE, with the reason it cannot run on this machine
+(test_every_bash_command_is_run_or_listed); output samples are in ```text blocks. The Ray
+commands run in worker processes whose working directory is not the repository: relative
+paths (``--config``, ``data.path``, ``out``) must have been resolved by the driver.
 
 The training commands read the raw Fashion-MNIST files through a relative ``data.path``
 (``data.loader=torch``: no FFCV compilation in every process, which would take minutes on two
@@ -12,6 +15,7 @@ test_ffcv_loader.py and test_launch.py."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -30,24 +34,64 @@ SMALL = ["data.loader=torch", f"data.path={RAW}", "data.subset=512", "data.val_s
          "train.progress=false"]
 
 
+DOCS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")))
+
+# ```bash commands that need what this machine lacks, as (pattern, why); every pattern must match
+# some command, so that the list shrinks with the docs
+NOT_RUN_HERE = (
+    (r"^make ", "make targets set up .venv and run the whole demo, suite or lint; test_the_demo_... runs "
+                "`python run.py demo` and the suites run themselves"),
+    (r"^(sbatch|scancel|kubectl|ray) |--address auto", "a cluster: SLURM, Kubernetes (KubeRay) or a Ray cluster"),
+    (r"^docker ", "Docker and the base image's registry"),
+    (r"s3://|^export AWS_", "object storage and its credentials (tests/test_storage.py runs these paths on moto)"),
+    (r"--budget short", "a CUDA GPU (one H100 for about 20 minutes)"),
+)
+
+
 def readme_commands() -> list[str]:
-    """Every command of the README's bash blocks, continuation lines joined, comments dropped."""
-    text = (ROOT / "README.md").read_text()
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        joined = re.sub(r"\\\n\s*", " ", block)
-        for line in joined.splitlines():
-            line = line.split(" #")[0].strip()
-            if line and not line.startswith("#"):
-                commands.append(line)
-    return commands
+    """Every distinct command of the ```bash blocks of README.md and docs/, continuation lines
+    joined, comments dropped, in the order first shown."""
+    commands: dict[str, None] = {}
+    for name in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", (ROOT / name).read_text(), flags=re.S):
+            joined = re.sub(r"\\\n\s*", " ", block)
+            for line in joined.splitlines():
+                line = line.split(" #")[0].strip()
+                if line and not line.startswith("#"):
+                    commands[line] = None
+    return list(commands)
+
+
+def select(prefix: str, commands: list[str]) -> list[str]:
+    """The commands equal to ``prefix`` or, when none is, those starting with it."""
+    return [c for c in commands if c == prefix] or [c for c in commands if c.startswith(prefix)]
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The one README command starting with ``prefix``, as argv."""
-    found = [c for c in readme_commands() if c.startswith(prefix)]
-    assert len(found) == 1, f"README: {len(found)} commands start with {prefix!r}: {found}"
+    """The one docs command equal to or starting with ``prefix``, as argv."""
+    found = select(prefix, readme_commands())
+    assert len(found) == 1, f"README / docs: {len(found)} commands start with {prefix!r}: {found}"
     return shlex.split(found[0])
+
+
+def prefixes_run_here() -> list[str]:
+    """The prefixes this module's tests pass to ``readme_command``."""
+    tree = ast.parse(Path(__file__).read_text())
+    return [node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "readme_command"
+            and isinstance(node.args[0], ast.Constant)]
+
+
+def test_every_bash_command_is_run_or_listed():
+    commands = readme_commands()
+    run = {c for prefix in prefixes_run_here() for c in select(prefix, commands)}
+    for prefix in prefixes_run_here():
+        assert len(select(prefix, commands)) == 1, f"{prefix!r} selects {select(prefix, commands)}"
+    unlisted = [c for c in commands if c not in run and not any(re.search(p, c) for p, _ in NOT_RUN_HERE)]
+    assert not unlisted, f"```bash commands that no test runs (run them in a test, or show them as text): {unlisted}"
+    for pattern, why in NOT_RUN_HERE:
+        assert any(re.search(pattern, c) for c in commands), f"NOT_RUN_HERE {pattern!r} ({why}) matches no command"
+        assert not [c for c in run if re.search(pattern, c)], f"{pattern!r}: a command a test runs is listed"
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +166,34 @@ def test_train_through_ray_with_two_workers(repo):
 
 
 @pytest.mark.slow
+def test_dynamics_commands(repo, fmnist_path):
+    """The three dynamics commands, 20 steps each; the Fashion-MNIST graph reads the raw files
+    from where the command's default --data says (conftest's fmnist_path)."""
+    commands = [readme_command("python run.py dynamics"), readme_command("python run.py dynamics --p-intra"),
+                readme_command("python run.py dynamics --graph fashion_mnist")]
+    for i, argv in enumerate(commands):
+        out = f"runs/dynamics_{i}"
+        proc = run_as_written(repo, argv, "--steps", "20", "--out", out)
+        summary = json.loads((repo / out / "dynamics.json").read_text())
+        assert summary["settings"]["steps"] == 20, summary["settings"]
+        assert (repo / out / "report/index.html").is_file() and "report:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_reproduce_smoke_without_ray(repo):
+    """The smoke budget with one seed (--seeds 1 appended) on 512 samples: the four methods,
+    RESULTS.md and the report in the default --out."""
+    argv = readme_command("python run.py reproduce --dataset fashion_mnist --budget smoke")
+    assert "--no-ray" in argv
+    proc = run_as_written(repo, argv, "--seeds", "1", *SMALL)
+    out = repo / "runs/reproduce/fashion_mnist_smoke"
+    for method in ("simclr", "simclr_attn", "simsiam", "simsiam_multi"):
+        result = json.loads((out / "runs" / method / "seed0" / "result.json").read_text())
+        assert 0 < result["eval"]["linear_top1"] <= 100
+    assert (out / "RESULTS.md").read_text() in proc.stdout and (out / "report/index.html").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.ray
 def test_sweep_then_report(repo):
     run_as_written(repo, readme_command("python run.py sweep sweeps/fmnist_demo.yaml"),
@@ -145,11 +217,11 @@ def _merged(repo: Path, argv: list[str], env: dict | None = None) -> tuple[int, 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_the_demo_prints_a_short_plain_account_with_its_summary_last(repo):
-    """``run.py demo``, two trials of one epoch, the one at attention weight 1 made to crash
+    """The docs' ``run.py demo``, two trials of one epoch, the one at attention weight 1 made to crash
     (tests/faults): at most 60 plain lines, no Ray worker line, the crash in one line naming
     the log that holds its traceback, and the summary last."""
     faults = ROOT / "tests" / "faults"
-    rc, lines = _merged(repo, ["python", "run.py", "demo", "--out", "runs/demo_small", "num_samples=2",
+    rc, lines = _merged(repo, [*readme_command("python run.py demo"), "--out", "runs/demo_small", "num_samples=2",
                                "train.epochs=1", "data.subset=1024", "data.val_subset=512"],
                         {"PYTHONPATH": f"{faults}{os.pathsep}{repo}", "MPCL_TEST_FAULT": "crash_full_attention"})
     text = "\n".join(lines)
