@@ -130,9 +130,9 @@ def cmd_eval(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from mpcl.launch.export import FORMATS, export
+    from mpcl.launch.export import export
 
-    formats = list(FORMATS) if args.format == "all" else [f for f in args.format.split(",") if f]
+    formats = None if args.format == "all" else [f for f in args.format.split(",") if f]
     folder, card = export(args.run, formats, args.out)
     for name in card["format_files"].values():
         print(f"exported: {folder / name}")
@@ -251,7 +251,7 @@ def _add_export(sub) -> None:
     x = sub.add_parser("export", help="a run's encoder as files other tools load: torchvision, onnx, safetensors")
     x.add_argument("run", help="a run directory (its newest checkpoint) or a checkpoint file")
     x.add_argument("--format", default="all", help="comma-separated of torchvision, onnx, safetensors; or all "
-                   "(torchvision: ResNet backbones only)")
+                   "(default: every one that fits the backbone; torchvision: ResNets only)")
     x.add_argument("--out", help="the folder of the files and model_card.json (default: RUN/export)")
     x.set_defaults(func=cmd_export)
 

@@ -132,6 +132,13 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, argv, mes
     assert not (run / "export").exists()
 
 
+def test_all_formats_are_those_that_fit_the_backbone(tmp_path):
+    run, _ = make_run(tmp_path / "run", "small_cnn")
+    cli.main(["export", str(run)])
+    assert sorted(p.name for p in (run / "export").iterdir()) == [".lock", "encoder.onnx", "encoder.safetensors",
+                                                                   "model_card.json"]
+
+
 def test_a_folder_without_a_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["export", str(tmp_path)])

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("run.py", "mpcl", "data_prep", "configs", "sweeps", "README.md", "pyproject.toml")
@@ -139,6 +140,28 @@ def test_eval_of_the_trained_checkpoint(repo):
                           "data.val_subset=512")
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["epoch"] == 0 and 0 <= result["knn_top1"] <= 100
+
+
+@pytest.mark.slow
+def test_export_of_the_trained_run(repo):
+    """The export of the run trained above, read back by onnxruntime: its features are the
+    encoder's (mpcl's own, rebuilt from the checkpoint) on the same images."""
+    import numpy as np
+    import onnxruntime
+
+    from mpcl.launch.export import load_encoder
+
+    proc = run_as_written(repo, readme_command("python run.py export runs/r"))
+    folder = repo / "runs/r/export"
+    assert f"model card: {folder / 'model_card.json'}" in proc.stdout
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["epochs_trained"] == 1 and card["architecture"]["backbone"] == "small_cnn"
+    images = np.random.default_rng(0).random((4, *card["input"]["shape"]), dtype=np.float32)
+    session = onnxruntime.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    encoder, _, _ = load_encoder(repo / "runs/r/checkpoints/last.pt")
+    with torch.no_grad():
+        expected = encoder(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(session.run(None, {"images": images})[0], expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

@@ -25,8 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # the checkout's own folders that are not source (at the top only: mpcl/data is source)
 LEFT_OUT = {".git", ".venv", "runs", "data", "build", "dist", "site", "mutants", "wandb", ".pytest_cache",
             ".ruff_cache", ".import_linter_cache", ".grimp_cache"}
-TINY = ["data.loader=torch", "data.subset=512", "data.val_subset=256", "data.batch_size=128", "train.epochs=1",
-        "model.backbone=small_cnn", "optim.warmup_epochs=0", "train.progress=false", "tracking.wandb=disabled"]
 
 
 def _run(argv: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -87,13 +85,13 @@ def test_every_command_answers_help(installed):
 @pytest.mark.slow
 @pytest.mark.parametrize("ray", [False, True], ids=["no-ray", "ray"])
 def test_one_epoch_by_preset_name(installed, fmnist_path, ray):
-    """``mpcl train --config fmnist_simclr``: the preset shipped in the wheel, data read from
-    the raw files, the run written under the working folder (through Ray: the workers import
-    the installed mpcl too)."""
+    """``mpcl train --config fmnist_simclr --config parts/budget/tiny``: the preset and the part
+    shipped in the wheel, data read from the raw files, the run written under the working
+    folder (through Ray: the workers import the installed mpcl too)."""
     bin_dir, work, env = installed
     out = f"runs/{'ray' if ray else 'local'}"
-    argv = [str(bin_dir / "mpcl"), "train", "--config", "fmnist_simclr", *([] if ray else ["--no-ray"]),
-            f"data.path={fmnist_path}", *TINY, f"out={out}"]
+    argv = [str(bin_dir / "mpcl"), "train", "--config", "fmnist_simclr", "--config", "parts/budget/tiny",
+            *([] if ray else ["--no-ray"]), f"data.path={fmnist_path}", "tracking.wandb=disabled", f"out={out}"]
     if ray:
         argv += ["scale.cpus_per_worker=1"]
     proc = _run(argv, work, env)

@@ -111,17 +111,21 @@ def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: d
     }
 
 
-def export(run: str | Path, formats: list[str], out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Write ``formats`` of ``run``'s encoder and the model card into ``out`` (default
-    ``RUN/export``); returns (the folder, the card). One writer per folder."""
+def export(run: str | Path, formats: list[str] | None = None,
+           out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write ``formats`` (default: every one that fits the backbone) of ``run``'s encoder and
+    the model card into ``out`` (default ``RUN/export``); returns (the folder, the card). One
+    writer per folder."""
     from mpcl.files import exclusive, write_atomic, write_text_atomic
 
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
+    unknown = [f for f in formats or () if f not in FORMATS]
+    if unknown or formats == []:
         raise LaunchError(f"--format {','.join(formats)}: allowed: {', '.join(FORMATS)} (comma-separated), or all")
     checkpoint = find_checkpoint(run)
     run_dir = Path(run) if Path(run).is_dir() else _run_of(checkpoint)
     encoder, cfg, state = load_encoder(checkpoint)
+    if formats is None:
+        formats = [f for f in FORMATS if f != "torchvision" or cfg.model.backbone in RESNETS]
     if "torchvision" in formats and cfg.model.backbone not in RESNETS:
         raise LaunchError(f"--format torchvision: model.backbone={cfg.model.backbone!r} is not a torchvision "
                           f"model (torchvision: {', '.join(RESNETS)}); use onnx or safetensors")
