@@ -67,3 +67,13 @@ def test_a_sweep_base_beside_the_sweep_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = load_sweep(tmp_path / "mine" / "s.yaml")
     assert Path(spec.base) == tmp_path / "mine" / "base.yaml"
+
+
+def test_a_users_preset_starts_from_a_shipped_one_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("base: cifar10_simclr\noptim:\n  lr: 0.123\n")
+    cfg, shipped = load(str(tmp_path / "mine.yaml")), load("cifar10_simclr")
+    assert cfg.optim.lr == 0.123 and cfg.data.dataset == "cifar10" and cfg.method == shipped.method
+    (tmp_path / "bad.yaml").write_text("base: cifar10_simclr_typo\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: base \S*cifar10_simclr_typo: no such file"):
+        load(str(tmp_path / "bad.yaml"))

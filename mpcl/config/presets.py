@@ -44,8 +44,14 @@ def _read(path: Path, chain: tuple[Path, ...]) -> dict:
     if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
         raise ConfigError(f"{path}: base={bases!r}: expected a preset path or a list of them")
     merged: dict = {}
-    for base in bases:
-        _merge(merged, _read(path.parent / base, (*chain, resolved)))
+    for base in bases:   # beside the preset, else a shipped preset of that name
+        beside = path.parent / base
+        if not beside.is_file():
+            try:
+                beside = find("preset", base, f"{path}: base")
+            except ConfigError:
+                pass         # _read names the missing file
+        _merge(merged, _read(beside, (*chain, resolved)))
     _merge(merged, tree)
     return merged
 
