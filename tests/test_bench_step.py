@@ -1,4 +1,4 @@
-"""``run.py bench step``: the command on CPU, its report, and what DDP sends between workers."""
+"""``mpcl bench step``: the command on CPU, its report, and what DDP sends between workers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mpcl.bench.options import StepBench
+from mpcl.bench.record import Output
 from mpcl.bench.step import bench_step
 from mpcl.bench.step_report import format_table
 from mpcl.bench.step_settings import Row, StepReport, peak_bf16_flops
@@ -18,11 +20,13 @@ SMALL_HEADS = ["model.projector_hidden=32", "model.projector_out=16", "model.pre
                "method.queue_size=64"]
 
 
-def tiny(**kw):
+def tiny(out_file="", command=None, **kw):
+    """bench_step at toy scale; ``out_file``: the file recorded in ('' = no output at all)."""
     args = dict(backbone="small_cnn", batch_size=16, samples=32, steps=1, rounds=2, device="cpu",
-                overrides=SMALL_HEADS, say=lambda *a: None)
+                overrides=SMALL_HEADS)
     args.update(kw)
-    return bench_step(**args)
+    output = Output(Path(out_file).parent / "results", Path(out_file)) if out_file else Output(None, None)
+    return bench_step(StepBench(**args), output, command, say=lambda *a: None)
 
 
 def test_cpu_step_bench_measures_every_setting_and_writes_its_section(tmp_path):
@@ -85,10 +89,11 @@ def test_two_gloo_workers_keep_banks_and_queues_out_of_ddp_broadcast():
 
 def test_bad_setting_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "bench", "step", "--settings", "fp32,fp8",
-                        "--out-file", str(tmp_path / "b.md")], capture_output=True, text=True, cwd=ROOT)
+                        "--record", str(tmp_path / "b.md"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.strip() == "error: --settings fp8: unknown; known: fp32, bf16, bf16_cl, bf16_cl_compile"
-    assert not (tmp_path / "b.md").exists()
+    assert not (tmp_path / "b.md").exists() and not (tmp_path / "out").exists()
 
 
 BLOCKED = ("ray", "ffcv", "optuna", "wandb", "numba", "kornia")
@@ -133,13 +138,13 @@ def test_train_bench_and_gpu_check_run_with_only_the_bare_packages(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file() and '"epoch": 1' in r.stdout
     r = run_bare([str(ROOT / "run.py"), "bench", "step", "--batch-size", "16", "--samples", "32", "--steps", "1",
-                  "--rounds", "2", "--settings", "fp32", "--out-file", str(tmp_path / "B.md"),
+                  "--rounds", "2", "--settings", "fp32", "--record", str(tmp_path / "B.md"),
                   *[a for o in SMALL_HEADS for a in ("--override", o)]], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     text = (tmp_path / "B.md").read_text()
     assert "| simclr | fp32 eager |" in text and "skipped: kornia is not installed" in text
     r = run_bare(["-m", "mpcl.bench.gpu_check", "--device", "cpu", "--quick", "--data", str(raw),
-                  "--out", str(tmp_path / "gc"), "--out-file", str(tmp_path / "G.md")], tmp_path)
+                  "--out", str(tmp_path / "gc"), "--record", str(tmp_path / "G.md")], tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     table = r.stdout[r.stdout.index("| part | item |"):]
     for item in ("augment_matches_cpu", "bf16_step_close_to_fp32", "bank_on_device", "attention_on_device",

@@ -1,4 +1,4 @@
-"""The GPU check's device checks (mpcl/gpu_check.py): on CUDA when there is one, and on the CPU
+"""The GPU check's device checks (mpcl/bench/gpu_check.py): on CUDA when there is one, and on the CPU
 always, so the functions scripts/gpu_check.sh runs without pytest keep working."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The GPU check: everything a new CUDA machine must pass, in one command, ending in one table.
 
-    scripts/gpu_check.sh [FASHION_MNIST_DIR]        (= python3 -m mpcl.bench.gpu_check --data DIR)
+    scripts/gpu_check.sh [FASHION_MNIST_DIR]   (= python3 -m mpcl.bench.gpu_check --data DIR --record,
+                                                the same as mpcl bench gpu-check --data DIR --record)
 
 Needs only torch, torchvision, numpy, pyyaml, tqdm and pillow (no pytest, Ray, FFCV, numba,
 wandb or kornia; kornia is compared when present). Three parts, each timed:
@@ -12,9 +13,9 @@ wandb or kornia; kornia is compared when present). Three parts, each timed:
 2. one epoch of each of the paper's four methods (simclr, simclr_attn, simsiam, simsiam_multi)
    on full Fashion-MNIST through ``run.py train --no-ray data.loader=torch`` (the four raw idx
    files from ``--data`` / ``$MPCL_FMNIST``);
-3. ``run.py bench step`` twice, written into BENCHMARKS.md: SimCLR in all four settings, and the
-   four methods interleaved at bf16 + channels_last (the attention and the bank against their
-   base methods).
+3. ``mpcl bench step`` twice, its results under ``OUT/bench`` (and with ``--record`` in
+   BENCHMARKS.md): SimCLR in all four settings, and the four methods interleaved at bf16 +
+   channels_last (the attention and the bank against their base methods).
 
 ``--device cpu --quick`` runs the same on a CPU at toy scale (CI uses it to keep the script
 working); the figures then mean nothing.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -35,8 +35,10 @@ from pathlib import Path
 
 import torch
 
+from mpcl.bench.options import GpuCheck, add_gpu_check_arguments
+from mpcl.bench.record import Output
+
 PAPER_METHODS = ("simclr", "simclr_attn", "simsiam", "simsiam_multi")
-DEFAULT_FMNIST = "/usr/share/datasets/fashion-mnist"
 # toy scale for --quick (CPU): heads small enough for a CI machine
 QUICK = ["model.backbone=small_cnn", "model.projector_hidden=32", "model.projector_out=16",
          "model.predictor_hidden=8"]
@@ -244,19 +246,19 @@ def run_epochs(data: str, out: Path, device: torch.device, quick: bool, say) -> 
     return lines
 
 
-def run_benches(out_file: str, device: torch.device, quick: bool, say) -> tuple[list[Line], dict]:
+def run_benches(output: Output, device: torch.device, quick: bool, command: str, say) -> tuple[list[Line], dict]:
+    from mpcl.bench.options import StepBench
     from mpcl.bench.step import bench_step
 
     lines, rates = [], {}
     small = dict(backbone="small_cnn", batch_size=32, samples=64, steps=1, rounds=2,
-                 overrides=[*QUICK[1:], "method.queue_size=64"]) if quick else {}
-    runs = [("simclr, every setting", dict(methods=["simclr"])),
-            ("paper methods, bf16_cl", dict(methods=list(PAPER_METHODS), settings=["bf16_cl"], use_kornia=False))]
+                 overrides=(*QUICK[1:], "method.queue_size=64")) if quick else {}
+    runs = [("simclr, every setting", dict(methods=("simclr",))),
+            ("paper methods, bf16_cl", dict(methods=PAPER_METHODS, settings=("bf16_cl",), use_kornia=False))]
     for title, kw in runs:
         t0 = time.perf_counter()
         try:
-            report = bench_step(device=str(device), out_file=out_file, say=say, **small, **kw,
-                                command=f"python3 -m mpcl.bench.gpu_check ({title})")
+            report = bench_step(StepBench(device=str(device), **small, **kw), output, f"{command} ({title})", say)
         except Exception as e:
             lines.append(Line("bench", title, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}"))
             say(traceback.format_exc())
@@ -306,46 +308,49 @@ def summary(lines: list[Line]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m mpcl.bench.gpu_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("MPCL_FMNIST", DEFAULT_FMNIST),
-                   help="folder of the four Fashion-MNIST idx files (default: $MPCL_FMNIST, else %(default)s)")
-    p.add_argument("--device", default="cuda", help="cuda (the check) | cpu (a toy-scale dry run)")
-    p.add_argument("--quick", action="store_true", help="toy scale: small model, 256 samples (CI)")
-    p.add_argument("--out", default="runs/gpu_check", help="run directories of the epochs")
-    p.add_argument("--out-file", default="BENCHMARKS.md", help="where bench step writes ('' = none)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: checks, epochs, bench")
-    a = p.parse_args(argv)
-    say = lambda *x: print(*x, flush=True)  # noqa: E731
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda: no CUDA device is visible (use --device cpu --quick for a dry run)",
-              file=sys.stderr)
-        return 2
+def run(check: GpuCheck, command: str = "mpcl bench gpu-check", say=None) -> int:
+    """The whole check and its table: 0 when every check, epoch and bench passed, else 1. A bad
+    option is a ``ValueError`` before any work. ``command`` is recorded with bench step's figures."""
     from mpcl.data.sources import fashion_mnist_present
 
-    skip = set(filter(None, a.skip.split(",")))
-    if "epochs" not in skip and not fashion_mnist_present(a.data):
-        print(f"error: --data {a.data}: the four Fashion-MNIST idx files are not there "
-              "(train-images-idx3-ubyte[.gz], train-labels-..., t10k-images-..., t10k-labels-...)", file=sys.stderr)
-        return 2
+    say = say or (lambda *x: print(*x, flush=True))
+    device = torch.device(check.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {check.device}: no CUDA device is visible (use --device cpu --quick for a "
+                         "dry run)")
+    if "epochs" not in check.skip and not fashion_mnist_present(check.data):
+        raise ValueError(f"--data {check.data}: the four Fashion-MNIST idx files are not there "
+                         "(train-images-idx3-ubyte[.gz], train-labels-..., t10k-images-..., t10k-labels-...)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     say(f"gpu_check on {name}: torch {torch.__version__}, python {sys.version.split()[0]}")
     t0 = time.perf_counter()
     lines: list[Line] = []
-    if "checks" not in skip:
+    if "checks" not in check.skip:
         lines += run_checks(device, say)
-    epochs = run_epochs(a.data, Path(a.out), device, a.quick, say) if "epochs" not in skip else []
+    epochs = run_epochs(check.data, Path(check.out), device, check.quick, say) if "epochs" not in check.skip else []
     lines += epochs
     rates = {}
-    if "bench" not in skip:
-        bench_lines, rates = run_benches(a.out_file, device, a.quick, say)
+    if "bench" not in check.skip:
+        output = Output(Path(check.out) / "bench", Path(check.record) if check.record else None)
+        bench_lines, rates = run_benches(output, device, check.quick, command, say)
         lines += bench_lines
     lines += goals(rates, epochs)
     say(f"\ngpu_check on {name}, {time.perf_counter() - t0:.0f} s in all\n")
     say(summary(lines))
     return 0 if all(line.ok for line in lines if line.part != "goal") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m mpcl.bench.gpu_check``: the check where only torch and its few companions are
+    installed (``mpcl bench gpu-check`` runs the same)."""
+    prog = "python3 -m mpcl.bench.gpu_check"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_gpu_check_arguments(p)
+    try:
+        return run(GpuCheck.from_args(p.parse_args(argv)), prog)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

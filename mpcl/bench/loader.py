@@ -13,7 +13,8 @@ batch size and the same number of workers:
 
 Each pipeline runs ``epochs`` passes; the first is a warm-up (numba JIT, worker start-up,
 page cache) and is excluded; the rest are timed (on CUDA up to a synchronize).
-Results are printed and written into a section of ``BENCHMARKS.md``.
+Results are printed and written to the results folder (``record.Output``); ``--record`` also
+writes their section into ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mpcl.bench.record import cpu_model, versions, write_section
 from data_prep import prepare_if_missing
+from mpcl.bench.options import LoaderBench
+from mpcl.bench.record import Output, cpu_model, versions
 from mpcl.data.betons import BetonReader, writer_name
 
 SECTION_START = "<!-- bench:loader:start -->"
@@ -202,46 +203,42 @@ def render_section(result: BenchResult, command: str, load_before: tuple, load_a
 
 # -- entry point ------------------------------------------------------------------------------
 
-def bench_loader(dataset: str = "fashion_mnist", workers: int | None = None, batch_size: int = 512,
-                 epochs: int = 2, samples: int = 20_000, device: str = "auto", data_dir: str = "",
-                 out_file: str | os.PathLike = "BENCHMARKS.md", command: str | None = None,
+def bench_loader(bench: LoaderBench, output: Output, command: str | None = None,
                  say=None) -> BenchResult:
+    """Measure both pipelines, print the figures and write the report (``output``); ``command``
+    is the command line recorded (default: ``mpcl bench loader`` with the resolved options)."""
     from mpcl.data.datasets import get_dataset
-    from mpcl.data.process import available_cpus
 
     say = say or (lambda *a: print(*a, flush=True))
-    spec = get_dataset(dataset)
-    if epochs < 2:
-        raise ValueError(f"--epochs {epochs}: need at least 2 (the first is a warm-up)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    workers = min(workers or available_cpus(), available_cpus())
-    root = Path(data_dir or spec.beton_dir)
+    bench = bench.resolved()
+    spec = get_dataset(bench.dataset)
+    dev = torch.device(bench.device)
+    root = Path(bench.data_dir or spec.beton_dir)
     if not all((root / name).is_file() for name in ("train.beton", "val.beton")):
         say(f"writing {root}/train.beton and val.beton from {spec.raw_path} (once)")
     prepare_if_missing(writer_name(spec), spec.raw_path, root, say)
     path = root / "train.beton"
     n_total = len(BetonReader(path))
-    samples = min(samples, n_total) if samples else n_total
+    samples = min(bench.samples, n_total) if bench.samples else n_total
+    batch_size, workers = bench.batch_size, bench.workers
     if samples < batch_size:
         raise ValueError(f"--samples {samples}: fewer than one batch of {batch_size}")
     load_before = os.getloadavg()
-    say(f"bench loader: {dataset}, {samples:,} samples, batch {batch_size}, {workers} workers, "
-        f"device {dev}, {epochs} epochs (first = warm-up); load average {load_before[0]:.2f}")
-    runners = {"FFCV": ffcv_epochs(path, dataset, samples, batch_size, workers, dev),
+    say(f"bench loader: {bench.dataset}, {samples:,} samples, batch {batch_size}, {workers} workers, "
+        f"device {dev}, {bench.epochs} epochs (first = warm-up); load average {load_before[0]:.2f}")
+    runners = {"FFCV": ffcv_epochs(path, bench.dataset, samples, batch_size, workers, dev),
                "reference": reference_epochs(path, spec.image_size, samples, batch_size, workers, dev)}
-    rates = run_interleaved(runners, epochs, dev, say)
-    ffcv_rate, ref_rate = rates["FFCV"], rates["reference"]
-    n_ffcv = samples // batch_size * batch_size
+    rates = run_interleaved(runners, bench.epochs, dev, say)
     load_after = os.getloadavg()
-    result = BenchResult(ffcv_rate, ref_rate, n_ffcv, epochs - 1, batch_size, workers, str(dev), dataset)
-    say(f"FFCV:      {ffcv_rate:10,.0f} samples/s ({2 * ffcv_rate:,.0f} views/s)")
-    say(f"reference: {ref_rate:10,.0f} samples/s ({2 * ref_rate:,.0f} views/s)")
+    result = BenchResult(rates["FFCV"], rates["reference"], samples // batch_size * batch_size, bench.epochs - 1,
+                         batch_size, workers, str(dev), bench.dataset)
+    say(f"FFCV:      {result.ffcv:10,.0f} samples/s ({2 * result.ffcv:,.0f} views/s)")
+    say(f"reference: {result.reference:10,.0f} samples/s ({2 * result.reference:,.0f} views/s)")
     say(f"ratio:     {result.ratio:10.1f}x   (load average {load_before[0]:.2f} -> {load_after[0]:.2f})")
-    if out_file:
-        command = command or "python " + " ".join(map(shlex.quote, sys.argv))
-        write_section(Path(out_file), render_section(result, command, load_before, load_after),
-                      SECTION_START, SECTION_END)
-        say(f"wrote {out_file}")
+    command = command or "mpcl bench loader " + shlex.join(bench.options())
+    data = {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            **asdict(result), "ratio": result.ratio if result.reference > 0 else None,
+            "load_before": load_before, "load_after": load_after}
+    output.write("loader", render_section(result, command, load_before, load_after), SECTION_START, SECTION_END,
+                 data, say)
     return result

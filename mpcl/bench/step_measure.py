@@ -1,4 +1,4 @@
-"""The interleaved measurement of ``run.py bench step`` in one process (the only one, or one
+"""The interleaved measurement of ``mpcl bench step`` in one process (the only one, or one
 worker of a process group): every row's block of steps is timed in rounds, alternately, round 0
 a warm-up, so a change in the machine's load hits every setting alike."""
 
@@ -12,32 +12,32 @@ from collections.abc import Callable
 import torch
 
 from mpcl.bench.step_runner import CommCounter, StepRunner, buffers_agree, kornia_augment, method_config, nbytes
+from mpcl.bench.options import StepBench
 from mpcl.bench.step_settings import SETTINGS, Row
 
 Block = tuple[Row, Callable[[], object]]   # (row, one step of it)
 
 
-def measure(methods: list[str], settings: list[str], dataset: str, backbone: str, batch_size: int,
-            samples: int, steps: int, rounds: int, device: torch.device, overrides: list[str],
-            use_kornia: bool, say) -> tuple[list[Row], dict, dict, dict]:
-    """Rows of every (method, setting) and of the augmentation alone, timed; under DDP also the
-    worker-consistent buffers' agreement and sizes (method -> value dicts, else empty)."""
+def measure(bench: StepBench, device: torch.device, say) -> tuple[list[Row], dict, dict, dict]:
+    """Rows of every (method, setting) of ``bench`` (resolved) and of the augmentation alone,
+    timed on ``device``; under DDP also the worker-consistent buffers' agreement and sizes
+    (method -> value dicts, else empty)."""
     from mpcl import distributed as dist
 
-    images, labels = _synthetic_data(dataset, samples)
+    images, labels = _synthetic_data(bench.dataset, bench.samples)
     comm = None
     if dist.is_distributed():
         comm = CommCounter()
         comm.install()
-    rows, blocks, runners = _step_rows(methods, settings, dataset, backbone, batch_size, device, overrides,
-                                       images, labels, comm, say)
+    rows, blocks, runners = _step_rows(bench.methods, bench.settings, bench.dataset, bench.backbone,
+                                       bench.batch_size, device, list(bench.overrides), images, labels, comm, say)
     first = next(iter(runners.values()), None)
     if first is not None:
-        _augment_rows(methods[0], first, images, device, use_kornia, rows, blocks)
-    _count_flops(methods, runners, rows)
-    local_batch = first.loader.local_batch if first is not None else batch_size
+        _augment_rows(bench.methods[0], first, images, device, bench.use_kornia, rows, blocks)
+    _count_flops(bench.methods, runners, rows)
+    local_batch = first.loader.local_batch if first is not None else bench.batch_size
     global_batch = local_batch * dist.world_size()
-    _time_rounds(blocks, rounds, steps, global_batch, device, comm, say)
+    _time_rounds(blocks, bench.rounds, bench.steps, global_batch, device, comm, say)
     agree, consistent, expected = {}, {}, {}
     if dist.is_distributed():
         comm.uninstall()

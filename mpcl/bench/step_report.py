@@ -1,5 +1,5 @@
-"""The report of ``run.py bench step``: the markdown table, the verdict on the augmentation,
-and the ``BENCHMARKS.md`` section with the machine and the method of measurement."""
+"""The report of ``mpcl bench step``: the markdown table, the verdict on the augmentation,
+and the section (results folder, BENCHMARKS.md) with the machine and the method of measurement."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def render_section(report: StepReport, table: str, command: str, load_before, lo
         augmentation_verdict(report),
     ]
     if report.device == "cuda" and peak_bf16_flops(report.device_name) is None:
-        lines += ["", f"MFU omitted: no known bf16 peak for {report.device_name!r} (mpcl/bench_step.py "
+        lines += ["", f"MFU omitted: no known bf16 peak for {report.device_name!r} (mpcl/bench/step_settings.py "
                   "PEAK_BF16_FLOPS)."]
     if report.workers > 1:
         for m, ok in report.buffers_agree.items():

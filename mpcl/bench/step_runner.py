@@ -1,4 +1,4 @@
-"""One (method, setting) of ``run.py bench step`` built the way ``run.py train`` builds it, kornia's
+"""One (method, setting) of ``mpcl bench step`` built the way ``mpcl train`` builds it, kornia's
 equivalent augmentation, and the counting of the bytes handed to collectives under DDP."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What ``run.py bench step`` compares and reports: the settings (precision, memory format,
+"""What ``mpcl bench step`` compares and reports: the settings (precision, memory format,
 compilation), the scale defaults per device, the devices' bf16 peaks, and the result rows."""
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class Defaults:
 # only when asked for with --settings (channels_last is applied on CUDA only).
 CUDA_DEFAULTS = Defaults("resnet18", 512, tuple(SETTINGS), 20, 4, 50_000)
 CPU_DEFAULTS = Defaults("small_cnn", 64, ("fp32",), 4, 3, 1_024)
+
+
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) by a substring of the device name, first
 # match wins (so "H100 PCIe" is tried before "H100").
