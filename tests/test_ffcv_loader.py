@@ -212,7 +212,7 @@ def test_bench_loader_cli_writes_benchmarks(betons, tmp_path, capsys):
     out.write_text("# Benchmarks\n\nother notes stay\n")
     argv = ["bench", "loader", "--dataset", "cifar10", "--data-dir", str(betons[0]), "--samples", "64",
             "--batch-size", "32", "--epochs", "2", "--workers", "1", "--device", "cpu",
-            "--out-file", str(out)]
+            "--record", str(out), "--out", str(tmp_path / "bench")]
     cli.main(argv)
     printed = capsys.readouterr().out
     assert "ratio:" in printed
