@@ -70,7 +70,7 @@ def test_bench_step_leaves_a_checkout_clean_until_record(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_bench_loader_leaves_a_checkout_clean(tmp_path, monkeypatch):
     """On a .beton of 96 images; most of the time is numba compiling FFCV's pipeline."""
-    from _fixtures_data import make_fashion_mnist
+    from tests.helpers.data import make_fashion_mnist
     from data_prep import prepare
 
     make_fashion_mnist(tmp_path / "raw", n_train=96, n_val=16)
