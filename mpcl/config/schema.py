@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"  # resnet18 | resnet50 | small_cnn | timm/<any timm model> (pip install 'mpcl[timm]')
+    backbone: str = "resnet18"  # resnet18 | resnet50 | small_cnn | timm/<name>: any timm model (mpcl[timm])
     cifar_stem: bool = True     # torchvision ResNets: 3x3 stride-1 conv1, no max-pool (small images)
     zero_init_residual: bool = False  # torchvision ResNets: each block's last BN starts at zero
     patch_size: int = knob(0, ge=0)   # timm ViTs: the patch side (0 = the model's own; 4 or 8 for 32 px images)
@@ -81,7 +81,7 @@ class MethodParams:
 
 @dataclass
 class OptimConfig:
-    name: str = knob("sgd", choices=("sgd", "lars", "adamw"))
+    name: str = knob("sgd", choices=("sgd", "lars", "adamw"))  # adamw: the ViT recipes (betas: momentum, beta2)
     lr: float = knob(0.5, gt=0.0)       # base lr, scaled by global batch / 256 when scale_lr
     scale_lr: bool = True
     momentum: float = knob(0.9, ge=0.0, lt=1.0)  # sgd, lars; adamw: beta1
