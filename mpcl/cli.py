@@ -248,10 +248,12 @@ def _add_sweep(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    x = sub.add_parser("export", help="a run's encoder as files other tools load: torchvision, onnx, safetensors")
+    x = sub.add_parser("export", help="a run's encoder as files other tools load: torchvision, timm, onnx, "
+                       "safetensors")
     x.add_argument("run", help="a run directory (its newest checkpoint) or a checkpoint file")
-    x.add_argument("--format", default="all", help="comma-separated of torchvision, onnx, safetensors; or all "
-                   "(default: every one that fits the backbone; torchvision: ResNets only)")
+    x.add_argument("--format", default="all", help="comma-separated of torchvision, timm, onnx, safetensors; or all "
+                   "(default: every one that fits the backbone; torchvision: its ResNets only; timm: "
+                   "timm/<model> backbones only)")
     x.add_argument("--out", help="the folder of the files and model_card.json (default: RUN/export)")
     x.set_defaults(func=cmd_export)
 

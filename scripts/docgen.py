@@ -170,7 +170,7 @@ def config_markdown() -> str:
     from mpcl.methods import METHODS
     from mpcl.models import BACKBONES
 
-    registries = {"data.dataset": sorted(DATASETS), "model.backbone": sorted(BACKBONES),
+    registries = {"data.dataset": sorted(DATASETS), "model.backbone": [*sorted(BACKBONES), "timm/<model>"],
                   "method.name": sorted(METHODS)}
     lines: list[str] = []
     for f in dataclasses.fields(schema.Config):

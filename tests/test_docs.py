@@ -111,7 +111,8 @@ def test_the_config_page_states_ranges_choices_and_the_fields_comments():
     assert _row(page, "data.loader").endswith("ffcv: .beton files from python -m data_prep; "
                                               "torch: the fallback over raw arrays |")
     assert "| the last plain-target epoch (0-based): the first mixed epoch is bank_warmup_epochs + 1" in page
-    assert "`resnet18`, `resnet50`, `small_cnn` | resnet18 \\| resnet50 \\| small_cnn |" in _row(page, "model.backbone")
+    assert "`resnet18`, `resnet50`, `small_cnn`, `timm/<model>` | resnet18 \\| resnet50 \\| small_cnn \\| timm/<name>" \
+        in _row(page, "model.backbone")
 
 
 def test_field_comments_of_an_inherited_dataclass():

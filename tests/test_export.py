@@ -121,7 +121,8 @@ def test_mcl_exports_the_network_it_evaluates(tmp_path, batch):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--format", "torchvision"], "--format torchvision: model.backbone='small_cnn' is not a torchvision model"),
-    (["--format", "tflite"], "--format tflite: allowed: torchvision, onnx, safetensors"),
+    (["--format", "tflite"], "--format tflite: allowed: torchvision, timm, onnx, safetensors"),
+    (["--format", "timm"], "--format timm: model.backbone='small_cnn' is not a timm model"),
 ])
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):
     run, _ = make_run(tmp_path / "run", "small_cnn")
@@ -143,3 +144,40 @@ def test_a_folder_without_a_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["export", str(tmp_path)])
     assert e.value.code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+# a ViT-Tiny at the 32 px crops of CIFAR-10 with 8 px patches (16 tokens): a second or two on a CPU
+VIT = {"model.backbone": "timm/vit_tiny_patch16_224", "model.patch_size": 8}
+
+
+def test_a_timm_encoder_exports_as_timm_loads_it(tmp_path, batch):
+    timm = pytest.importorskip("timm", reason="the timm format needs timm: pip install 'mpcl[timm]'")
+    import onnxruntime
+
+    run, method = make_run(tmp_path / "run", VIT["model.backbone"], **VIT)
+    cli.main(["export", str(run)])
+    files = sorted(p.name for p in (run / "export").iterdir())
+    assert files == [".lock", "encoder.onnx", "encoder.safetensors", "encoder_timm.pt", "model_card.json"]
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    call = card["architecture"]["timm"]
+    assert call == ("timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0, img_size=32, "
+                    "patch_size=8)")
+    rebuilt = eval(call, {"timm": timm})   # the card's call, as a user would run it
+    rebuilt.load_state_dict(torch.load(run / "export" / "encoder_timm.pt", weights_only=True), strict=True)
+    with torch.no_grad():
+        expected, features = method(batch), rebuilt.eval()(batch)
+    assert (features - expected).abs().max().item() <= TOL
+    session = onnxruntime.InferenceSession(str(run / "export" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_features,) = session.run(None, {"images": batch.numpy()})
+    np.testing.assert_allclose(onnx_features, expected.numpy(), atol=TOL, rtol=0)
+
+
+def test_torchvision_refuses_a_timm_resnet(tmp_path, capsys):
+    pytest.importorskip("timm", reason="timm backbones need timm: pip install 'mpcl[timm]'")
+    run, _ = make_run(tmp_path / "run", "timm/resnet10t")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(run), "--format", "torchvision"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --format torchvision: model.backbone='timm/resnet10t' is not a torchvision model")
+    assert "use timm, onnx or safetensors" in err

@@ -19,7 +19,8 @@ from mpcl.config.schema import (ALIASES, Config, ConfigError, apply, check_value
                          has_key, parse_override)
 from mpcl.data.datasets import DATASETS
 from mpcl.methods import METHODS, method_class, new_params
-from mpcl.models import BACKBONES
+from mpcl.models import BACKBONES, BackboneError, check_backbone
+from mpcl.models.timm_backbone import is_timm
 from mpcl.config.presets import read_preset
 
 DEFAULT_METHOD = "simclr"
@@ -75,13 +76,29 @@ def validate(cfg: Config) -> None:
     check_values(cfg)
     for key, registry, value in (("model.backbone", BACKBONES, cfg.model.backbone),
                                  ("data.dataset", DATASETS, cfg.data.dataset)):
-        if value not in registry:
-            raise ConfigError(f"{key}={value!r}: unknown; allowed: {', '.join(sorted(registry))}")
+        if value not in registry and not (key == "model.backbone" and is_timm(value)):
+            allowed = f"{', '.join(sorted(registry))}{' or timm/<model>' if key == 'model.backbone' else ''}"
+            raise ConfigError(f"{key}={value!r}: unknown; allowed: {allowed}")
+    _validate_backbone(cfg)
     if cfg.data.batch_size % cfg.scale.workers:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size}: must be a multiple of "
                           f"scale.workers={cfg.scale.workers}")
     _validate_batches(cfg)
     cfg.method.check(cfg)
+
+
+def _validate_backbone(cfg: Config) -> None:
+    """A timm backbone needs timm, a model of that name that takes the kwargs the config asks
+    for; ``model.patch_size`` is for timm models only; ``model.weights`` must fit the backbone."""
+    m = cfg.model
+    if m.patch_size and not is_timm(m.backbone):
+        raise ConfigError(f"model.patch_size={m.patch_size}: for timm models only, not model.backbone={m.backbone}")
+    try:
+        check_backbone(m.backbone, m.cifar_stem, m.zero_init_residual,
+                       image_size=DATASETS[cfg.data.dataset].image_size, patch_size=m.patch_size,
+                       dynamic_size=cfg.data.num_small_crops > 0, weights=m.weights)
+    except BackboneError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _validate_batches(cfg: Config) -> None:

@@ -57,9 +57,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"  # resnet18 | resnet50 | small_cnn
-    cifar_stem: bool = True     # 3x3 stride-1 conv1, no max-pool (small images)
-    zero_init_residual: bool = False
+    backbone: str = "resnet18"  # resnet18 | resnet50 | small_cnn | timm/<name>: any timm model (mpcl[timm])
+    cifar_stem: bool = True     # torchvision ResNets: 3x3 stride-1 conv1, no max-pool (small images)
+    zero_init_residual: bool = False  # torchvision ResNets: each block's last BN starts at zero
+    patch_size: int = knob(0, ge=0)   # timm ViTs: the patch side (0 = the model's own; 4 or 8 for 32 px images)
+    weights: str = ""           # a state-dict file (.pt or .safetensors) loaded strictly at start ("" = random init)
     projector_hidden: int = knob(512, ge=1)
     projector_out: int = knob(128, ge=1)
     predictor_hidden: int = knob(512, ge=1)
@@ -79,15 +81,17 @@ class MethodParams:
 
 @dataclass
 class OptimConfig:
-    name: str = knob("sgd", choices=("sgd", "lars"))
+    name: str = knob("sgd", choices=("sgd", "lars", "adamw"))  # adamw: the ViT recipes (betas: momentum, beta2)
     lr: float = knob(0.5, gt=0.0)       # base lr, scaled by global batch / 256 when scale_lr
     scale_lr: bool = True
-    momentum: float = knob(0.9, ge=0.0, lt=1.0)
+    momentum: float = knob(0.9, ge=0.0, lt=1.0)  # sgd, lars; adamw: beta1
+    beta2: float = knob(0.999, ge=0.0, lt=1.0)  # adamw: the second-moment decay
     weight_decay: float = knob(1e-5, ge=0.0)
     warmup_epochs: float = knob(10.0, ge=0.0)  # may be fractional (1% of 200 epochs = 2.0)
     min_lr: float = knob(0.0, ge=0.0)
     trust_coefficient: float = 1e-3     # lars
-    exclude_bn_bias: bool = True        # no weight decay / adaptation for BN and biases
+    exclude_bn_bias: bool = True        # no weight decay / adaptation for norms, biases (every tensor
+                                        # of ndim <= 1) and ViT position embeddings and class tokens
     predictor_fixed_lr: bool = True     # simsiam: predictor lr not scheduled
     probe_lr: float = knob(0.1, gt=0.0)  # online linear probe (its own fixed lr)
 

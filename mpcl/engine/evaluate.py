@@ -47,7 +47,7 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, linear_ep
     from mpcl.engine.checkpoint import load as load_checkpoint
 
     state = load_checkpoint(path)
-    cfg = from_dict(state["config"], overrides)
+    cfg = from_dict(state["config"], ["model.weights=", *(overrides or [])])  # the checkpoint's weights replace them
     rt = runtime(cfg)
     loaders = build_loaders(cfg, 0, 1, rt.device)
     method, _ = build(cfg, rt, loaders)

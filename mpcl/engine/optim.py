@@ -1,4 +1,4 @@
-"""Optimizers (SGD, LARS) and the warmup + cosine learning-rate schedule."""
+"""Optimizers (SGD, LARS, AdamW) and the warmup + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -53,14 +53,18 @@ def base_lr(cfg: Config) -> float:
 
 
 def build_optimizer(cfg: Config, param_groups: list[dict]) -> torch.optim.Optimizer:
-    """SGD or LARS over ``param_groups``; a group without its own ``lr``, ``weight_decay`` or
-    ``momentum`` takes the config's (``lr`` scaled by ``base_lr``). Each group's
-    ``initial_lr`` is where ``set_lr`` scales from (SGD ignores the ``lars`` flags)."""
+    """SGD, LARS or AdamW over ``param_groups``; a group without its own ``lr``,
+    ``weight_decay`` or ``momentum`` takes the config's (``lr`` scaled by ``base_lr``). Each
+    group's ``initial_lr`` is where ``set_lr`` scales from (SGD and AdamW ignore the ``lars``
+    flags). AdamW's betas are (``optim.momentum``, ``optim.beta2``); its weight decay is
+    decoupled (``lr * weight_decay * w`` each step), as in the ViT recipes."""
     o, lr = cfg.optim, base_lr(cfg)
     groups = [dict(g) for g in param_groups]
     if o.name == "lars":
         opt = LARS(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
                    trust_coefficient=o.trust_coefficient)
+    elif o.name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(o.momentum, o.beta2), weight_decay=o.weight_decay)
     else:
         opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     for g in opt.param_groups:

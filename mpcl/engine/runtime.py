@@ -17,6 +17,7 @@ from mpcl.config import Config
 from mpcl.data.loaders import Loaders
 from mpcl.engine.optim import build_optimizer
 from mpcl.methods import Method, build_method
+from mpcl.models.timm_backbone import is_timm
 
 
 @dataclass
@@ -48,12 +49,22 @@ def runtime(cfg: Config) -> Runtime:
     return Runtime(device, partial(torch.autocast, device_type=device.type, dtype=dtype), scaler)
 
 
+def _sync_batchnorm(cfg: Config, method: Method) -> Method:
+    """Every BatchNorm as a SyncBatchNorm (a model without one, a ViT's LayerNorms, is left as
+    it is). timm's converter for timm backbones: it keeps the activation of timm's fused
+    BatchNormAct layers, which torch's would drop."""
+    if is_timm(cfg.model.backbone):
+        from timm.layers import convert_sync_batchnorm
+        return convert_sync_batchnorm(method)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+
+
 def build(cfg: Config, rt: Runtime, loaders: Loaders) -> tuple[Method, torch.optim.Optimizer]:
     torch.manual_seed(cfg.train.seed)  # same initial weights on every worker
     method = build_method(cfg, loaders.spec.num_classes, loaders.num_train)
     if cfg.scale.sync_bn and dist.is_distributed():
         if rt.device.type == "cuda":
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            method = _sync_batchnorm(cfg, method)
         elif dist.rank() == 0:  # torch's SyncBatchNorm (and DDP with it) is GPU-only
             print("scale.sync_bn=true ignored on CPU workers: SyncBatchNorm needs GPUs", file=sys.stderr)
     method = method.to(rt.device)

@@ -5,7 +5,10 @@ Formats (``FORMATS``), each written atomically into the export folder:
 - ``torchvision``: ``encoder_torchvision.pt``, a state dict that ``torchvision.models.resnet18``
   / ``resnet50`` loads with ``strict=True`` once its classifier is ``fc = nn.Identity()`` (and,
   for the CIFAR stem, ``conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)``, ``maxpool =
-  nn.Identity()``); the model card lists these swaps. ResNet backbones only.
+  nn.Identity()``); the model card lists these swaps. torchvision ResNet backbones only.
+- ``timm``: ``encoder_timm.pt``, a state dict that the model card's ``architecture.timm`` call
+  (``timm.create_model(name, pretrained=False, num_classes=0, img_size=..., ...)``) loads with
+  ``strict=True``. timm backbones only.
 - ``onnx``: ``encoder.onnx`` (opset ``ONNX_OPSET``, a dynamic batch axis), input ``images``
   (N, 3, H, W) float32, output ``features`` (N, D); what onnxruntime runs.
 - ``safetensors``: ``encoder.safetensors``, the backbone's state dict with the model card's
@@ -30,10 +33,12 @@ import torch
 from torch import nn
 
 from mpcl.launch import LaunchError
+from mpcl.models.timm_backbone import create_call, is_timm
 
-FORMATS = ("torchvision", "onnx", "safetensors")
+FORMATS = ("torchvision", "timm", "onnx", "safetensors")
 ONNX_OPSET = 17              # onnxruntime 1.16 and later run it on CPU and CUDA
-FILES = {"torchvision": "encoder_torchvision.pt", "onnx": "encoder.onnx", "safetensors": "encoder.safetensors"}
+FILES = {"torchvision": "encoder_torchvision.pt", "timm": "encoder_timm.pt", "onnx": "encoder.onnx",
+         "safetensors": "encoder.safetensors"}
 CARD = "model_card.json"
 RESNETS = ("resnet18", "resnet50")
 
@@ -62,21 +67,22 @@ def load_encoder(checkpoint: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     from mpcl.engine.checkpoint import CheckpointError
     from mpcl.engine.checkpoint import load as load_checkpoint
     from mpcl.methods import method_class
-    from mpcl.models import build_backbone
+    from mpcl.methods.base import build_encoder
 
     try:
         state = load_checkpoint(checkpoint)
-        cfg = from_dict(state["config"])
+        cfg = from_dict(state["config"], {"model.weights": ""})   # the checkpoint's weights replace them
     except (CheckpointError, ConfigError) as e:
         raise LaunchError(str(e)) from None
     prefix = method_class(cfg.method.name).encoder_prefix(cfg.method)
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    encoder, _ = build_backbone(cfg.model.backbone, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+    encoder, _ = build_encoder(cfg, initial_weights=False)
     encoder.load_state_dict(weights, strict=True)
     return encoder.float().eval(), cfg, state
 
 
-def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: dict[str, str]) -> dict[str, Any]:
+def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: dict[str, str],
+               encoder: nn.Module) -> dict[str, Any]:
     """What a user of the exported files needs to know, as plain JSON values."""
     from mpcl import __version__
     from mpcl.config import to_dict
@@ -96,7 +102,8 @@ def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: d
         "format_files": files,
         "architecture": {"backbone": arch, "cifar_stem": cfg.model.cifar_stem,
                          "torchvision": f"torchvision.models.{arch}(weights=None)" if arch in RESNETS else None,
-                         "module_swaps": swaps if arch in RESNETS else None},
+                         "module_swaps": swaps if arch in RESNETS else None,
+                         "timm": create_call(encoder.timm_create_kwargs) if is_timm(arch) else None},
         "input": {"shape": [3, spec.image_size, spec.image_size], "dtype": "float32", "range": [0.0, 1.0],
                   "channels": "RGB", "normalize": {"mean": list(spec.mean), "std": list(spec.std)}
                   if cfg.data.normalize else None},
@@ -124,20 +131,32 @@ def export(run: str | Path, formats: list[str] | None = None,
     checkpoint = find_checkpoint(run)
     run_dir = Path(run) if Path(run).is_dir() else _run_of(checkpoint)
     encoder, cfg, state = load_encoder(checkpoint)
-    if formats is None:
-        formats = [f for f in FORMATS if f != "torchvision" or cfg.model.backbone in RESNETS]
-    if "torchvision" in formats and cfg.model.backbone not in RESNETS:
-        raise LaunchError(f"--format torchvision: model.backbone={cfg.model.backbone!r} is not a torchvision "
-                          f"model (torchvision: {', '.join(RESNETS)}); use onnx or safetensors")
+    formats = _fitting_formats(cfg.model.backbone, formats)
     folder = Path(out) if out else run_dir / "export"
     files = {f: FILES[f] for f in formats}
-    card = model_card(cfg, state, run_dir, checkpoint, files)
+    card = model_card(cfg, state, run_dir, checkpoint, files, encoder)
     with exclusive(folder, "--out"):
         for f in formats:
             data = ENCODERS[f](encoder, cfg, card)
             write_atomic(folder / FILES[f], lambda file, data=data: file.write(data), needs=len(data))
         write_text_atomic(folder / CARD, json.dumps(card, indent=2) + "\n")
     return folder, card
+
+
+def _fitting_formats(backbone: str, formats: list[str] | None) -> list[str]:
+    """``formats``, or by default every format that fits ``backbone``; a format asked for that
+    does not fit is a LaunchError (torchvision: the torchvision ResNets; timm: timm models)."""
+    fits = {"torchvision": backbone in RESNETS, "timm": is_timm(backbone)}
+    if formats is None:
+        return [f for f in FORMATS if fits.get(f, True)]
+    for f in formats:
+        if not fits.get(f, True):
+            kind = f"a torchvision model (torchvision: {', '.join(RESNETS)})" if f == "torchvision" \
+                else "a timm model (model.backbone=timm/<name>)"
+            other = "timm, " if is_timm(backbone) else ""
+            raise LaunchError(f"--format {f}: model.backbone={backbone!r} is not {kind}; "
+                              f"use {other}onnx or safetensors")
+    return formats
 
 
 def _run_of(checkpoint: Path) -> Path:
@@ -159,7 +178,7 @@ def _state_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def _torchvision(encoder: nn.Module, cfg, card: dict) -> bytes:
+def _state_dict(encoder: nn.Module, cfg, card: dict) -> bytes:
     return _state_bytes({k: v.detach().clone() for k, v in encoder.state_dict().items()})
 
 
@@ -186,4 +205,5 @@ def _safetensors(encoder: nn.Module, cfg, card: dict) -> bytes:
     return save(tensors, metadata=metadata)
 
 
-ENCODERS = {"torchvision": _torchvision, "onnx": _onnx, "safetensors": _safetensors}   # format -> its bytes
+# format -> its bytes (the torchvision and timm files: the encoder's state dict as it is)
+ENCODERS = {"torchvision": _state_dict, "timm": _state_dict, "onnx": _onnx, "safetensors": _safetensors}

@@ -15,7 +15,21 @@ from torch import nn
 
 from mpcl.config import Config, MethodParams, knob
 from mpcl.data.batch import Batch
+from mpcl.data.datasets import get_dataset
 from mpcl.models import build_backbone
+
+
+# timm's names of the ViT tensors that are embeddings, not weights: no weight decay on them
+VIT_NO_DECAY = frozenset({"pos_embed", "cls_token", "reg_token", "dist_token"})
+
+
+def build_encoder(cfg: Config, initial_weights: bool = True) -> tuple[nn.Module, int]:
+    """``cfg``'s backbone sized for its dataset's crops (timm ViTs), with ``model.weights``
+    loaded unless not ``initial_weights`` (a checkpoint's weights replace them)."""
+    m = cfg.model
+    return build_backbone(m.backbone, m.cifar_stem, m.zero_init_residual,
+                          image_size=get_dataset(cfg.data.dataset).image_size, patch_size=m.patch_size,
+                          dynamic_size=cfg.data.num_small_crops > 0, weights=m.weights if initial_weights else "")
 
 
 @dataclass
@@ -63,8 +77,7 @@ class Method(nn.Module):
         self.params = params
         self.optim = cfg.optim
         self.num_samples = num_samples
-        self.backbone, self.feature_dim = build_backbone(
-            cfg.model.backbone, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self.backbone, self.feature_dim = build_encoder(cfg)
         self.probe = nn.Linear(self.feature_dim, num_classes)
 
     # -- training -----------------------------------------------------------------------
@@ -119,17 +132,18 @@ class Method(nn.Module):
     # -- optimisation -------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         """Groups for the optimizer. Keys beyond torch's: ``lars`` (adapt this group's lr),
-        ``fixed_lr`` (not scheduled), ``name``. BN parameters and biases get no weight decay
-        and no LARS adaptation when ``optim.exclude_bn_bias``."""
+        ``fixed_lr`` (not scheduled), ``name``. When ``optim.exclude_bn_bias``, ``no_decay_names``
+        get no weight decay and no LARS adaptation."""
         o = self.optim
         decay, no_decay, fixed = [], [], []
         fixed_names = {f"{n}." for n in self.fixed_lr_modules()}
+        excluded = self.no_decay_names() if o.exclude_bn_bias else set()
         for name, p in self.named_parameters():
             if not p.requires_grad or name.startswith("probe."):
                 continue
             if any(name.startswith(f) for f in fixed_names):
                 fixed.append(p)
-            elif o.exclude_bn_bias and p.ndim <= 1:
+            elif name in excluded:
                 no_decay.append(p)
             else:
                 decay.append(p)
@@ -142,6 +156,17 @@ class Method(nn.Module):
              "lars": False, "fixed_lr": True, "lr": o.probe_lr},
         ]
         return [g for g in groups if g["params"]]
+
+    def no_decay_names(self) -> set[str]:
+        """The parameters that take no weight decay, whatever the model: every tensor of ndim
+        <= 1 (norm weights, biases), ViT position embeddings and class / register /
+        distillation tokens, and what a submodule's ``no_weight_decay()`` names (timm's)."""
+        names = {n for n, p in self.named_parameters()
+                 if p.ndim <= 1 or n.rsplit(".", 1)[-1] in VIT_NO_DECAY}
+        for prefix, module in self.named_modules():
+            if callable(getattr(module, "no_weight_decay", None)):
+                names |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+        return names
 
     def worker_consistent_buffers(self) -> list[str]:
         """Names of the buffers every worker keeps identical by itself (memory banks and queues

@@ -33,11 +33,10 @@ from mpcl import metrics as ev
 from mpcl.config import ConfigError, knob
 from mpcl.data.batch import Batch
 from mpcl.losses import mcl_queue_terms, mcl_supervised_terms, mcl_weighted, soft_kl
-from mpcl.methods.base import Method, SSLOutput
+from mpcl.methods.base import Method, SSLOutput, build_encoder
 from mpcl.methods.moco import (KeyQueue, MomentumQueueParams, ema_, momentum_at, momentum_copy, moco_head,
                                queue_length, shuffled_keys)
 from mpcl.methods.registry import register
-from mpcl.models import build_backbone
 
 TERMS = ("vcl", "icl", "soft_vcl", "soft_icl")
 
@@ -93,13 +92,13 @@ class MCL(Method):
         super().__init__(params, cfg, num_classes, num_samples)
         self.num_classes = num_classes
         self.knn_k, self.knn_temperature = cfg.train.knn_k, cfg.train.knn_temperature
-        self._backbone_spec = (cfg.model.backbone, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self._backbone_config = cfg
         self.more_backbones = nn.ModuleList()
 
     def network_backbone(self, i: int) -> nn.Module:
         """Network ``i``'s backbone, built when ``i`` is the next one (network 0: the base's)."""
         if i == len(self.more_backbones) + 1:
-            self.more_backbones.append(build_backbone(*self._backbone_spec)[0])
+            self.more_backbones.append(build_encoder(self._backbone_config)[0])
         return self.backbones()[i]
 
     def backbones(self) -> list[nn.Module]:

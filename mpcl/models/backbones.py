@@ -1,4 +1,5 @@
-"""Encoders: torchvision ResNets (optionally with the CIFAR stem) and a small CNN for CPU runs.
+"""Encoders: torchvision ResNets (optionally with the CIFAR stem), a small CNN for CPU runs and,
+by the name ``timm/<model>``, any timm model (``mpcl.models.timm_backbone``).
 
 Every backbone maps (B, 3, H, W) images to (B, D) features (after global average pooling).
 """
@@ -9,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from mpcl.models.timm_backbone import check_fit, check_name, create, is_timm, load_weights
 
 
 def _resnet(arch: str, cifar_stem: bool, zero_init_residual: bool) -> tuple[nn.Module, int]:
@@ -63,7 +66,35 @@ BACKBONES: dict[str, Callable[[bool, bool], tuple[nn.Module, int]]] = {
 }
 
 
-def build_backbone(name: str, cifar_stem: bool = True, zero_init_residual: bool = False) -> tuple[nn.Module, int]:
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](cifar_stem, zero_init_residual)
+def build_backbone(name: str, cifar_stem: bool = True, zero_init_residual: bool = False, *,
+                   image_size: int = 0, patch_size: int = 0, dynamic_size: bool = False,
+                   weights: str = "") -> tuple[nn.Module, int]:
+    """(encoder, feature width). ``cifar_stem`` and ``zero_init_residual`` shape the torchvision
+    ResNets only; ``image_size`` (the crop side), ``patch_size`` (0: the model's own) and
+    ``dynamic_size`` (views of several sizes) shape timm models. ``weights``: a state-dict file
+    loaded strictly after creation ("" = random initialisation)."""
+    if is_timm(name):
+        net, dim = create(name, image_size, patch_size, dynamic_size)
+    elif name in BACKBONES:
+        net, dim = BACKBONES[name](cifar_stem, zero_init_residual)
+    else:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))} or timm/<model>")
+    if weights:
+        load_weights(net, weights, name)
+    return net, dim
+
+
+def check_backbone(name: str, cifar_stem: bool = True, zero_init_residual: bool = False, *,
+                   image_size: int = 0, patch_size: int = 0, dynamic_size: bool = False,
+                   weights: str = "") -> None:
+    """What ``build_backbone`` would raise, found before any work: timm missing or no such
+    timm model, kwargs the model does not take, weights that do not fit (BackboneError, one line
+    naming the key). Builds on the meta device: no memory, no initialisation cost."""
+    if is_timm(name):
+        check_name(name)
+    if is_timm(name) or weights:
+        with torch.device("meta"):
+            net, _ = build_backbone(name, cifar_stem, zero_init_residual, image_size=image_size,
+                                    patch_size=patch_size, dynamic_size=dynamic_size)
+        if weights:
+            check_fit(net, weights, name)
