@@ -94,19 +94,29 @@ def _raylets(processes) -> int:
     return len({cmd for _, cmd in processes if cmd.split(" ")[0].endswith("/raylet")})
 
 
-def _left_running(processes) -> list[str]:
-    """The job's processes still alive a little after it ended; killed here (they are ours)."""
+def _left_running(processes, grace: float = 20.0) -> list[str]:
+    """The job's processes still alive ``grace`` seconds after it ended; killed here (they are
+    ours). The grace covers a worker that Ray was still starting when the job stopped: it exits
+    once it finds its raylet gone, which can take seconds on a loaded machine."""
     import psutil
 
-    time.sleep(3)
+    def alive(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.time() + grace
+    while any(alive(p) for p, _ in processes) and time.time() < deadline:
+        time.sleep(0.5)
     names = []
     for p, cmd in processes:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                names.append(f"{p.pid} {cmd[:120]}")
+        if alive(p):
+            names.append(f"{p.pid} {cmd[:120]}")
+            try:
                 p.kill()
-        except psutil.Error:
-            pass
+            except psutil.Error:
+                pass
     return names
 
 

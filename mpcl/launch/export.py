@@ -132,7 +132,7 @@ def export(run: str | Path, formats: list[str] | None = None,
     run_dir = Path(run) if Path(run).is_dir() else _run_of(checkpoint)
     encoder, cfg, state = load_encoder(checkpoint)
     formats = _fitting_formats(cfg.model.backbone, formats)
-    folder = Path(out) if out else run_dir / "export"
+    folder = (Path(out) if out else run_dir / "export").resolve()
     files = {f: FILES[f] for f in formats}
     card = model_card(cfg, state, run_dir, checkpoint, files, encoder)
     with exclusive(folder, "--out"):
