@@ -74,6 +74,7 @@ def test_training_batch_two_views_labels_and_indices(loaders, betons):
     assert seen.min() >= 0 and seen.max() < N_TRAIN
 
 
+@pytest.mark.slow
 def test_views_come_from_the_source_image(loaders, betons):
     """With no colour ops a full-scale crop of a sample is close to the sample (up to the
     crop box, the resize and the flip): compare per-sample mean colour."""
@@ -109,6 +110,7 @@ def test_val_pairs_are_fixed(loaders):
     assert len(a) == 1 and a[0].shape == (N_VAL, 3, 32, 32) and torch.equal(a[0], b[0])
 
 
+@pytest.mark.slow
 def test_subset_limits_indices(betons):
     ls = build_loaders(_cfg(betons[0], "data.subset=64", "data.val_subset=10"), 0, 1, CPU)
     assert ls.num_train == 64 and len(ls.train) == 2

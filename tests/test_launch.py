@@ -123,6 +123,7 @@ class _FakeWandbRun:
         self.calls.append(("finish",))
 
 
+@pytest.mark.slow
 def test_no_ray_run_logs_to_wandb_like_a_ray_run(tmp_path, monkeypatch, fmnist_path):
     """``--no-ray`` reaches wandb through the same record as Ray's rank 0: one log per epoch
     (step = epoch) holding what metrics.jsonl holds, then finish."""

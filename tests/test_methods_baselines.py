@@ -380,9 +380,9 @@ CLI_CASES = {
 }
 
 
-# mcl and spcl (clustering, prototypes) train in the fast suite; the others in the full one,
-# each with its unit-level reference and gradient-flow tests in the fast suite
-FAST_CLI_CASES = ("mcl", "spcl")
+# mcl (several networks) trains in the fast suite; the others in the full one, each with its
+# unit-level reference and gradient-flow tests in the fast suite
+FAST_CLI_CASES = ("mcl",)
 
 
 @pytest.mark.parametrize("case", [c if c in FAST_CLI_CASES else pytest.param(c, marks=pytest.mark.slow)
