@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.source import parse
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -28,7 +30,7 @@ def forbidden_imports(source: str) -> list[str]:
     """The imports in ``source`` of a test module, of conftest, or of the helpers by a name other
     than ``tests.helpers``."""
     bad = []
-    for name in _imported(ast.parse(source)):
+    for name in _imported(parse(source)):
         parts = [p for p in name.split(".") if p]
         if any(p == "conftest" or p.startswith("test_") for p in parts) or \
                 (parts and parts[0] in ("helpers", "_fixtures_data")):
@@ -52,7 +54,7 @@ def test_no_module_imports_a_test_module_or_conftest(path):
 
 
 def test_conftest_holds_only_fixtures_and_hooks():
-    tree = ast.parse((TESTS / "conftest.py").read_text())
+    tree = parse((TESTS / "conftest.py").read_text())
     functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     assert functions
     for f in functions:

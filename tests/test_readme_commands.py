@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.source import parse
+
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("run.py", "mpcl", "data_prep", "configs", "sweeps", "README.md", "pyproject.toml")
 RAW = "data/raw/fashion-mnist"   # in the copy: a link to the raw files, read through a relative path
@@ -77,7 +79,7 @@ def readme_command(prefix: str) -> list[str]:
 
 def prefixes_run_here() -> list[str]:
     """The prefixes this module's tests pass to ``readme_command``."""
-    tree = ast.parse(Path(__file__).read_text())
+    tree = parse(Path(__file__).read_text())
     return [node.args[0].value for node in ast.walk(tree)
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "readme_command"
             and isinstance(node.args[0], ast.Constant)]
