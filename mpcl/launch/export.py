@@ -22,7 +22,6 @@ The encoder is the one kNN and the probes evaluate (MCL: ``method.eval_network``
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -84,6 +83,7 @@ def load_encoder(checkpoint: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
 def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: dict[str, str],
                encoder: nn.Module) -> dict[str, Any]:
     """What a user of the exported files needs to know, as plain JSON values."""
+    from data_prep import sha256_file
     from mpcl import __version__
     from mpcl.config import to_dict
     from mpcl.data.datasets import get_dataset
@@ -112,7 +112,7 @@ def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: d
         "epochs_trained": int(state["epoch"]) + 1,
         "metrics": {k: v for k, v in last.items() if k.startswith("val/")},
         "data": {"dataset": cfg.data.dataset, "path": cfg.data.path,
-                 "manifest_sha256": _sha256(manifest) if manifest.is_file() else None},
+                 "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None},
         "checkpoint": str(checkpoint),
         "mpcl_version": __version__,
     }
@@ -164,12 +164,6 @@ def _run_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
