@@ -164,8 +164,6 @@ def _run_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent
 
 
-
-
 def _state_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     buffer = io.BytesIO()
     torch.save(tensors, buffer)
