@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.beton import show_progress
-from data_prep.plan import FileDataset, Plan, Split
+from data_prep.plan import FileDataset, Plan, Split, sides_of
 from mpcl.data.sources import (IMAGE_FOLDER_LAYOUT, BadImageError, SourceError,
                                list_image_folder, load_rgb)
 
@@ -53,12 +53,12 @@ def _check_files(task):
             image, source = load_rgb(path)
             array = _stored_like_ffcv(np.asarray(image), max_resolution)
         except BadImageError as e:
-            results.append((False, str(e), 0))
+            results.append((False, str(e), 0, None))
             continue
         if want_hist:
             for c in range(3):
                 hist[c] += np.bincount(array[..., c].ravel(), minlength=256)
-        results.append((True, source, array.nbytes))
+        results.append((True, source, array.nbytes, array.shape[:2]))
     return results, hist
 
 
@@ -84,7 +84,7 @@ def plan_imagefolder(src: Path, max_resolution: int | None = DEFAULT_MAX_RESOLUT
 def _check_split(name: str, samples: list[tuple[Path, int]], max_resolution: int | None,
                  workers: int, pool) -> tuple[list, np.ndarray]:
     """:func:`_check_files` over every file of a split, in chunks (on ``pool`` when given):
-    one ``(ok, info, nbytes)`` per file and the pixel histogram (train only)."""
+    one ``(ok, info, nbytes, stored (h, w))`` per file and the pixel histogram (train only)."""
     paths = [p for p, _ in samples]
     chunk = max(1, min(256, len(paths) // (4 * workers) + 1))
     tasks = [(paths[i:i + chunk], max_resolution, name == "train")
@@ -104,8 +104,8 @@ def _usable(plan: Plan, src: Path, name: str, samples: list[tuple[Path, int]], r
             hist: np.ndarray) -> Split:
     """The split of the files that passed the check; the others (and the conversions, the
     classes left empty) are recorded in ``plan``."""
-    good, labels, biggest = [], [], 0
-    for (path, label), (ok, info, nbytes) in zip(samples, results, strict=True):
+    good, labels, biggest, shapes = [], [], 0, []
+    for (path, label), (ok, info, nbytes, shape) in zip(samples, results, strict=True):
         rel = path.relative_to(src).as_posix()
         if not ok:
             plan.skipped.append({"split": name, "file": rel, "reason": info})
@@ -116,12 +116,14 @@ def _usable(plan: Plan, src: Path, name: str, samples: list[tuple[Path, int]], r
                 plan.rescaled.append({"split": name, "file": rel, "from": info})
         good.append(path)
         labels.append(label)
+        shapes.append(shape)
         biggest = max(biggest, nbytes)
     if not good:
         raise SourceError(f"{src / name}: none of the {len(samples)} files is a readable "
                           f"image (expected {IMAGE_FOLDER_LAYOUT})")
-    counts = np.bincount(labels, minlength=len(plan.classes))
+    counts = np.bincount(np.maximum(labels, 0), minlength=len(plan.classes))
     plan.empty_classes += [
         {"split": name, "class": c, "label": y, "folder": f"{name}/{c}"}
         for y, c in enumerate(plan.classes) if counts[y] == 0 and (src / name / c).is_dir()]
-    return Split(name, FileDataset(good, labels), hist if name == "train" else None, biggest)
+    return Split(name, FileDataset(good, labels), hist if name == "train" else None, biggest,
+                 sides_of(np.array(shapes)))

@@ -35,7 +35,9 @@ def build_manifest(dataset: str, src: Path, plan: Plan, tmp: dict[str, Path], mo
         "stats_note": ("per-channel mean/std in [0,1] over every pixel of the written "
                        "train split" + (" (before JPEG encoding)" if mode == "jpg" else "")),
         "fields": dict(FIELDS),
-        "unlabeled_label": -1 if "unlabeled" in files else None,
+        "unlabeled_label": -1 if "unlabeled" in files or not plan.splits[0].labelled else None,
+        "labelled": {s.name: s.labelled for s in plan.splits},
+        "sides": {s.name: s.sides for s in plan.splits},
         "command": command,
         "skipped": plan.skipped,
         "converted": plan.converted,

@@ -44,6 +44,12 @@ class Split:
     dataset: object                 # len() and [i] -> (image, label, index)
     hist: np.ndarray | None = None  # (3, 256) pixel counts of what is written (train only)
     max_sample_bytes: int = 0       # largest raw image, for ffcv's page size
+    sides: dict | None = None       # stored sizes: shortest and median shorter side, longest side
+
+    @property
+    def labelled(self) -> bool:
+        """Every sample has a class (unlabelled samples carry -1)."""
+        return len(self.dataset) > 0 and int(np.min(self.dataset.labels)) >= 0
 
 
 @dataclass
@@ -77,6 +83,14 @@ def mean_std(hist: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), np.sqrt(np.maximum(var, 0.0)).tolist()
 
 
+def sides_of(shapes: np.ndarray) -> dict:
+    """What a training crop can be cut from: the stored images' shortest and median shorter
+    side and their longest side, from (N, 2) heights and widths."""
+    short = shapes.min(axis=1)
+    return {"min_short": int(short.min()), "median_short": int(np.median(short)), "max_long": int(shapes.max())}
+
+
 def array_split(name: str, images: np.ndarray, labels: np.ndarray) -> Split:
     hist = pixel_histogram(images) if name == "train" else None
-    return Split(name, ArrayDataset(images, labels), hist, int(np.prod(images.shape[1:])))
+    return Split(name, ArrayDataset(images, labels), hist, int(np.prod(images.shape[1:])),
+                 sides_of(np.array([images.shape[1:3]])))

@@ -166,11 +166,11 @@ def key_table(cls: type, prefix: str, registries: dict[str, list[str]], skip: tu
 def config_markdown() -> str:
     """One table per config section, then one per method (the keys of ``method.name=<method>``)."""
     from mpcl.config import schema
-    from mpcl.data.datasets import DATASETS
+    from mpcl.data.datasets import DATASET_NAMES
     from mpcl.methods import METHODS
     from mpcl.models import BACKBONES
 
-    registries = {"data.dataset": sorted(DATASETS), "model.backbone": [*sorted(BACKBONES), "timm/<model>"],
+    registries = {"data.dataset": sorted(DATASET_NAMES), "model.backbone": [*sorted(BACKBONES), "timm/<model>"],
                   "method.name": sorted(METHODS)}
     lines: list[str] = []
     for f in dataclasses.fields(schema.Config):

@@ -118,6 +118,24 @@ def test_imagefolder_round_trip_jpeg(tmp_path):
     assert manifest["classes"] == ["ant", "bird"]
     assert manifest["write_mode"] == "jpg" and manifest["jpeg_quality"] == 90
     assert manifest["max_resolution"] == 48 and manifest["image_size"] is None
+    assert manifest["labelled"] == {"train": True, "val": True} and manifest["unlabeled_label"] is None
+    # the sizes as stored (after the 48 px cap): what the crop's default and limit are read from
+    stored = [im.shape[:2] for im in expected["train"][0]]
+    assert manifest["sides"]["train"] == {"min_short": min(min(s) for s in stored),
+                                          "median_short": int(np.median([min(s) for s in stored])),
+                                          "max_long": max(max(s) for s in stored)}
+
+
+def test_imagefolder_unlabelled(tmp_path):
+    """Folders without class folders: every image stored with label -1, no classes."""
+    src = tmp_path / "raw"
+    for k in range(5):
+        save(src / ("train" if k < 3 else "val") / f"{k}.png", smooth_images(1, 16, 16, seed=k)[0])
+    manifest = prepare("imagefolder", src, tmp_path / "out", quiet=True)
+    assert manifest["classes"] == [] and manifest["num_classes"] == 0
+    assert manifest["labelled"] == {"train": False, "val": False} and manifest["unlabeled_label"] == -1
+    assert manifest["sizes"] == {"train": 3, "val": 2} and manifest["empty_classes"] == []
+    assert (BetonReader(tmp_path / "out" / "train.beton").labels == -1).all()
 
 
 # ------------------------------------------------------------------------------ errors, CLI

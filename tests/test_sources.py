@@ -174,11 +174,27 @@ def test_list_image_folder_errors(tmp_path):
     with pytest.raises(SourceError, match="train: no such directory"):
         list_image_folder(tmp_path, "train")
     (tmp_path / "train").mkdir()
-    with pytest.raises(SourceError, match="no class folders"):
+    with pytest.raises(SourceError, match="train: it holds no files"):   # neither classes nor images
         list_image_folder(tmp_path, "train")
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(SourceError, match="class folders .cat. but train/ has none"):
+        list_image_folder(tmp_path, "val", [])
     (tmp_path / "train" / "empty_class").mkdir()
     with pytest.raises(SourceError, match="hold no files"):
         list_image_folder(tmp_path, "train")
+
+
+def test_list_image_folder_unlabelled(tmp_path):
+    """A split folder without sub-folders: its files, label -1, no classes."""
+    for rel in ("train/b.png", "train/a.png", "train/c.png", "val/d.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    samples, classes, _ = list_image_folder(tmp_path, "train")
+    assert classes == []
+    assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in samples] == [
+        ("train/a.png", -1), ("train/b.png", -1), ("train/c.png", -1)]
+    val, _, _ = list_image_folder(tmp_path, "val", classes)
+    assert [(p.name, y) for p, y in val] == [("d.png", -1)]
 
 
 def test_load_rgb_conversions(tmp_path):

@@ -17,7 +17,8 @@ from typing import Any
 
 from mpcl.config.schema import (ALIASES, Config, ConfigError, apply, check_values, coerce, field_types, flatten,
                          has_key, parse_override)
-from mpcl.data.datasets import DATASETS
+from mpcl.data.datasets import DATASET_NAMES, DatasetSpec, dataset_spec
+from mpcl.data.sources import SourceError
 from mpcl.methods import METHODS, method_class, new_params
 from mpcl.models import BACKBONES, BackboneError, check_backbone
 from mpcl.models.timm_backbone import is_timm
@@ -75,11 +76,12 @@ def validate(cfg: Config) -> None:
                           f"not {type(cfg.method).__name__}")
     check_values(cfg)
     for key, registry, value in (("model.backbone", BACKBONES, cfg.model.backbone),
-                                 ("data.dataset", DATASETS, cfg.data.dataset)):
+                                 ("data.dataset", DATASET_NAMES, cfg.data.dataset)):
         if value not in registry and not (key == "model.backbone" and is_timm(value)):
             allowed = f"{', '.join(sorted(registry))}{' or timm/<model>' if key == 'model.backbone' else ''}"
             raise ConfigError(f"{key}={value!r}: unknown; allowed: {allowed}")
-    _validate_backbone(cfg)
+    spec = _validate_dataset(cfg)
+    _validate_backbone(cfg, spec)
     if cfg.data.batch_size % cfg.scale.workers:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size}: must be a multiple of "
                           f"scale.workers={cfg.scale.workers}")
@@ -87,7 +89,24 @@ def validate(cfg: Config) -> None:
     cfg.method.check(cfg)
 
 
-def _validate_backbone(cfg: Config) -> None:
+def _validate_dataset(cfg: Config) -> DatasetSpec:
+    """The dataset can be read as described (a folder's manifest), the crop cut from its images,
+    and a method that trains on labels has them."""
+    try:
+        spec = dataset_spec(cfg.data)
+    except SourceError as e:
+        raise ConfigError(str(e)) from None
+    uses = method_class(cfg.method.name).label_use(cfg.method)
+    if uses and not spec.labelled:
+        raise ConfigError(f"method.name={cfg.method.name}: {uses}, but {spec.name} is unlabelled; "
+                          "train a self-supervised method on it, or label the folders")
+    if cfg.data.min_per_class and not spec.labelled:
+        raise ConfigError(f"data.min_per_class={cfg.data.min_per_class}: groups samples by class, but "
+                          f"{spec.name} is unlabelled")
+    return spec
+
+
+def _validate_backbone(cfg: Config, spec: DatasetSpec) -> None:
     """A timm backbone needs timm, a model of that name that takes the kwargs the config asks
     for; ``model.patch_size`` is for timm models only; ``model.weights`` must fit the backbone."""
     m = cfg.model
@@ -95,7 +114,7 @@ def _validate_backbone(cfg: Config) -> None:
         raise ConfigError(f"model.patch_size={m.patch_size}: for timm models only, not model.backbone={m.backbone}")
     try:
         check_backbone(m.backbone, m.cifar_stem, m.zero_init_residual,
-                       image_size=DATASETS[cfg.data.dataset].image_size, patch_size=m.patch_size,
+                       image_size=spec.image_size, patch_size=m.patch_size,
                        dynamic_size=cfg.data.num_small_crops > 0, weights=m.weights)
     except BackboneError as e:
         raise ConfigError(str(e)) from None

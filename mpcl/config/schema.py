@@ -34,8 +34,11 @@ def knob(default: Any, *, gt: float | None = None, ge: float | None = None, lt: 
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"
+    dataset: str = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | stl10 | imagenet100 | folder: any
+                                     # folder `python -m data_prep` wrote (data.path), described by its manifest
     path: str = ""              # "" = the dataset's default: the .beton folder (loader=ffcv) or raw files (torch)
+    image_size: int = knob(0, ge=0)  # side of the training crop (0 = the dataset's: a folder's median shorter
+                                     # side, at most 224); at most the longest stored side
     loader: str = knob("ffcv", choices=("torch", "ffcv"))  # ffcv: .beton files from python -m data_prep;
                                                           # torch: the fallback over raw arrays
     subset: int = knob(0, ge=0)         # train on the first N training samples (0 = all)

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpcl.data.datasets import DatasetSpec
 from mpcl.data.sources import SourceError
 
 if TYPE_CHECKING:
     from mpcl.config import Config
+    from mpcl.data.datasets import DatasetSpec
 
 FIELDS = {"image": "RGBImageField", "label": "IntField", "index": "IntField"}  # in file order
 BETON_FILES = ("train.beton", "val.beton")
@@ -30,7 +30,7 @@ def data_dir(cfg: Config, spec: DatasetSpec) -> Path:
 
 def writer_name(spec: DatasetSpec) -> str:
     """The ``data_prep`` writer of ``spec``'s raw files."""
-    return "imagefolder" if spec.name == "imagenet100" else spec.name
+    return spec.name if spec.name in ("fashion_mnist", "cifar10", "cifar100", "stl10") else "imagefolder"
 
 
 def prep_args(spec: DatasetSpec, out: str | os.PathLike) -> list[str]:

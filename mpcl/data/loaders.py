@@ -4,7 +4,9 @@
 views, index, label) and the two evaluation loaders (train split without augmentation for
 the kNN bank, validation split). ``data.loader=ffcv`` reads .beton files
 (``mpcl.data.ffcv_loader``); ``data.loader=torch`` (the fallback for users without FFCV)
-keeps the uint8 images of an array dataset in memory (``mpcl.data.tensor_loader``).
+keeps the uint8 images of an array dataset in memory (``mpcl.data.tensor_loader``); a data_prep
+folder's images are read from its .beton files and stored at the crop size (shorter side
+resized to it, centre square kept), so the folder must fit in memory at that size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from mpcl.config import Config
 from mpcl.data import sources
 from mpcl.data.batch import Loaders
-from mpcl.data.datasets import get_dataset
+from mpcl.data.datasets import DatasetSpec, dataset_spec
 from mpcl.data.recipe import (eval_batch_size, eval_transform, small_crop_augment, ssl_augment,
                               val_pair_count)
 from mpcl.data.tensor_loader import EvalLoader, TensorTrainLoader, val_pairs_loader
@@ -32,10 +34,12 @@ def _download_fashion_mnist(root: Path) -> Path:
     return root / "FashionMNIST" / "raw"
 
 
-def load_arrays(dataset: str, path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W, 3) and int64 labels of one split of an array dataset."""
-    spec = get_dataset(dataset)
+def load_arrays(spec: DatasetSpec, path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, 3) and int64 labels of one split of an array dataset or folder."""
+    dataset = spec.name
     root = Path(path or spec.default_path("torch"))
+    if spec.from_manifest:
+        return _folder_arrays(root / f"{split}.beton", spec.image_size)
     if dataset == "fashion_mnist":
         if not sources.fashion_mnist_present(root):
             if path:  # an explicit path that lacks the files is the user's mistake
@@ -57,18 +61,41 @@ def load_arrays(dataset: str, path: str, split: str) -> tuple[np.ndarray, np.nda
     return readers[dataset](root, split)
 
 
+def _folder_arrays(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a data_prep .beton as a ``side`` x ``side`` square (shorter side resized
+    with area averaging, centre kept), and the labels."""
+    import cv2
+
+    from mpcl.data.betons import BetonReader
+
+    if not path.is_file():
+        raise sources.SourceError(f"{path}: not found (a folder `python -m data_prep` wrote holds train.beton "
+                                  "and val.beton)")
+    reader = BetonReader(path)
+    images = np.empty((len(reader), side, side, 3), dtype=np.uint8)
+    for i in range(len(reader)):
+        image = reader.image(i)
+        h, w = image.shape[:2]
+        scale = side / min(h, w)
+        nh, nw = max(side, round(h * scale)), max(side, round(w * scale))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        top, left = (nh - side) // 2, (nw - side) // 2
+        images[i] = image[top:top + side, left:left + side]
+    return images, np.array(reader.labels)   # a writable copy (torch wraps it)
+
+
 def _as_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
 def build_loaders(cfg: Config, rank: int, world: int, device: torch.device) -> Loaders:
-    spec = get_dataset(cfg.data.dataset)
+    spec = dataset_spec(cfg.data)
     if cfg.data.loader == "ffcv":
         from mpcl.data.ffcv_loader import build_ffcv_loaders
 
         return build_ffcv_loaders(cfg, spec, rank, world, device)
-    train_x, train_y = load_arrays(cfg.data.dataset, cfg.data.path, "train")
-    val_x, val_y = load_arrays(cfg.data.dataset, cfg.data.path, "val")
+    train_x, train_y = load_arrays(spec, cfg.data.path, "train")
+    val_x, val_y = load_arrays(spec, cfg.data.path, "val")
     if cfg.data.subset:
         train_x, train_y = train_x[:cfg.data.subset], train_y[:cfg.data.subset]
     if cfg.data.val_subset:

@@ -19,14 +19,15 @@ from mpcl.methods import Method
 @torch.no_grad()
 def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict[str, float]:
     """kNN top-1 on the validation split (bank: the training split without augmentation),
-    the online probe's top-1, and alignment / uniformity of the normalised embeddings."""
+    the online probe's top-1 (both need labelled data), and alignment / uniformity of the
+    normalised embeddings."""
     was_training = method.training
     method.eval()
-    feats = metrics.split_features(method, loaders, rt.autocast)
-    out = {
-        "val/knn_top1": feats.knn_top1(loaders.spec.num_classes, cfg.train.knn_k, cfg.train.knn_temperature),
-        "val/online_top1": metrics.probe_top1(method.probe, feats.val_f, feats.val_y),
-    }
+    out = {}
+    if loaders.spec.labelled:
+        feats = metrics.split_features(method, loaders, rt.autocast)
+        out["val/knn_top1"] = feats.knn_top1(loaders.spec.num_classes, cfg.train.knn_k, cfg.train.knn_temperature)
+        out["val/online_top1"] = metrics.probe_top1(method.probe, feats.val_f, feats.val_y)
     z1s, z2s = [], []
     for batch in loaders.val_pairs:
         with rt.autocast():
@@ -36,7 +37,8 @@ def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict
         z1, z2 = dist.gather_uneven(torch.cat(z1s)), dist.gather_uneven(torch.cat(z2s))
         out["val/align"] = metrics.alignment(z1, z2)
         out["val/uniform"] = metrics.uniformity(z1)
-    out.update(method.extra_metrics(loaders, rt.autocast))
+    if loaders.spec.labelled:
+        out.update(method.extra_metrics(loaders, rt.autocast))
     method.train(was_training)
     return out
 

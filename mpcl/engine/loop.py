@@ -202,6 +202,9 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
     Returns the last epoch's metrics."""
     rt = runtime(cfg)
     loaders = build_loaders(cfg, dist.rank(), dist.world_size(), rt.device)
+    if not loaders.spec.labelled and dist.rank() == 0:
+        print(f"data: {loaders.spec.name} has no labels: no kNN or probe accuracy (val/knn_top1, "
+              "val/online_top1); val/align and val/uniform are reported", file=sys.stderr, flush=True)
     method, optimizer = build(cfg, rt, loaders)
     start_epoch, step, metrics = 0, 0, {}
     # train.resume=false was handled before the run started: its directory is a fresh one

@@ -86,10 +86,10 @@ def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: d
     from data_prep import sha256_file
     from mpcl import __version__
     from mpcl.config import to_dict
-    from mpcl.data.datasets import get_dataset
+    from mpcl.data.datasets import dataset_spec
     from mpcl.tracking import read_metrics
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = dataset_spec(cfg.data)
     arch = cfg.model.backbone
     swaps = ["fc = torch.nn.Identity()"]
     if arch in RESNETS and cfg.model.cifar_stem:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mpcl.config import Config, ConfigError, to_dict
 from mpcl.config.compose import from_dict
-from mpcl.data.datasets import get_dataset
+from mpcl.data.datasets import dataset_spec, get_dataset
 from mpcl.launch import LaunchError
 from mpcl.launch.storage import is_uri
 
@@ -36,7 +36,7 @@ def resolve_paths(cfg: Config, base: str | os.PathLike | None = None) -> Config:
     are absolute against ``base`` (default: the current directory)."""
     base = Path(base or os.getcwd())
     cfg = from_dict(to_dict(cfg))
-    spec = get_dataset(cfg.data.dataset)
+    spec = dataset_spec(cfg.data)
     cfg.data.path = absolute(cfg.data.path or spec.default_path(cfg.data.loader), base)
     cfg.out = absolute(cfg.out, base)
     return cfg
@@ -113,7 +113,7 @@ def training_split_size(cfg: Config) -> int:
     the number of training samples a run uses (``data.subset`` applied)."""
     from mpcl.data.sources import SourceError
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = dataset_spec(cfg.data)
     try:
         if cfg.data.loader == "ffcv":
             from mpcl.data.ffcv_loader import check_beton
@@ -124,8 +124,8 @@ def training_split_size(cfg: Config) -> int:
         else:
             from mpcl.data.loaders import load_arrays
 
-            n = len(load_arrays(cfg.data.dataset, cfg.data.path, "train")[1])
-            load_arrays(cfg.data.dataset, cfg.data.path, "val")
+            n = len(load_arrays(spec, cfg.data.path, "train")[1])
+            load_arrays(spec, cfg.data.path, "val")
     except (SourceError, ConfigError) as e:
         raise LaunchError(str(e)) from None
     return min(n, cfg.data.subset) if cfg.data.subset else n

@@ -15,7 +15,7 @@ from torch import nn
 
 from mpcl.config import Config, MethodParams, knob
 from mpcl.data.batch import Batch
-from mpcl.data.datasets import get_dataset
+from mpcl.data.datasets import dataset_spec
 from mpcl.models import build_backbone
 
 
@@ -28,7 +28,7 @@ def build_encoder(cfg: Config, initial_weights: bool = True) -> tuple[nn.Module,
     loaded unless not ``initial_weights`` (a checkpoint's weights replace them)."""
     m = cfg.model
     return build_backbone(m.backbone, m.cifar_stem, m.zero_init_residual,
-                          image_size=get_dataset(cfg.data.dataset).image_size, patch_size=m.patch_size,
+                          image_size=dataset_spec(cfg.data).image_size, patch_size=m.patch_size,
                           dynamic_size=cfg.data.num_small_crops > 0, weights=m.weights if initial_weights else "")
 
 
@@ -68,6 +68,12 @@ class Method(nn.Module):
         return ("train/loss", "train/probe_loss", "train/probe_top1", *cls.loss_metrics)
 
     @classmethod
+    def label_use(cls, params: MethodParams) -> str:
+        """How the loss uses the classes under ``params`` ("" when it does not): a method that
+        does cannot train on unlabelled data."""
+        return ""
+
+    @classmethod
     def create(cls, params: MethodParams, cfg: Config, num_classes: int, num_samples: int) -> Method:
         """Builds the method (a family with one class per variant picks the variant here)."""
         return cls(params, cfg, num_classes, num_samples)
@@ -78,7 +84,8 @@ class Method(nn.Module):
         self.optim = cfg.optim
         self.num_samples = num_samples
         self.backbone, self.feature_dim = build_encoder(cfg)
-        self.probe = nn.Linear(self.feature_dim, num_classes)
+        # unlabelled data: a one-output probe that is never trained keeps every state dict's layout
+        self.probe = nn.Linear(self.feature_dim, max(num_classes, 1))
 
     # -- training -----------------------------------------------------------------------
     def ssl_loss(self, batch: Batch, epoch: int) -> SSLOutput:  # pragma: no cover - abstract
@@ -88,11 +95,15 @@ class Method(nn.Module):
         out = self.ssl_loss(batch, epoch)
         labels = batch.label.repeat(out.features.shape[0] // batch.label.shape[0])
         logits = self.probe(out.features.detach().float())
-        probe_loss = F.cross_entropy(logits, labels)
+        known = labels >= 0   # unlabelled samples (label -1) train the encoder, not the probe
+        count = known.sum().clamp(min=1)
+        ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        probe_loss = torch.where(known, ce, 0.0).sum() / count
+        probe_top1 = ((logits.argmax(1) == labels) & known).sum() * 100.0 / count
         metrics = {
             "train/loss": out.loss.detach(),
             "train/probe_loss": probe_loss.detach(),
-            "train/probe_top1": (logits.argmax(1) == labels).float().mean() * 100,
+            "train/probe_top1": probe_top1,
             **out.metrics,
         }
         return StepOutput(out.loss + probe_loss, metrics)

@@ -72,6 +72,10 @@ class MCL(Method):
     classifies = False    # True: every network has a classifier, reported on the validation split
 
     @classmethod
+    def label_use(cls, params: MCLParams) -> str:
+        return "method.mode=supervised trains on the classes" if params.mode == "supervised" else ""
+
+    @classmethod
     def create(cls, params: MCLParams, cfg, num_classes: int, num_samples: int) -> Method:
         variant = MCLSupervised if params.mode == "supervised" else MCLMoCo
         return variant(params, cfg, num_classes, num_samples)

@@ -173,6 +173,10 @@ class SupCon(SimCLR):
 
     multi_positive = True
 
+    @classmethod
+    def label_use(cls, params) -> str:
+        return "its positives are the samples of the anchor's class"
+
     def positive_ids(self, batch: Batch) -> torch.Tensor:
         return batch.label
 

@@ -55,11 +55,11 @@ class SPCLParams(TemperatureParams):
     pair_labels: str = knob("pseudo", choices=("pseudo", "true"))  # released: pairs from ground-truth classes
 
     def check(self, cfg) -> None:
-        from mpcl.data.datasets import DATASETS
+        from mpcl.data.datasets import dataset_spec
 
         if self.classifier_outputs != "classes":
             return
-        classes = DATASETS[cfg.data.dataset].num_classes
+        classes = dataset_spec(cfg.data).num_classes
         if self.num_prototypes > classes:
             raise ConfigError(f"method.classifier_outputs='classes': method.num_prototypes={self.num_prototypes} "
                               f"needs at most {cfg.data.dataset}'s {classes} classifier outputs (or prototypes)")
@@ -86,6 +86,10 @@ class SPCL(SimCLR):
     Params = SPCLParams
     supports_multi_crop = False
     loss_metrics = ("train/nce", "train/cluster_ce", "train/metric_bce", "train/metric_same_frac")
+
+    @classmethod
+    def label_use(cls, params: SPCLParams) -> str:
+        return "method.pair_labels=true pairs samples by their classes" if params.pair_labels == "true" else ""
 
     def __init__(self, params: SPCLParams, cfg, num_classes: int, num_samples: int):
         super().__init__(params, cfg, num_classes, num_samples)

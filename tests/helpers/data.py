@@ -180,3 +180,25 @@ def awkward_images(n: int = 12, h: int = 20, w: int = 24, seed: int = 0) -> torc
     x[5] = (x[5] * 255).round() / 255  # uint8-like values
     return x
 
+
+
+def fmnist_image_folder(raw: str | os.PathLike, root: Path, per_class: dict[str, int], size: int = 48,
+                        classes: int = 10, labelled: bool = True, offset: int = 0) -> Path:
+    """An image folder as a user keeps one: Fashion-MNIST's first images of each of ``classes``
+    classes as ``size`` px RGB PNG files, ``root/<split>/<class name>/<n>.png`` (or
+    ``root/<split>/<n>.png`` when not ``labelled``), ``per_class[split]`` images per class;
+    ``offset`` skips that many images of each class first (a second, disjoint folder)."""
+    from PIL import Image
+
+    from mpcl.data.sources import FASHION_MNIST_CLASSES, read_fashion_mnist
+
+    for split, n in per_class.items():
+        images, labels = read_fashion_mnist(Path(raw), "train" if split == "train" else "val")
+        for y in range(classes):
+            name = FASHION_MNIST_CLASSES[y].replace("/", "-").replace(" ", "_")
+            folder = root / split / name if labelled else root / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, i in enumerate(np.flatnonzero(labels == y)[offset:offset + n]):
+                image = Image.fromarray(images[i]).resize((size, size), Image.BILINEAR).convert("RGB")
+                image.save(folder / f"{name if not labelled else ''}{k}.png")
+    return root

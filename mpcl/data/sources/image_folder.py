@@ -14,13 +14,16 @@ from mpcl.data.sources.errors import BadImageError, SourceError
 if TYPE_CHECKING:
     from PIL import Image
 
-IMAGE_FOLDER_LAYOUT = "train/<class>/<image> and val/<class>/<image> (JPEG, PNG, ...)"
+IMAGE_FOLDER_LAYOUT = ("train/<class>/<image> and val/<class>/<image> (JPEG, PNG, ...), or, for "
+                       "unlabelled images, train/<image> and val/<image>")
 
 
 def list_image_folder(root: str | os.PathLike, split: str, classes: list[str] | None = None
                       ) -> tuple[list[tuple[Path, int]], list[str], list[tuple[Path, str]]]:
     """Every file under ``root/split/<class>/`` with its label, in torchvision ImageFolder's
-    order (classes sorted, then ``sorted(os.walk(...))``, file names sorted).
+    order (classes sorted, then ``sorted(os.walk(...))``, file names sorted). A split folder
+    with no class folders holds unlabelled images: every file under it, label -1, no classes
+    (then ``val`` must be unlabelled too).
 
     Classes are the sorted non-hidden sub-folders of ``train/``; pass them as ``classes``
     when listing ``val`` (a val class folder that train lacks is an error, a missing one is
@@ -42,6 +45,9 @@ def list_image_folder(root: str | os.PathLike, split: str, classes: list[str] | 
         if (base / name).is_dir():
             owner.setdefault(_real(base / name), base / name)
     samples, not_followed = [], []
+    if not classes:
+        files, links = _walk_once(base, owner, root)
+        samples, not_followed = [(path, -1) for path in files], links
     for label, name in enumerate(classes):
         top = base / name
         if not top.is_dir():
@@ -54,7 +60,7 @@ def list_image_folder(root: str | os.PathLike, split: str, classes: list[str] | 
         samples += [(path, label) for path in files]
         not_followed += links
     if not samples:
-        raise SourceError(f"{base}: the class folders hold no files "
+        raise SourceError(f"{base}: {'the class folders hold' if classes else 'it holds'} no files "
                           f"(expected {IMAGE_FOLDER_LAYOUT})")
     return samples, list(classes), not_followed
 
@@ -66,9 +72,10 @@ def _class_folders(base: Path, classes: list[str] | None) -> list[str]:
         raise SourceError(f"{base}: no such directory (expected {IMAGE_FOLDER_LAYOUT})")
     folders = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is None:
-        if not folders:
-            raise SourceError(f"{base}: no class folders (expected {IMAGE_FOLDER_LAYOUT})")
-        return folders
+        return folders   # none: unlabelled images
+    if not classes and folders:
+        raise SourceError(f"{base}: class folders ({', '.join(folders[:3])}{' ...' if len(folders) > 3 else ''}) "
+                          "but train/ has none; label both splits or neither")
     unknown = sorted(set(folders) - set(classes))
     if unknown:
         raise SourceError(f"{base}: class folders not in train/: {', '.join(unknown[:5])}"
