@@ -28,6 +28,33 @@ def fmnist_betons(fmnist_path, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def fmnist_folder(fmnist_path, tmp_path_factory) -> dict[str, str]:
+    """Fashion-MNIST kept as a user keeps images: 48 px PNG files in class folders (60 training and
+    20 validation images of each class), and the folder data_prep wrote from them (~10 s)."""
+    from data_prep import prepare
+    from tests.helpers.data import fmnist_image_folder
+
+    root = tmp_path_factory.mktemp("fmnist_folder")
+    images = fmnist_image_folder(fmnist_path, root / "images", {"train": 60, "val": 20})
+    prepare("imagefolder", images, root / "data", quiet=True)
+    return {"images": str(images), "data": str(root / "data")}
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory) -> str:
+    """A data_prep folder of 12 small colour images in 2 classes (written once, a second)."""
+    from data_prep import prepare
+    from tests.helpers.data import save, smooth_images
+
+    src = tmp_path_factory.mktemp("small_folder_src")
+    for k, image in enumerate(smooth_images(12, 40, 36)):
+        save(src / ("train" if k < 8 else "val") / ("ant", "bee")[k % 2] / f"{k}.png", image)
+    out = tmp_path_factory.mktemp("small_folder")
+    prepare("imagefolder", src, out, quiet=True)
+    return str(out)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray (2 CPUs) for the tests of a module; shut down after them."""
@@ -57,7 +84,8 @@ except ImportError:
 # seconds that every mutant would pay again): a test that takes one trains or loads real data, or
 # starts processes, and is marked ``real_data`` (``pytest -m "not slow and not ray and not real_data"``:
 # the unit tests alone, what ``make mutate`` runs against each mutant)
-REAL_DATA_FIXTURES = {"fmnist_path", "fmnist_betons", "betons", "two_worker_results", "two_rank_gradients"}
+REAL_DATA_FIXTURES = {"fmnist_path", "fmnist_betons", "fmnist_folder", "betons", "two_worker_results",
+                      "two_rank_gradients"}
 
 
 def pytest_collection_modifyitems(config, items):
