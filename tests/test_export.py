@@ -172,6 +172,29 @@ def test_a_timm_encoder_exports_as_timm_loads_it(tmp_path, batch):
     np.testing.assert_allclose(onnx_features, expected.numpy(), atol=TOL, rtol=0)
 
 
+def test_timms_resnet18_exports_in_all_four_formats(tmp_path, batch):
+    """timm's resnet18 is torchvision's modules under torchvision's names: the torchvision file
+    loads into torchvision.models.resnet18 (classifier swapped only) as the timm file into timm."""
+    timm = pytest.importorskip("timm", reason="timm backbones need timm: pip install 'mpcl[timm]'")
+    import torchvision
+    from safetensors.torch import load_file
+
+    run, method = make_run(tmp_path / "run", "timm/resnet18")
+    cli.main(["export", str(run), "--format", "torchvision,timm,onnx,safetensors"])
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    assert card["architecture"]["torchvision"] == "torchvision.models.resnet18(weights=None)"
+    assert card["architecture"]["module_swaps"] == ["fc = torch.nn.Identity()"]
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(torch.load(run / "export" / "encoder_torchvision.pt", weights_only=True), strict=True)
+    rebuilt = eval(card["architecture"]["timm"], {"timm": timm})
+    rebuilt.load_state_dict(load_file(run / "export" / "encoder.safetensors"), strict=True)
+    with torch.no_grad():
+        expected = method(batch)
+        for model in (net, rebuilt):
+            assert (model.eval()(batch) - expected).abs().max().item() <= TOL
+
+
 def test_torchvision_refuses_a_timm_resnet(tmp_path, capsys):
     pytest.importorskip("timm", reason="timm backbones need timm: pip install 'mpcl[timm]'")
     run, _ = make_run(tmp_path / "run", "timm/resnet10t")

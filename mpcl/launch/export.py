@@ -5,7 +5,8 @@ Formats (``FORMATS``), each written atomically into the export folder:
 - ``torchvision``: ``encoder_torchvision.pt``, a state dict that ``torchvision.models.resnet18``
   / ``resnet50`` loads with ``strict=True`` once its classifier is ``fc = nn.Identity()`` (and,
   for the CIFAR stem, ``conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)``, ``maxpool =
-  nn.Identity()``); the model card lists these swaps. torchvision ResNet backbones only.
+  nn.Identity()``); the model card lists these swaps. The torchvision ResNets, and timm's
+  ``resnet18`` / ``resnet50``, whose tensors are torchvision's.
 - ``timm``: ``encoder_timm.pt``, a state dict that the model card's ``architecture.timm`` call
   (``timm.create_model(name, pretrained=False, num_classes=0, img_size=..., ...)``) loads with
   ``strict=True``. timm backbones only.
@@ -40,6 +41,13 @@ FILES = {"torchvision": "encoder_torchvision.pt", "timm": "encoder_timm.pt", "on
          "safetensors": "encoder.safetensors"}
 CARD = "model_card.json"
 RESNETS = ("resnet18", "resnet50")
+
+
+def torchvision_arch(backbone: str) -> str | None:
+    """The torchvision ResNet whose state dict ``backbone``'s is: mpcl's own ResNets, and timm's
+    ``resnet18`` / ``resnet50`` (the same modules under the same names, ImageNet stem)."""
+    name = backbone.removeprefix("timm/")
+    return name if name in RESNETS else None
 
 
 def find_checkpoint(run: str | Path) -> Path:
@@ -91,6 +99,7 @@ def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: d
 
     spec = dataset_spec(cfg.data)
     arch = cfg.model.backbone
+    tv = torchvision_arch(arch)
     swaps = ["fc = torch.nn.Identity()"]
     if arch in RESNETS and cfg.model.cifar_stem:
         swaps = ["conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)",
@@ -101,8 +110,8 @@ def model_card(cfg, state: dict[str, Any], run: Path, checkpoint: Path, files: d
     return {
         "format_files": files,
         "architecture": {"backbone": arch, "cifar_stem": cfg.model.cifar_stem,
-                         "torchvision": f"torchvision.models.{arch}(weights=None)" if arch in RESNETS else None,
-                         "module_swaps": swaps if arch in RESNETS else None,
+                         "torchvision": f"torchvision.models.{tv}(weights=None)" if tv else None,
+                         "module_swaps": swaps if tv else None,
                          "timm": create_call(encoder.timm_create_kwargs) if is_timm(arch) else None},
         "input": {"shape": [3, spec.image_size, spec.image_size], "dtype": "float32", "range": [0.0, 1.0],
                   "channels": "RGB", "normalize": {"mean": list(spec.mean), "std": list(spec.std)}
@@ -146,12 +155,12 @@ def export(run: str | Path, formats: list[str] | None = None,
 def _fitting_formats(backbone: str, formats: list[str] | None) -> list[str]:
     """``formats``, or by default every format that fits ``backbone``; a format asked for that
     does not fit is a LaunchError (torchvision: the torchvision ResNets; timm: timm models)."""
-    fits = {"torchvision": backbone in RESNETS, "timm": is_timm(backbone)}
+    fits = {"torchvision": torchvision_arch(backbone) is not None, "timm": is_timm(backbone)}
     if formats is None:
         return [f for f in FORMATS if fits.get(f, True)]
     for f in formats:
         if not fits.get(f, True):
-            kind = f"a torchvision model (torchvision: {', '.join(RESNETS)})" if f == "torchvision" \
+            kind = f"a torchvision model (torchvision: {', '.join(RESNETS)}, or timm's)" if f == "torchvision" \
                 else "a timm model (model.backbone=timm/<name>)"
             other = "timm, " if is_timm(backbone) else ""
             raise LaunchError(f"--format {f}: model.backbone={backbone!r} is not {kind}; "
