@@ -272,3 +272,71 @@ def test_verbose_brings_ray_s_worker_lines_back(repo):
     assert rc == 0, text[-3000:]
     assert "(RayTrainWorker pid=" in text and "Reporting training result" in text
     assert not list((repo / "runs/r_verbose").glob("logs/worker-*.log"))
+
+
+@pytest.fixture(scope="module")
+def own_images(repo, fmnist_path) -> Path:
+    """docs/own-data.md's two image folders in the copy: Fashion-MNIST as 48 px PNG files in
+    class folders (10 classes), and other images of 5 of its classes (the transfer target)."""
+    from tests.helpers.data import fmnist_image_folder
+
+    fmnist_image_folder(fmnist_path, repo / "data/raw/my_images", {"train": 30, "val": 10})
+    fmnist_image_folder(fmnist_path, repo / "data/raw/other_images", {"train": 20, "val": 10}, classes=5, offset=100)
+    return repo
+
+
+OWN_SMALL = ["data.batch_size=64", "data.num_workers=1", "data.blur_prob=0", "train.progress=false"]
+
+
+@pytest.mark.slow
+def test_own_images_are_written_and_trained_on(own_images):
+    repo = own_images
+    run_as_written(repo, readme_command("python -m data_prep imagefolder --src data/raw/my_images"))
+    run_as_written(repo, readme_command("python -m data_prep imagefolder --src data/raw/other_images"))
+    mine, other = (json.loads((repo / f"data/{d}/manifest.json").read_text()) for d in ("mine", "other"))
+    assert (mine["num_classes"], mine["sizes"]) == (10, {"train": 300, "val": 100})
+    assert (other["num_classes"], other["sizes"]) == (5, {"train": 100, "val": 50})
+    argv = readme_command("python run.py train --no-ray --config folder_simclr data.path=data/mine")
+    run_as_written(repo, argv, "train.epochs=2", *OWN_SMALL)
+    rows = _metrics(repo / "runs/mine_simclr")
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["val/knn_top1"] > 20, rows
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_own_images_train_through_ray(own_images):
+    if not (own_images / "data/mine/manifest.json").is_file():
+        pytest.skip("needs test_own_images_are_written_and_trained_on's folders")
+    argv = readme_command("python run.py train --config folder_simsiam_multi data.path=data/mine")
+    run_as_written(own_images, argv, "train.epochs=1", *OWN_SMALL)
+    assert [r["epoch"] for r in _metrics(own_images / "runs/mine_simsiam_multi")] == [0]
+
+
+@pytest.mark.slow
+def test_own_encoder_exported_in_four_formats(own_images):
+    import onnxruntime
+    import timm
+    import torchvision
+    from safetensors.torch import load_file
+
+    from mpcl.launch.export import load_encoder
+
+    run = own_images / "runs/mine_simclr"
+    if not (run / "checkpoints/last.pt").is_file():
+        pytest.skip("needs the run test_own_images_are_written_and_trained_on trains")
+    run_as_written(own_images, readme_command("python run.py export runs/mine_simclr --format"))
+    folder = run / "export"
+    card = json.loads((folder / "model_card.json").read_text())
+    images = torch.rand(3, *card["input"]["shape"], generator=torch.Generator().manual_seed(0))
+    encoder, _, _ = load_encoder(run / "checkpoints/last.pt")
+    tv = torchvision.models.resnet18(weights=None)
+    tv.fc = torch.nn.Identity()
+    tv.load_state_dict(torch.load(folder / "encoder_torchvision.pt", weights_only=True), strict=True)
+    tm = eval(card["architecture"]["timm"], {"timm": timm})
+    tm.load_state_dict(load_file(folder / "encoder.safetensors"), strict=True)
+    session = onnxruntime.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = encoder(images)
+        for features in (tv.eval()(images), tm.eval()(images),
+                         torch.from_numpy(session.run(None, {"images": images.numpy()})[0])):
+            assert (features - expected).abs().max().item() <= 1e-4
