@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 DEMO_SWEEP = "fmnist_demo"   # a sweep file shipped with mpcl (mpcl/config/sweep_files)
 EXIT_USAGE = 2
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")   # section.key=value (a path like runs/a=b is none)
 
 
 def program() -> str:
@@ -116,14 +118,32 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+def eval_target(args) -> tuple[str, list[str]]:
+    """(RUN, the key=value overrides) of ``eval``'s positional arguments: RUN is the one that is
+    no ``key=value`` (``--checkpoint`` names it instead, for the older form)."""
+    overrides = [a for a in args.overrides if OVERRIDE.match(a)]
+    runs = [a for a in args.overrides if not OVERRIDE.match(a)]
+    if args.checkpoint:
+        runs = [args.checkpoint, *runs]
+    if len(runs) != 1:
+        fail(f"eval takes one RUN (a run directory, a checkpoint file or URI); got {len(runs)}: {' '.join(runs)}")
+    return runs[0], overrides
+
+
 def cmd_eval(args) -> None:
     from mpcl.engine.evaluate import evaluate_checkpoint
+    from mpcl.launch.repeat import find_checkpoint
     from mpcl.launch.storage import fetch, is_uri
 
+    run, overrides = eval_target(args)
+    if args.finetune_epochs < 1:
+        fail(f"--finetune-epochs {args.finetune_epochs}: must be at least 1")
     try:
-        path = fetch(args.checkpoint) if is_uri(args.checkpoint) else args.checkpoint
-        result = evaluate_checkpoint(path, args.overrides, linear_epochs=args.linear_epochs)
-        result["checkpoint"] = args.checkpoint
+        path = fetch(run) if is_uri(run) else find_checkpoint(run)
+        result = evaluate_checkpoint(str(path), overrides, linear_epochs=args.linear_epochs,
+                                     finetune_epochs=args.finetune_epochs if args.finetune else 0)
+        if is_uri(run):
+            result["checkpoint"] = run
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     print(json.dumps(result, indent=2))
@@ -225,11 +245,15 @@ def _add_train(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    e = sub.add_parser("eval", help="kNN and linear probe of a saved encoder")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint file (out/checkpoints/last.pt, "
-                   "out/checkpoint_N/state.pt), a path or a URI")
+    e = sub.add_parser("eval", help="kNN, linear probe and fine-tuning of a saved encoder, on its dataset or another")
+    e.add_argument("--checkpoint", help="RUN given as an option (the same as the positional RUN)")
     e.add_argument("--linear-epochs", type=int, default=100, help="epochs of the linear probe")
-    e.add_argument("overrides", nargs="*", help="config overrides (e.g. data.path=...)")
+    e.add_argument("--finetune", action="store_true", help="also train the encoder and a new linear head end to "
+                   "end on the dataset's training split; report the validation top-1")
+    e.add_argument("--finetune-epochs", type=int, default=5, help="epochs of --finetune")
+    e.add_argument("overrides", nargs="*", metavar="RUN [key=value ...]",
+                   help="RUN: a run directory (its newest checkpoint), a checkpoint file or a URI; then config "
+                   "overrides, e.g. data.dataset=cifar100 data.path=... to evaluate on another dataset")
     e.set_defaults(func=cmd_eval)
 
 

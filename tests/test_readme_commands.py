@@ -138,10 +138,12 @@ def test_train_without_ray(repo):
 
 @pytest.mark.slow
 def test_eval_of_the_trained_checkpoint(repo):
-    proc = run_as_written(repo, readme_command("python run.py eval --checkpoint runs/r/checkpoints/last.pt"),
-                          "data.val_subset=512")
+    proc = run_as_written(repo, readme_command("python run.py eval runs/r"), "data.val_subset=512")
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["epoch"] == 0 and 0 <= result["knn_top1"] <= 100
+    proc = run_as_written(repo, readme_command("python run.py eval runs/r --finetune"), "data.val_subset=512")
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert len(result["finetune_train_loss"]) == 1 and 0 <= result["finetune_top1"] <= 100
 
 
 @pytest.mark.slow

@@ -50,23 +50,6 @@ def torchvision_arch(backbone: str) -> str | None:
     return name if name in RESNETS else None
 
 
-def find_checkpoint(run: str | Path) -> Path:
-    """The checkpoint of ``run``: a checkpoint file, or a run directory's newest one
-    (``checkpoints/last.pt`` without Ray, ``checkpoint_*/state.pt`` with it)."""
-    from mpcl.launch.repeat import latest_ray_checkpoint
-
-    run = Path(run)
-    if run.is_file():
-        return run
-    if (run / "checkpoints" / "last.pt").is_file():
-        return run / "checkpoints" / "last.pt"
-    found = latest_ray_checkpoint(run) if run.is_dir() else None
-    if found is None:
-        raise LaunchError(f"RUN {run}: no checkpoint (expected a checkpoint file, or a run directory with "
-                          "checkpoints/last.pt or checkpoint_*/state.pt)")
-    return found
-
-
 def load_encoder(checkpoint: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(the encoder in eval mode, its run's Config, the checkpoint) from a checkpoint file."""
     from mpcl.config import ConfigError
@@ -134,11 +117,13 @@ def export(run: str | Path, formats: list[str] | None = None,
     writer per folder."""
     from mpcl.files import exclusive, write_atomic, write_text_atomic
 
+    from mpcl.launch.repeat import find_checkpoint, run_of
+
     unknown = [f for f in formats or () if f not in FORMATS]
     if unknown or formats == []:
         raise LaunchError(f"--format {','.join(formats)}: allowed: {', '.join(FORMATS)} (comma-separated), or all")
     checkpoint = find_checkpoint(run)
-    run_dir = Path(run) if Path(run).is_dir() else _run_of(checkpoint)
+    run_dir = Path(run) if Path(run).is_dir() else run_of(checkpoint)
     encoder, cfg, state = load_encoder(checkpoint)
     formats = _fitting_formats(cfg.model.backbone, formats)
     folder = (Path(out) if out else run_dir / "export").resolve()
@@ -166,11 +151,6 @@ def _fitting_formats(backbone: str, formats: list[str] | None) -> list[str]:
             raise LaunchError(f"--format {f}: model.backbone={backbone!r} is not {kind}; "
                               f"use {other}onnx or safetensors")
     return formats
-
-
-def _run_of(checkpoint: Path) -> Path:
-    """The run directory of a checkpoint file: ``RUN/checkpoints/last.pt``, ``RUN/checkpoint_*/state.pt``."""
-    return checkpoint.parent.parent
 
 
 def _state_bytes(tensors: dict[str, torch.Tensor]) -> bytes:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcl.config import Config
+from mpcl.launch import LaunchError
 from mpcl.tracking import read_metrics, write_json
 
 RESULT_FILE = "result.json"
@@ -64,6 +65,26 @@ def latest_ray_checkpoint(out: str | os.PathLike) -> Path | None:
 
     found = sorted(Path(out).glob(f"checkpoint_*/{STATE_FILE}"))
     return found[-1] if found else None
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """The checkpoint of ``run``: a checkpoint file, or a run directory's newest one
+    (``checkpoints/last.pt`` without Ray, ``checkpoint_*/state.pt`` with it)."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if (run / "checkpoints" / "last.pt").is_file():
+        return run / "checkpoints" / "last.pt"
+    found = latest_ray_checkpoint(run) if run.is_dir() else None
+    if found is None:
+        raise LaunchError(f"RUN {run}: no checkpoint (expected a checkpoint file, or a run directory with "
+                          "checkpoints/last.pt or checkpoint_*/state.pt)")
+    return found
+
+
+def run_of(checkpoint: Path) -> Path:
+    """The run directory of a checkpoint file: ``RUN/checkpoints/last.pt``, ``RUN/checkpoint_*/state.pt``."""
+    return checkpoint.parent.parent
 
 
 def run_on_ray(cfg: Config, linear_epochs: int, quiet: bool = True) -> dict[str, Any]:
