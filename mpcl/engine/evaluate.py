@@ -4,6 +4,7 @@ saved checkpoint (``evaluate_checkpoint``, ``run.py eval``). The measures themse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,12 +18,16 @@ from mpcl.methods import Method
 
 
 @torch.no_grad()
-def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict[str, float]:
+def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config,
+             on_features: Callable[[metrics.SplitFeatures], None] | None = None) -> dict[str, float]:
     """kNN top-1 on the validation split (bank: the training split without augmentation),
-    the online probe's top-1, and alignment / uniformity of the normalised embeddings."""
+    the online probe's top-1, and alignment / uniformity of the normalised embeddings.
+    ``on_features`` is called on every rank with the gathered features."""
     was_training = method.training
     method.eval()
     feats = metrics.split_features(method, loaders, rt.autocast)
+    if on_features is not None:
+        on_features(feats)
     out = {
         "val/knn_top1": feats.knn_top1(loaders.spec.num_classes, cfg.train.knn_k, cfg.train.knn_temperature),
         "val/online_top1": metrics.probe_top1(method.probe, feats.val_f, feats.val_y),
