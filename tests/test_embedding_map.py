@@ -41,6 +41,43 @@ def test_the_sample_is_capped_seeded_and_sorted():
     assert np.array_equal(sample_positions(50), np.arange(50))                           # few: all of them
 
 
+def _kept_on_two_ranks(rank: int, world: int) -> torch.Tensor:
+    """save_embedding on one of two gloo ranks, each holding every other batch of 50 samples
+    whose features spell their dataset index; rank 0's file as bytes."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from mpcl.data.tensor_loader import EvalLoader
+    from mpcl.metrics import SplitFeatures, extract
+
+    ids = torch.arange(50, dtype=torch.float32)
+    loader = EvalLoader(ids.view(50, 1, 1, 1), torch.arange(50) % 7, 8, lambda x: x, torch.device("cpu"), rank, world)
+    val_f, val_y = extract(lambda x: torch.cat([x.view(-1, 1) + 1, torch.ones(len(x), 1)], 1), loader, nullcontext)
+    written = {}
+    embedding.MAX_POINTS = 20
+    embedding.save_embedding(SplitFeatures(val_f, val_y, val_f, val_y), SimpleNamespace(val=loader),
+                             SimpleNamespace(data=SimpleNamespace(dataset="fashion_mnist")), 3,
+                             lambda name, data: written.update({name: data}))
+    data = written.get(EMBEDDING_FILE, b"")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+
+@pytest.mark.real_data   # spawns gloo workers
+def test_on_two_ranks_rank_0_keeps_each_row_with_its_sample(tmp_path):
+    import io
+
+    from tests.helpers.ranks import on_gloo_ranks
+
+    first, second = on_gloo_ranks(_kept_on_two_ranks, tmp_path)
+    assert len(second) == 0                                            # only rank 0 writes
+    with np.load(io.BytesIO(first.numpy().tobytes())) as z:
+        features, labels, index = z["features"].astype(np.float32), z["labels"], z["index"]
+        assert int(z["epoch"]) == 3
+    assert len(index) == 20 and len(np.unique(index)) == 20
+    assert np.array_equal(labels, index % 7)                          # the label of the sample named
+    assert np.array_equal(np.rint(features[:, 0] / features[:, 1] - 1), index)   # and its features
+
+
 @pytest.mark.slow
 def test_training_keeps_the_last_epochs_validation_features(run_with_embedding, fmnist_path):
     from mpcl.config.compose import from_dict
