@@ -342,3 +342,22 @@ def test_own_encoder_exported_in_four_formats(own_images):
         for features in (tv.eval()(images), tm.eval()(images),
                          torch.from_numpy(session.run(None, {"images": images.numpy()})[0])):
             assert (features - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_own_encoder_evaluated_on_another_folder(own_images):
+    """The run trained on 10 classes, evaluated on another folder of 5: the encoder at its own
+    crop, kNN and the linear probe on the new classes, and a fine-tuning that trains."""
+    if not (own_images / "runs/mine_simclr/checkpoints/last.pt").is_file():
+        pytest.skip("needs the run test_own_images_are_written_and_trained_on trains")
+    proc = run_as_written(own_images, readme_command("python run.py eval runs/mine_simclr data.path=data/other"),
+                          "--linear-epochs", "20")
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["dataset"]["num_classes"] == 5 and not result["dataset"]["same_as_training"]
+    assert result["knn_top1"] > 30 and result["linear_top1"] > 30, result   # 5 classes: chance is 20
+    assert "online_top1" not in result
+    proc = run_as_written(own_images, readme_command("python run.py eval runs/mine_simclr data.path=data/other "
+                                                     "--finetune"), "--linear-epochs", "5", "--finetune-epochs", "1",
+                          "data.batch_size=32")
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert len(result["finetune_train_loss"]) == 1 and 0 <= result["finetune_top1"] <= 100

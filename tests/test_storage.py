@@ -163,6 +163,7 @@ def test_two_worker_run_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
     assert printed and printed == list(range(printed[0], 4)) and printed[0] <= 2, done.stdout
     keys = _keys("runs/r1/")
     assert "runs/r1/config.yaml" in keys and "runs/r1/FAILED.json" not in keys
+    assert "runs/r1/embedding.npz" in keys                    # rank 0's sample of the features, pushed
     last = sorted(k for k in keys if k.endswith("/state.pt"))[-1]
 
     ev = _run([sys.executable, "run.py", "eval", "--checkpoint", f"s3://{BUCKET}/{last}",
@@ -172,7 +173,8 @@ def test_two_worker_run_on_s3_resumes_after_kill(s3, tmp_path, fmnist_path):
     assert result["epoch"] == 3 and 0 <= result["knn_top1"] <= 100 and result["checkpoint"].startswith("s3://")
     report = _run([sys.executable, "run.py", "report", out], s3)
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "Run" in open(report.stdout.split("report: ")[-1].strip()).read()
+    page = open(report.stdout.split("report: ")[-1].strip()).read()
+    assert "Run" in page and "validation features, epoch 3" in page   # the map of the pushed embedding.npz
 
 
 @pytest.mark.ray

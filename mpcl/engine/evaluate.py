@@ -5,6 +5,7 @@ The measures themselves are in ``mpcl.metrics``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,22 +13,26 @@ import torch
 from mpcl import distributed as dist
 from mpcl import metrics
 from mpcl.config import Config
-from mpcl.data.datasets import get_dataset
+from mpcl.data.datasets import DATASETS, get_dataset
 from mpcl.data.loaders import Loaders, build_loaders
 from mpcl.engine.runtime import Runtime, build, runtime
 from mpcl.methods import Method
 
 
 @torch.no_grad()
-def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config) -> dict[str, float]:
+def evaluate(method: Method, loaders: Loaders, rt: Runtime, cfg: Config,
+             on_features: Callable[[metrics.SplitFeatures], None] | None = None) -> dict[str, float]:
     """kNN top-1 on the validation split (bank: the training split without augmentation),
     the online probe's top-1 (both need labelled data), and alignment / uniformity of the
-    normalised embeddings."""
+    normalised embeddings. ``on_features`` is called on every rank with the gathered features
+    (labelled data only)."""
     was_training = method.training
     method.eval()
     out = {}
     if loaders.spec.labelled:
         feats = metrics.split_features(method, loaders, rt.autocast)
+        if on_features is not None:
+            on_features(feats)
         out["val/knn_top1"] = feats.knn_top1(loaders.spec.num_classes, cfg.train.knn_k, cfg.train.knn_temperature)
         out["val/online_top1"] = metrics.probe_top1(method.probe, feats.val_f, feats.val_y)
     z1s, z2s = [], []
@@ -54,14 +59,26 @@ def data_path(cfg: Config) -> str:
     return cfg.data.path or get_dataset(cfg.data.dataset).default_path(cfg.data.loader)
 
 
-def same_data(trained: Config, evaluated: Config) -> bool:
-    """Whether ``evaluated`` reads the dataset a run trained on (its name and its folder): only
-    then do the online probe and the method's other heads fit the classes."""
-    def where(c: Config) -> str:
-        path = data_path(c)
+def same_data(trained: dict[str, Any], evaluated: Config) -> bool:
+    """Whether ``evaluated`` reads the dataset a run trained on (``trained``: its saved ``data``
+    section; the name and the folder): only then do the online probe and the method's other
+    heads fit the classes."""
+    def where(dataset: str, path: str, loader: str) -> str:
+        path = path or get_dataset(dataset).default_path(loader)
         return path if "://" in path else os.path.realpath(path)
 
-    return trained.data.dataset == evaluated.data.dataset and where(trained) == where(evaluated)
+    d = evaluated.data
+    if trained.get("dataset") != d.dataset:
+        return False
+    then = where(d.dataset, trained.get("path", ""), trained.get("loader", d.loader))
+    return then == where(d.dataset, d.path, d.loader)
+
+
+def trained_crop(trained: dict[str, Any]) -> int:
+    """The crop a run trained at (``trained``: its saved ``data`` section; 0 when unknown): the
+    encoder keeps it on another dataset (a ViT's position embeddings are sized to it)."""
+    name = trained.get("dataset", "")
+    return int(trained.get("image_size") or (get_dataset(name).image_size if name in DATASETS else 0))
 
 
 def load_encoder_state(method: Method, model_state: dict[str, torch.Tensor], cfg: Config) -> None:
@@ -85,8 +102,11 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, linear_ep
     from mpcl.engine.checkpoint import load as load_checkpoint
 
     state = load_checkpoint(path)
-    trained = from_dict(state["config"], ["model.weights="])   # the checkpoint's weights replace them
-    cfg = from_dict(state["config"], ["model.weights=", *(overrides or [])])
+    trained = state["config"].get("data", {})
+    crop = trained_crop(trained)
+    # the checkpoint's weights replace model.weights; the crop stays the run's unless overridden
+    cfg = from_dict(state["config"], ["model.weights=", *([f"data.image_size={crop}"] if crop else []),
+                                      *(overrides or [])])
     rt = runtime(cfg)
     loaders = build_loaders(cfg, 0, 1, rt.device)
     method, _ = build(cfg, rt, loaders)

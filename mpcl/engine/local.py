@@ -74,6 +74,10 @@ class LocalReporter:
     def progress(self, epoch: int, done: int, total: int) -> None:
         """The loop's own bar shows it (on a terminal)."""
 
+    def write_file(self, name: str, data: bytes) -> None:
+        if self.record is not None:
+            self.record.write_file(name, data)
+
     def close(self) -> None:
         if self.record is not None:
             self.record.close()

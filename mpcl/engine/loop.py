@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -17,6 +18,7 @@ from mpcl.config import Config, to_dict
 from mpcl.data.batch import Batch
 from mpcl.data.loaders import Loaders, build_loaders
 from mpcl.engine.checkpoint import CheckpointError, resume_mismatch, rng_state, set_rng_state
+from mpcl.engine.embedding import save_embedding
 from mpcl.engine.evaluate import evaluate
 from mpcl.engine.optim import base_lr, lr_factor, set_lr
 from mpcl.engine.runtime import Runtime, build, runtime
@@ -55,6 +57,10 @@ class Reporter(Protocol):
 
     def progress(self, epoch: int, done: int, total: int) -> None:
         """Called after each step: ``done`` of the epoch's ``total`` steps (cheap: no sync)."""
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """A file of the run beside its metrics, ``out/name``, replaced whole by ``data``
+        (rank 0's call writes it; the other ranks' calls do nothing)."""
 
 
 class TrainStep(nn.Module):
@@ -222,7 +228,10 @@ def fit(cfg: Config, reporter: Reporter) -> dict[str, float]:
         step = metrics["step"]
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_every == 0 or last:
-            metrics.update(evaluate(method, loaders, rt, cfg))
+            # the last evaluation's validation features: a sample of them for the report's map
+            keep = partial(save_embedding, loaders=loaders, cfg=cfg, epoch=epoch, write=reporter.write_file) \
+                if last else None
+            metrics.update(evaluate(method, loaders, rt, cfg, on_features=keep))
         save = (epoch + 1) % cfg.train.checkpoint_every == 0 or last
         state = checkpoint_state(method, optimizer, rt.scaler, epoch, step, cfg, metrics) \
             if save and dist.rank() == 0 else None

@@ -33,10 +33,13 @@ def absolute(path: str, base: Path) -> str:
 
 def resolve_paths(cfg: Config, base: str | os.PathLike | None = None) -> Config:
     """A copy of ``cfg`` whose ``data.path`` (its dataset's default when empty) and ``out``
-    are absolute against ``base`` (default: the current directory)."""
+    are absolute against ``base`` (default: the current directory), and, for a folder, with the
+    crop its manifest gives in ``data.image_size``."""
     base = Path(base or os.getcwd())
     cfg = from_dict(to_dict(cfg))
     spec = dataset_spec(cfg.data)
+    if spec.from_manifest and not cfg.data.image_size:   # the run's config keeps the crop its manifest gave
+        cfg.data.image_size = spec.image_size
     cfg.data.path = absolute(cfg.data.path or spec.default_path(cfg.data.loader), base)
     cfg.out = absolute(cfg.out, base)
     return cfg

@@ -174,6 +174,11 @@ class RayReporter:
             self.progress_at = now
             write_progress(self.out, epoch, done, total)
 
+    def write_file(self, name: str, data: bytes) -> None:
+        """Rank 0: into this node's copy of the run directory, then to ``out`` when it is a URI."""
+        if self.record is not None:
+            self.record.write_file(name, data)
+
     def close(self) -> None:
         if self.record is not None:
             self.record.close()

@@ -2,7 +2,8 @@
 
 One self-contained HTML file (plots inlined as base64 PNG, inline CSS, no JavaScript, no
 network) for a sweep directory (``results.json`` and/or ``optuna.db``) or a single run
-directory (``metrics.jsonl``); the same plots are written as PNG files beside it, plus
+directory (``metrics.jsonl``, and a 2-D map of its validation features when the run kept
+``embedding.npz``); the same plots are written as PNG files beside it, plus
 ``best_config.yaml`` for a sweep.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from mpcl.report.comparison import reproduce_report
 from mpcl.report.dynamics import write_page as dynamics_report
+from mpcl.report.embedding import embedding_section
 from mpcl.report.page import ReportError, curves, fmt, html_page, img_tag
 from mpcl.report.sweep import sweep_report
 from mpcl.tracking import SUMMARY_KEYS, read_metrics
@@ -28,6 +30,7 @@ def run_report(run_dir: Path, out_file: Path) -> Path:
     body.append("<h2>Learning curves</h2>")
     for key, name in (("train/loss", "loss"), ("val/knn_top1", "knn_top1"), ("val/online_top1", "online_top1")):
         body.append(img_tag(curves({run_dir.name: rows}, key, key, out_dir, name)))
+    body.extend(embedding_section(run_dir, out_dir))
     body.append("<h2>Epochs</h2><table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys) + "</tr>" +
                 "".join("<tr>" + "".join(f"<td>{fmt(r.get(k, ''))}</td>" for k in keys) + "</tr>" for r in rows) +
                 "</table>")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mpcl.files import append_line, write_text_atomic
+from mpcl.files import append_line, write_atomic, write_text_atomic
 
 # what an epoch's summary shows, in this order: the line printed per epoch and the run page's table
 SUMMARY_KEYS = ("train/loss", "val/knn_top1", "val/online_top1", "val/align", "val/uniform", "lr",
@@ -130,6 +130,11 @@ class RunRecord:
         self.push("metrics.jsonl")
         if self.wandb is not None:
             self.wandb.log(metrics, step=int(metrics["epoch"]))
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """``out/name`` replaced whole by ``data`` (a full disk is one line), then pushed."""
+        write_atomic(self.out / name, lambda f: f.write(data), needs=len(data))
+        self.push(name)
 
     def close(self) -> None:
         if self.wandb is not None:
