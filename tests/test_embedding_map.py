@@ -81,6 +81,7 @@ def test_on_two_ranks_rank_0_keeps_each_row_with_its_sample(tmp_path):
 @pytest.mark.slow
 def test_training_keeps_the_last_epochs_validation_features(run_with_embedding, fmnist_path):
     from mpcl.config.compose import from_dict
+    from mpcl.data.datasets import get_dataset
     from mpcl.data.loaders import build_loaders, load_arrays
     from mpcl.engine.checkpoint import load as load_checkpoint
     from mpcl.engine.runtime import build, runtime
@@ -92,7 +93,7 @@ def test_training_keeps_the_last_epochs_validation_features(run_with_embedding, 
         assert list(z["class_names"])[:2] == ["T-shirt/top", "Trouser"]
     assert features.shape[0] == labels.shape[0] == index.shape[0] == CAP
     assert np.array_equal(index, np.unique(index)) and index.max() < 512
-    _, val_y = load_arrays("fashion_mnist", fmnist_path, "val")
+    _, val_y = load_arrays(get_dataset("fashion_mnist"), fmnist_path, "val")
     assert np.array_equal(labels, val_y[index])                       # each row's label is its sample's
     # each row's features are the last epoch's model's features of the sample it names
     state = load_checkpoint(run_with_embedding / "checkpoints" / "last.pt")

@@ -15,6 +15,7 @@ from mpcl import cli
 from mpcl.config import to_dict
 from mpcl.config.compose import from_dict, load
 from mpcl.data import loaders as data_loaders
+from mpcl.data.datasets import get_dataset
 from mpcl.methods import build_method
 from tests.helpers.runs import tiny_overrides
 
@@ -50,7 +51,7 @@ def _as_cifar100(root: Path, fmnist_path: str, n_train: int, n_val: int) -> Path
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     for split, name, n in (("train", "train", n_train), ("val", "test", n_val)):
-        x, y = data_loaders.load_arrays("fashion_mnist", fmnist_path, split)
+        x, y = data_loaders.load_arrays(get_dataset("fashion_mnist"), fmnist_path, split)
         batch = {b"data": x[:n].transpose(0, 3, 1, 2).reshape(n, 3072), b"fine_labels": (y[:n] * 11).tolist()}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}))
