@@ -55,7 +55,8 @@ def _kept_on_two_ranks(rank: int, world: int) -> torch.Tensor:
     val_f, val_y = extract(lambda x: torch.cat([x.view(-1, 1) + 1, torch.ones(len(x), 1)], 1), loader, nullcontext)
     written = {}
     embedding.MAX_POINTS = 20
-    embedding.save_embedding(SplitFeatures(val_f, val_y, val_f, val_y), SimpleNamespace(val=loader),
+    loaders = SimpleNamespace(val=loader, spec=SimpleNamespace(classes=()))
+    embedding.save_embedding(SplitFeatures(val_f, val_y, val_f, val_y), loaders,
                              SimpleNamespace(data=SimpleNamespace(dataset="fashion_mnist")), 3,
                              lambda name, data: written.update({name: data}))
     data = written.get(EMBEDDING_FILE, b"")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpcl.data.betons import FIELDS
-from mpcl.data.sources import SourceError
+from mpcl.data.sources import FASHION_MNIST_CLASSES, STL10_CLASSES, SourceError
 
 if TYPE_CHECKING:
     from mpcl.config.schema import DataConfig
@@ -38,7 +38,8 @@ class DatasetSpec:
     beton_dir: str           # default location of train.beton / val.beton
     train_size: int
     val_size: int
-    classes: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()   # names in label order (empty where unknown: CIFAR-100 and ImageNet-100
+                                    # read theirs from the raw files)
     labelled: bool = True    # both splits carry classes (kNN and the probes need them)
     max_side: int | None = None   # the longest stored image side, the largest crop (None: unknown)
     from_manifest: bool = False   # a data_prep folder: both loaders read its .beton files
@@ -48,17 +49,21 @@ class DatasetSpec:
         return self.beton_dir if loader == "ffcv" or self.from_manifest else self.raw_path
 
 
+# CIFAR-10's batches.meta names, in label order
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
         DatasetSpec("fashion_mnist", 10, 32, (0.2190,) * 3, (0.3318,) * 3,
-                    "/usr/share/datasets/fashion-mnist", "data/fmnist", 60_000, 10_000, max_side=32),
+                    "/usr/share/datasets/fashion-mnist", "data/fmnist", 60_000, 10_000,
+                    tuple(FASHION_MNIST_CLASSES), max_side=32),
         DatasetSpec("cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                    "data/raw/cifar-10-batches-py", "data/cifar10", 50_000, 10_000, max_side=32),
+                    "data/raw/cifar-10-batches-py", "data/cifar10", 50_000, 10_000, CIFAR10_CLASSES, max_side=32),
         DatasetSpec("cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                     "data/raw/cifar-100-python", "data/cifar100", 50_000, 10_000, max_side=32),
         DatasetSpec("stl10", 10, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
-                    "data/raw/stl10_binary", "data/stl10", 5_000, 8_000, max_side=96),
+                    "data/raw/stl10_binary", "data/stl10", 5_000, 8_000, tuple(STL10_CLASSES), max_side=96),
         DatasetSpec("imagenet100", 100, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                     "data/raw/imagenet100", "data/imagenet100", 126_689, 5_000),
     ]

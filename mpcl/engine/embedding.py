@@ -29,14 +29,6 @@ EMBEDDING_FILE = "embedding.npz"
 MAX_POINTS = 2000
 SAMPLE_SEED = 0
 
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                      "Bag", "Ankle boot"),
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
-}
-
-
 def sample_positions(n: int, max_points: int = MAX_POINTS, seed: int = SAMPLE_SEED) -> np.ndarray:
     """Sorted positions of at most ``max_points`` of ``n`` samples, drawn without replacement
     by a generator seeded with ``seed`` (all of them when ``n <= max_points``)."""
@@ -46,7 +38,7 @@ def sample_positions(n: int, max_points: int = MAX_POINTS, seed: int = SAMPLE_SE
 
 
 def embedding_bytes(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, epoch: int,
-                    dataset: str, max_points: int = MAX_POINTS) -> bytes:
+                    dataset: str, class_names: tuple[str, ...] = (), max_points: int = MAX_POINTS) -> bytes:
     """The ``embedding.npz`` of the validation split's ``features``, ``labels`` and dataset
     ``indices`` (row for row), sampled down to ``max_points`` rows."""
     keep = torch.from_numpy(sample_positions(len(labels), max_points))
@@ -56,7 +48,7 @@ def embedding_bytes(features: torch.Tensor, labels: torch.Tensor, indices: torch
              labels=labels[keep.to(labels.device)].cpu().numpy().astype(np.int64),
              index=indices[keep.to(indices.device)].cpu().numpy().astype(np.int64),
              epoch=np.int64(epoch), dataset=np.str_(dataset),
-             class_names=np.array(CLASS_NAMES.get(dataset, ()), dtype=np.str_))
+             class_names=np.array(class_names, dtype=np.str_))
     return buffer.getvalue()
 
 
@@ -68,4 +60,4 @@ def save_embedding(feats: SplitFeatures, loaders: Loaders, cfg: Config, epoch: i
     if dist.rank() != 0:
         return
     write(EMBEDDING_FILE, embedding_bytes(feats.val_f, feats.val_y, indices, epoch, cfg.data.dataset,
-                                          max_points=MAX_POINTS))
+                                          loaders.spec.classes, max_points=MAX_POINTS))
