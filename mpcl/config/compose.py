@@ -17,8 +17,7 @@ from typing import Any
 
 from mpcl.config.schema import (ALIASES, Config, ConfigError, apply, check_values, coerce, field_types, flatten,
                          has_key, parse_override)
-from mpcl.data.datasets import DATASET_NAMES, DatasetSpec, dataset_spec
-from mpcl.data.sources import SourceError
+from mpcl.data.datasets import DATASET_NAMES, DatasetSpec, SourceError, dataset_spec
 from mpcl.methods import METHODS, method_class, new_params
 from mpcl.models import BACKBONES, BackboneError, check_backbone
 from mpcl.models.timm_backbone import is_timm
