@@ -125,6 +125,10 @@ def test_weights_from_a_file_are_loaded_strictly(tmp_path):
     ({"model.backbone": "timm/resnet10t", "model.patch_size": 8}, r"^model\.patch_size=8: .*not a ViT"),
     ({"model.backbone": "small_cnn", "model.patch_size": 8}, r"^model\.patch_size=8: for timm models only"),
     ({"model.backbone": "timm_resnet18"}, r"^model\.backbone='timm_resnet18': unknown; allowed: .*timm/<model>"),
+    ({"model.backbone": VIT, "model.patch_size": 5},
+     r"^model\.patch_size=5: 5 px patches do not tile the 32 px crop .* divisor of 32 \(e\.g\. 4, 8, 16, 32\)$"),
+    ({"model.backbone": VIT, "data.image_size": 24},
+     rf"^model\.backbone={VIT}: 16 px patches do not tile the 24 px crop"),
 ])
 def test_what_cannot_work_is_one_line_naming_the_key(over, message):
     with pytest.raises(ConfigError, match=message) as e:

@@ -81,8 +81,24 @@ def create(backbone: str, image_size: int = 0, patch_size: int = 0,
                                     "(no dynamic_img_size), so no multi-crop; set data.num_small_crops=0") from None
             # a convnet: it takes any image size, nothing to size
             kwargs.pop("img_size"), kwargs.pop("dynamic_img_size", None)
+    _check_patches(net, backbone, image_size, patch_size)
     net.timm_create_kwargs = kwargs
     return net, int(net.num_features)
+
+
+def _check_patches(net: nn.Module, backbone: str, image_size: int, patch_size: int) -> None:
+    """A ViT's patches must tile the crop: timm would otherwise drop the pixels past the last
+    whole patch without a word."""
+    embed = getattr(net, "patch_embed", None)
+    side = getattr(embed, "patch_size", None)
+    side = side[0] if isinstance(side, tuple) else side
+    if not image_size or not isinstance(side, int) or image_size % side == 0:
+        return
+    fits = [p for p in (4, 8, 14, 16, 32) if image_size % p == 0]
+    key = f"model.patch_size={patch_size}" if patch_size else f"model.backbone={backbone}"
+    raise BackboneError(f"{key}: {side} px patches do not tile the {image_size} px crop (data.image_size); "
+                        f"set model.patch_size to a divisor of {image_size}"
+                        + (f" (e.g. {', '.join(map(str, fits))})" if fits else ""))
 
 
 def create_call(kwargs: dict[str, Any]) -> str:
