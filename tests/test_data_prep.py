@@ -211,6 +211,7 @@ def test_option_errors():
 # ------------------------------------------------------------------------------ real data
 
 
+@pytest.mark.slow   # all 70,000 images; the fast suite's data_prep tests write small files of the same format
 @pytest.mark.skipif(not fashion_mnist_present(REAL_FMNIST), reason="no Fashion-MNIST in /usr/share")
 def test_real_fashion_mnist(tmp_path):
     manifest = prepare("fashion_mnist", REAL_FMNIST, tmp_path, workers=2, quiet=True)

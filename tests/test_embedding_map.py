@@ -63,7 +63,7 @@ def _kept_on_two_ranks(rank: int, world: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
-@pytest.mark.real_data   # spawns gloo workers
+@pytest.mark.slow   # spawns gloo workers
 def test_on_two_ranks_rank_0_keeps_each_row_with_its_sample(tmp_path):
     import io
 

@@ -172,6 +172,7 @@ def test_a_timm_encoder_exports_as_timm_loads_it(tmp_path, batch):
     np.testing.assert_allclose(onnx_features, expected.numpy(), atol=TOL, rtol=0)
 
 
+@pytest.mark.slow   # the fast suite has the timm and torchvision formats each on their own
 def test_timms_resnet18_exports_in_all_four_formats(tmp_path, batch):
     """timm's resnet18 is torchvision's modules under torchvision's names: the torchvision file
     loads into torchvision.models.resnet18 (classifier swapped only) as the timm file into timm."""
