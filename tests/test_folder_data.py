@@ -136,3 +136,43 @@ def test_a_vit_tiny_trains_on_a_48px_folder_through_ray_with_two_workers(fmnist_
     losses = [r["train/loss"] for r in rows]
     assert losses[-1] < losses[0] - 0.05, losses
     assert rows[-1]["val/knn_top1"] > 20, rows[-1]
+
+
+@pytest.fixture(scope="module")
+def stl10_with_unlabeled(tmp_path_factory) -> dict[str, str]:
+    """STL-10 in its official binary files (16 train, 12 test, 40 unlabeled images) and the
+    folder data_prep wrote from them with --unlabeled."""
+    from tests.helpers.data import make_stl10
+
+    root = tmp_path_factory.mktemp("stl10")
+    raw, _ = make_stl10(root / "raw", n_train=16, n_val=12, n_unlabeled=40)
+    prepare("stl10", raw, root / "data", unlabeled=True, quiet=True)
+    return {"raw": str(raw), "data": str(root / "data")}
+
+
+@pytest.mark.parametrize("loader", ["torch", pytest.param("ffcv", marks=pytest.mark.slow)])
+def test_the_unlabeled_split_trains_and_the_labelled_one_evaluates(loader, stl10_with_unlabeled, tmp_path):
+    """data.train_split=unlabeled: the loss and the per-sample bank run over the 40 unlabelled
+    images, kNN over the 16 labelled ones."""
+    import torch
+
+    out = tmp_path / "run"
+    path = stl10_with_unlabeled["raw" if loader == "torch" else "data"]
+    cli.main(["train", "--no-ray", *tiny_overrides(out, "simsiam_multi", **{
+        "data.dataset": "stl10", "data.path": path, "data.loader": loader, "data.train_split": "unlabeled",
+        "data.image_size": 32, "data.batch_size": 8, "data.num_workers": 1, "method.bank_warmup_epochs": 0,
+        "tracking.wandb": "disabled"})])
+    (row,) = _rows(out)
+    assert 0 <= row["val/knn_top1"] <= 100 and row["step"] == 40 // 8
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["model"]["bank.snapshot"].shape[0] == 40
+
+
+def test_the_unlabeled_split_is_refused_where_it_cannot_be(stl10_with_unlabeled, small_folder):
+    base = {"data.dataset": "stl10", "data.path": stl10_with_unlabeled["raw"], "data.train_split": "unlabeled"}
+    with pytest.raises(ConfigError, match="method.name=supcon: .* but data.train_split=unlabeled trains on "
+                                          "unlabelled images"):
+        load(None, {**base, "method.name": "supcon"})
+    for extra in ({"data.dataset": "cifar10"}, {"data.dataset": "folder", "data.path": small_folder}):
+        with pytest.raises(ConfigError, match=r"data\.train_split=unlabeled: .* has no such split \(it has train, val"):
+            load(None, {**base, **extra})

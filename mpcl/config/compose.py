@@ -95,13 +95,17 @@ def _validate_dataset(cfg: Config) -> DatasetSpec:
         spec = dataset_spec(cfg.data)
     except SourceError as e:
         raise ConfigError(str(e)) from None
+    if cfg.data.train_split not in spec.splits:
+        raise ConfigError(f"data.train_split={cfg.data.train_split}: {spec.name} has no such split "
+                          f"(it has {', '.join(spec.splits)}; STL-10's is written by data_prep stl10 --unlabeled)")
+    unlabelled = (f"{spec.name} is unlabelled" if not spec.labelled else
+                  "data.train_split=unlabeled trains on unlabelled images" if cfg.data.train_split == "unlabeled" else "")
     uses = method_class(cfg.method.name).label_use(cfg.method)
-    if uses and not spec.labelled:
-        raise ConfigError(f"method.name={cfg.method.name}: {uses}, but {spec.name} is unlabelled; "
-                          "train a self-supervised method on it, or label the folders")
-    if cfg.data.min_per_class and not spec.labelled:
-        raise ConfigError(f"data.min_per_class={cfg.data.min_per_class}: groups samples by class, but "
-                          f"{spec.name} is unlabelled")
+    if uses and unlabelled:
+        raise ConfigError(f"method.name={cfg.method.name}: {uses}, but {unlabelled}; "
+                          "train a self-supervised method on them, or labelled images")
+    if cfg.data.min_per_class and unlabelled:
+        raise ConfigError(f"data.min_per_class={cfg.data.min_per_class}: groups samples by class, but {unlabelled}")
     return spec
 
 

@@ -41,6 +41,9 @@ class DataConfig:
                                      # side, at most 224); at most the longest stored side
     loader: str = knob("ffcv", choices=("torch", "ffcv"))  # ffcv: .beton files from python -m data_prep;
                                                           # torch: the fallback over raw arrays
+    train_split: str = knob("train", choices=("train", "unlabeled"))  # the split the SSL loss trains on:
+                                # unlabeled = unlabeled.beton (STL-10's 100,000); kNN and the probes
+                                # keep the labelled train split
     subset: int = knob(0, ge=0)         # train on the first N training samples (0 = all)
     val_subset: int = knob(0, ge=0)     # evaluate on the first N validation samples (0 = all)
     batch_size: int = knob(256, ge=1)   # global batch (samples, not views), split over workers

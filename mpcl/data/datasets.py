@@ -43,6 +43,7 @@ class DatasetSpec:
     labelled: bool = True    # both splits carry classes (kNN and the probes need them)
     max_side: int | None = None   # the longest stored image side, the largest crop (None: unknown)
     from_manifest: bool = False   # a data_prep folder: both loaders read its .beton files
+    splits: tuple[str, ...] = ("train", "val")   # the splits it has (STL-10: also "unlabeled")
 
     def default_path(self, loader: str) -> str:
         """Where ``data.path`` points when it is empty: the .beton folder or the raw files."""
@@ -63,7 +64,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("cifar100", 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                     "data/raw/cifar-100-python", "data/cifar100", 50_000, 10_000, max_side=32),
         DatasetSpec("stl10", 10, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713),
-                    "data/raw/stl10_binary", "data/stl10", 5_000, 8_000, tuple(STL10_CLASSES), max_side=96),
+                    "data/raw/stl10_binary", "data/stl10", 5_000, 8_000, tuple(STL10_CLASSES), max_side=96,
+                    splits=("train", "val", "unlabeled")),
         DatasetSpec("imagenet100", 100, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                     "data/raw/imagenet100", "data/imagenet100", 126_689, 5_000),
     ]
@@ -130,4 +132,4 @@ def folder_spec(folder: str) -> DatasetSpec:
         mean=tuple(m["mean"]), std=tuple(m["std"]), raw_path=str(m.get("source", "")), beton_dir=str(folder),
         train_size=int(m["sizes"]["train"]), val_size=int(m["sizes"].get("val", 0)), classes=tuple(m["classes"]),
         labelled=bool(m["classes"]) and all(labelled.get(s, True) for s in ("train", "val")),
-        max_side=int(max_side) if max_side else None, from_manifest=True)
+        max_side=int(max_side) if max_side else None, from_manifest=True, splits=tuple(m["files"]))

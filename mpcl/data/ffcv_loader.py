@@ -28,11 +28,12 @@ import torch
 
 from mpcl.config import Config, ConfigError
 from mpcl.data.batch import Batch, Loaders
-from mpcl.data.betons import check_beton, data_dir
+from mpcl.data.betons import check_beton, data_dir, prep_command
 from mpcl.data.datasets import DatasetSpec
 from mpcl.data.process import available_cpus
 from mpcl.data.recipe import eval_batch_size, eval_transform, ssl_augment, val_pair_count
 from mpcl.data.tensor_loader import augment_generator, val_pairs_loader
+from mpcl.data.sources import SourceError
 
 EVAL_CROP_RATIO = 224 / 256  # centre crop of images larger than the training size
 
@@ -291,19 +292,26 @@ def build_ffcv_loaders(cfg: Config, spec: DatasetSpec, rank: int, world: int,
     train_path, val_path = root / "train.beton", root / "val.beton"
     train_reader = check_beton(train_path, spec)
     val_reader = check_beton(val_path, spec)
+    fit_path, fit_reader = train_path, train_reader   # what the SSL loss trains on
+    if cfg.data.train_split == "unlabeled":
+        fit_path = root / "unlabeled.beton"
+        if not fit_path.is_file():
+            raise SourceError(f"{fit_path}: not found; data.train_split=unlabeled reads the split that "
+                              f"`{prep_command(spec, root)} --unlabeled` writes")
+        fit_reader = check_beton(fit_path, spec)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         pg = (torch.distributed.get_rank(), torch.distributed.get_world_size())
         if pg != (rank, world):
             raise ValueError(f"rank/world {(rank, world)} differ from the process group's {pg}")
 
-    n_train = int(train_reader.num_samples)
+    n_fit, n_train = int(fit_reader.num_samples), int(train_reader.num_samples)
     if cfg.data.subset:
-        n_train = min(n_train, cfg.data.subset)
+        n_fit, n_train = min(n_fit, cfg.data.subset), min(n_train, cfg.data.subset)
     n_val = int(val_reader.num_samples)
     if cfg.data.val_subset:
         n_val = min(n_val, cfg.data.val_subset)
-    train_ids = np.arange(n_train, dtype=np.int64) if n_train < train_reader.num_samples else None
-    train = FFCVTrainLoader(train_path, cfg, spec, rank, world, device, indices=train_ids)
+    fit_ids = np.arange(n_fit, dtype=np.int64) if n_fit < fit_reader.num_samples else None
+    train = FFCVTrainLoader(fit_path, cfg, spec, rank, world, device, indices=fit_ids)
 
     workers = loader_workers(cfg.data.num_workers)
     train_eval = FFCVEvalLoader(train_path, train_reader, cfg, spec, rank_share(n_train, rank, world), device)
@@ -314,4 +322,4 @@ def build_ffcv_loaders(cfg: Config, spec: DatasetSpec, rank: int, world: int,
     n_pairs = val_pair_count(n_val, world)
     vx, vy = decode_all(val_path, val_reader, spec, np.arange(n_pairs, dtype=np.int64), workers)
     val_pairs = val_pairs_loader(cfg, spec, vx, vy, rank, world, device)
-    return Loaders(train, train_eval, val, val_pairs, spec, n_train)
+    return Loaders(train, train_eval, val, val_pairs, spec, n_fit)

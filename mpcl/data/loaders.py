@@ -96,13 +96,17 @@ def build_loaders(cfg: Config, rank: int, world: int, device: torch.device) -> L
         return build_ffcv_loaders(cfg, spec, rank, world, device)
     train_x, train_y = load_arrays(spec, cfg.data.path, "train")
     val_x, val_y = load_arrays(spec, cfg.data.path, "val")
+    fit_x, fit_y = (train_x, train_y) if cfg.data.train_split == "train" else \
+        load_arrays(spec, cfg.data.path, cfg.data.train_split)   # what the SSL loss trains on
     if cfg.data.subset:
+        fit_x, fit_y = fit_x[:cfg.data.subset], fit_y[:cfg.data.subset]
         train_x, train_y = train_x[:cfg.data.subset], train_y[:cfg.data.subset]
     if cfg.data.val_subset:
         val_x, val_y = val_x[:cfg.data.val_subset], val_y[:cfg.data.val_subset]
     tx, ty = _as_nchw(train_x), torch.from_numpy(train_y)
     vx, vy = _as_nchw(val_x), torch.from_numpy(val_y)
-    train = TensorTrainLoader(tx, ty, cfg.data.batch_size, rank, world, cfg.train.seed,
+    fx, fy = (tx, ty) if cfg.data.train_split == "train" else (_as_nchw(fit_x), torch.from_numpy(fit_y))
+    train = TensorTrainLoader(fx, fy, cfg.data.batch_size, rank, world, cfg.train.seed,
                               ssl_augment(cfg, spec), device,
                               small_augment=small_crop_augment(cfg, spec) if cfg.data.num_small_crops else None,
                               num_small_crops=cfg.data.num_small_crops, min_per_class=cfg.data.min_per_class)
@@ -111,4 +115,4 @@ def build_loaders(cfg: Config, rank: int, world: int, device: torch.device) -> L
     n_pairs = val_pair_count(len(vx), world)
     val_pairs = val_pairs_loader(cfg, spec, vx[:n_pairs], vy[:n_pairs], rank, world, device)
     return Loaders(train, EvalLoader(tx, ty, bs, evaluate, device, rank, world),
-                   EvalLoader(vx, vy, bs, evaluate, device, rank, world), val_pairs, spec, len(tx))
+                   EvalLoader(vx, vy, bs, evaluate, device, rank, world), val_pairs, spec, len(fx))

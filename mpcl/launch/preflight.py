@@ -113,7 +113,7 @@ def check_storage(url: str) -> None:
 
 def training_split_size(cfg: Config) -> int:
     """Opens the training and validation data as the loaders will (one-line errors) and returns
-    the number of training samples a run uses (``data.subset`` applied)."""
+    the number of samples the loss trains on (``data.train_split``, ``data.subset`` applied)."""
     from mpcl.data.sources import SourceError
 
     spec = dataset_spec(cfg.data)
@@ -124,10 +124,12 @@ def training_split_size(cfg: Config) -> int:
             root = Path(cfg.data.path)
             n = int(check_beton(root / "train.beton", spec).num_samples)
             check_beton(root / "val.beton", spec)
+            if cfg.data.train_split != "train":
+                n = int(check_beton(root / f"{cfg.data.train_split}.beton", spec).num_samples)
         else:
             from mpcl.data.loaders import load_arrays
 
-            n = len(load_arrays(spec, cfg.data.path, "train")[1])
+            n = len(load_arrays(spec, cfg.data.path, cfg.data.train_split)[1])
             load_arrays(spec, cfg.data.path, "val")
     except (SourceError, ConfigError) as e:
         raise LaunchError(str(e)) from None
