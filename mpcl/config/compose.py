@@ -98,8 +98,11 @@ def _validate_dataset(cfg: Config) -> DatasetSpec:
     if cfg.data.train_split not in spec.splits:
         raise ConfigError(f"data.train_split={cfg.data.train_split}: {spec.name} has no such split "
                           f"(it has {', '.join(spec.splits)}; STL-10's is written by data_prep stl10 --unlabeled)")
-    unlabelled = (f"{spec.name} is unlabelled" if not spec.labelled else
-                  "data.train_split=unlabeled trains on unlabelled images" if cfg.data.train_split == "unlabeled" else "")
+    unlabelled = ""   # why the training samples carry no classes
+    if not spec.labelled:
+        unlabelled = f"{spec.name} is unlabelled"
+    elif cfg.data.train_split == "unlabeled":
+        unlabelled = "data.train_split=unlabeled trains on unlabelled images"
     uses = method_class(cfg.method.name).label_use(cfg.method)
     if uses and unlabelled:
         raise ConfigError(f"method.name={cfg.method.name}: {uses}, but {unlabelled}; "
