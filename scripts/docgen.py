@@ -98,7 +98,7 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def _parse(source: str) -> ast.Module:
+def parse_source(source: str) -> ast.Module:
     """``ast.parse`` with the garbage collector paused: CPython 3.11 raises ``SystemError: AST
     constructor recursion depth mismatch`` when a finalizer (numba's dispatchers have some) runs
     in the middle of a parse."""
@@ -118,7 +118,7 @@ def _own_field_comments(cls: type) -> dict[str, str]:
     # row -> (column, text, whether the line holds nothing but the comment)
     found = {t.start[0]: (t.start[1], t.string.lstrip("#").strip(), not lines[t.start[0] - 1][:t.start[1]].strip())
              for t in tokens if t.type == tokenize.COMMENT}
-    (classdef,) = _parse(source).body
+    (classdef,) = parse_source(source).body
     comments, consumed = {}, set()
     for node in classdef.body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):

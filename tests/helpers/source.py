@@ -1,18 +1,9 @@
-"""Parsing test sources with ``ast``, with the garbage collector paused: CPython 3.11 raises
-``SystemError: AST constructor recursion depth mismatch`` when a finalizer (numba's dispatchers
-have some) runs in the middle of a parse."""
+"""Parsing test sources with ``ast``, with the garbage collector paused (CPython 3.11 raises
+``SystemError: AST constructor recursion depth mismatch`` when a finalizer runs in the middle of
+a parse): the docs generator's parser, which reads the schema's sources the same way."""
 
 from __future__ import annotations
 
-import ast
-import gc
+from scripts.docgen import parse_source as parse
 
-
-def parse(source: str) -> ast.Module:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return ast.parse(source)
-    finally:
-        if enabled:
-            gc.enable()
+__all__ = ["parse"]
