@@ -89,7 +89,7 @@ def test_finetune_trains_the_head_and_reports_each_epoch(trained_run, capsys):
 @pytest.mark.slow
 def test_finetune_trains_every_layer_of_the_encoder(trained_run):
     from mpcl.engine.checkpoint import load as load_checkpoint
-    from mpcl.engine.finetune import encoder_of, finetune
+    from mpcl.engine.finetune import finetune
     from mpcl.engine.runtime import build, runtime
 
     state = load_checkpoint(trained_run / "checkpoints" / "last.pt")
@@ -99,9 +99,9 @@ def test_finetune_trains_every_layer_of_the_encoder(trained_run):
     method, _ = build(cfg, rt, loaders)
     method.load_state_dict(state["model"])
     method.eval()
-    before = {k: v.clone() for k, v in encoder_of(method, cfg).state_dict().items()}
+    before = {k: v.clone() for k, v in method.encoder().state_dict().items()}
     result = finetune(method, cfg, rt, loaders.val, 10, 1)
-    after = encoder_of(method, cfg).state_dict()
+    after = method.encoder().state_dict()
     unchanged = [k for k, v in before.items() if v.is_floating_point() and torch.equal(v, after[k])]
     assert unchanged == []       # every weight (gradients reached the first layer) and BN statistic
     assert len(result["finetune_train_loss"]) == 1

@@ -85,8 +85,7 @@ def load_encoder_state(method: Method, model_state: dict[str, torch.Tensor], cfg
     """Loads, strictly, only the encoder part of a method's state (``encoder_prefix``) into the
     encoder ``method.forward`` runs; its heads keep their fresh initialisation."""
     prefix = method.encoder_prefix(cfg.method)
-    encoder = method.get_submodule(prefix.rstrip("."))
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)},
+    method.encoder().load_state_dict({k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)},
                             strict=True)
 
 

@@ -44,17 +44,12 @@ def supervised_data(cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=data)
 
 
-def encoder_of(method: Method, cfg: Config) -> nn.Module:
-    """The module that ``method.forward`` runs: the encoder that kNN, the probes and export use."""
-    return method.get_submodule(method.encoder_prefix(cfg.method).rstrip("."))
-
-
 def param_groups(method: Method, cfg: Config, head: nn.Linear) -> list[dict]:
     """The encoder's and the head's parameters with the recipe's learning rates and weight decay."""
     scale = cfg.data.batch_size / 256
     prefix = method.encoder_prefix(cfg.method)
     no_decay = {n[len(prefix):] for n in method.no_decay_names() if n.startswith(prefix)}
-    encoder = list(encoder_of(method, cfg).named_parameters())
+    encoder = list(method.encoder().named_parameters())
     groups = [
         {"params": [p for n, p in encoder if n not in no_decay], "lr": ENCODER_LR * scale,
          "weight_decay": WEIGHT_DECAY},
@@ -70,7 +65,7 @@ def finetune(method: Method, cfg: Config, rt: Runtime, val: EvalBatches, num_cla
     """Trains ``method``'s encoder (in place) and a new head for ``epochs`` epochs on ``cfg``'s
     training split; returns the validation top-1 (%) on ``val`` and each epoch's mean training loss."""
     train = build_loaders(supervised_data(cfg), 0, 1, rt.device).train
-    encoder = encoder_of(method, cfg)
+    encoder = method.encoder()
     for p in encoder.parameters():
         p.requires_grad_(True)
     torch.manual_seed(cfg.train.seed)

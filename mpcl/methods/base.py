@@ -132,6 +132,10 @@ class Method(nn.Module):
         """Where ``forward``'s encoder sits in the state dict (what export writes)."""
         return "backbone."
 
+    def encoder(self) -> nn.Module:
+        """The module ``forward`` runs: the encoder kNN, the probes, fine-tuning and export use."""
+        return self.get_submodule(self.encoder_prefix(self.params).rstrip("."))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features (what kNN and linear evaluation use)."""
         return self.backbone(images)
