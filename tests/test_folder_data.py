@@ -176,3 +176,13 @@ def test_the_unlabeled_split_is_refused_where_it_cannot_be(stl10_with_unlabeled,
     for extra in ({"data.dataset": "cifar10"}, {"data.dataset": "folder", "data.path": small_folder}):
         with pytest.raises(ConfigError, match=r"data\.train_split=unlabeled: .* has no such split \(it has train, val"):
             load(None, {**base, **extra})
+
+
+def test_fine_tuning_a_run_of_the_unlabeled_split_uses_the_labelled_one(stl10_with_unlabeled):
+    """The supervised recipe's data: the labelled training split, whatever split the run trained on."""
+    from mpcl.engine.finetune import supervised_data
+
+    cfg = load(None, {"data.dataset": "stl10", "data.path": stl10_with_unlabeled["raw"],
+                      "data.train_split": "unlabeled", "data.jitter_prob": 0.5})
+    data = supervised_data(cfg).data
+    assert (data.train_split, data.jitter_prob, data.path) == ("train", 0.0, stl10_with_unlabeled["raw"])

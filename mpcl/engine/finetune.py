@@ -37,10 +37,10 @@ WEIGHT_DECAY = 5e-4
 
 
 def supervised_data(cfg: Config) -> Config:
-    """``cfg`` with the data section of supervised training: random resized crop and flip only,
-    one full-size view per sample, plain shuffling."""
-    data = dataclasses.replace(cfg.data, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
-                               num_small_crops=0, min_per_class=0)
+    """``cfg`` with the data section of supervised training: the labelled training split, random
+    resized crop and flip only, one full-size view per sample, plain shuffling."""
+    data = dataclasses.replace(cfg.data, train_split="train", jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                               solarize_prob=0.0, num_small_crops=0, min_per_class=0)
     return dataclasses.replace(cfg, data=data)
 
 
