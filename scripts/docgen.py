@@ -98,21 +98,29 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def parse_source(source: str) -> ast.Module:
-    """``ast.parse`` with the garbage collector paused: CPython 3.11 raises ``SystemError: AST
-    constructor recursion depth mismatch`` when a finalizer (numba's dispatchers have some) runs
-    in the middle of a parse."""
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The garbage collector paused while CPython 3.11 builds an AST: it raises ``SystemError: AST
+    constructor recursion depth mismatch`` when a finalizer (numba's dispatchers have some) runs in
+    the middle of a parse, whether ``ast.parse`` is ours or ``inspect.getsource``'s."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return ast.parse(source)
+        yield
     finally:
         if enabled:
             gc.enable()
 
 
+def parse_source(source: str) -> ast.Module:
+    """``ast.parse`` with the garbage collector paused (see ``gc_paused``)."""
+    with gc_paused():
+        return ast.parse(source)
+
+
 def _own_field_comments(cls: type) -> dict[str, str]:
-    source = textwrap.dedent(inspect.getsource(cls))
+    with gc_paused():  # inspect.getsource parses the whole module to find the class
+        source = textwrap.dedent(inspect.getsource(cls))
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
     lines = source.splitlines()
     # row -> (column, text, whether the line holds nothing but the comment)
