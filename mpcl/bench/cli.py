@@ -1,4 +1,4 @@
-"""``mpcl bench loader | step | gpu-check``: the benchmarks' command line (``mpcl.cli`` adds
+"""``mpcl bench loader | step | gpu-check | sweep``: the benchmarks' command line (``mpcl.cli`` adds
 ``bench`` to its parser). Each subcommand's options and defaults are its benchmark's
 (``mpcl.bench.options``); results go to ``--out`` (default ``runs/bench``), and the tracked
 ``BENCHMARKS.md`` changes only with ``--record``."""
@@ -68,14 +68,27 @@ def cmd_gpu_check(args) -> None:
         raise SystemExit(code)   # a check, an epoch or a bench failed: the table says which
 
 
+def cmd_sweep(args) -> None:
+    from mpcl.bench.options import SweepBench
+    from mpcl.bench.sweep import bench_sweep
+    from mpcl.launch import LaunchError
+
+    try:
+        bench = SweepBench.from_args(args)
+        bench_sweep(bench, f"{program()} bench sweep {shlex.join(bench.options())}")
+    except (LaunchError, ValueError) as e:
+        fail(str(e))
+
+
 def add_bench(sub) -> None:
-    from mpcl.bench.options import add_gpu_check_arguments, add_loader_arguments, add_step_arguments
+    from mpcl.bench.options import (add_gpu_check_arguments, add_loader_arguments, add_step_arguments,
+                                    add_sweep_arguments)
 
     b = sub.add_parser("bench", help="benchmarks: loader (FFCV vs DataLoader), step (the training step), "
-                       "gpu-check (the whole CUDA check)",
+                       "gpu-check (the whole CUDA check), sweep (search strategies on a learning-curve table)",
                        description="The benchmarks. Results go to --out (default runs/bench); the tracked "
                        "BENCHMARKS.md changes only with --record.")
-    which = b.add_subparsers(dest="bench", required=True, metavar="{loader,step,gpu-check}")
+    which = b.add_subparsers(dest="bench", required=True, metavar="{loader,step,gpu-check,sweep}")
     for name, add, run, text in (
             ("loader", add_loader_arguments, cmd_loader,
              "samples/s of mpcl's FFCV training loader against a torchvision DataLoader, two views per sample"),
@@ -83,7 +96,10 @@ def add_bench(sub) -> None:
              "samples/s, memory and MFU of a method's whole training step over precision settings"),
             ("gpu-check", add_gpu_check_arguments, cmd_gpu_check,
              "everything a new CUDA machine must pass (checks, one epoch per paper method, bench step), "
-             "ending in one table (scripts/gpu_check.sh)")):
+             "ending in one table (scripts/gpu_check.sh)"),
+            ("sweep", add_sweep_arguments, cmd_sweep,
+             "search strategies (random, TPE, with and without ASHA) replayed on a sweep file's learning-curve "
+             "table, trained here")):
         p = which.add_parser(name, help=text, description=text)
         add(p)
         p.set_defaults(func=run)

@@ -215,3 +215,64 @@ def add_gpu_check_arguments(p) -> None:
                    "step's results in DIR/bench (default %(default)s)")
     add_record_argument(p)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: checks, epochs, bench")
+
+
+# -- bench sweep ------------------------------------------------------------------------------
+
+# 4 x 3 x 3 seeds: one configuration of sweeps/fmnist_demo.yaml (4 epochs, 3072 samples) trains
+# in 94 s on the 2-core development machine, so its 12 configurations x 3 seeds take about an hour.
+SWEEP_GRID = (4, 3)
+
+
+@dataclass(frozen=True)
+class SweepBench:
+    """What ``bench sweep`` builds and replays."""
+    sweep: str
+    table: str = ""                   # "" = runs/bench/sweep/<sweep name>/table.jsonl
+    grid: tuple[int, ...] = SWEEP_GRID  # values per searched range, the last repeating
+    seeds: int = 3                    # training seeds per configuration
+    search_seeds: int = 20
+    num_samples: int | None = None    # trials per replayed sweep; None = the file's
+    budget: int | None = None         # trial-epochs after which no trial starts
+    overrides: tuple[str, ...] = ()   # the sweep file's command-line overrides
+    record: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> SweepBench:
+        return cls(args.sweep, args.table, tuple(args.grid), args.seeds, args.search_seeds, args.num_samples,
+                   args.budget, tuple(args.overrides), args.record)
+
+    def check(self) -> None:
+        """A bad value is a ``ValueError`` naming its option."""
+        for option, value, least in (("--seeds", self.seeds, 1), ("--search-seeds", self.search_seeds, 20),
+                                     ("--num-samples", self.num_samples, 1), ("--budget", self.budget, 1)):
+            if value is not None and value < least:
+                raise ValueError(f"{option} {value}: must be >= {least}")
+
+    def options(self) -> list[str]:
+        values = [("--table", self.table), ("--seeds", self.seeds), ("--search-seeds", self.search_seeds),
+                  ("--num-samples", self.num_samples), ("--budget", self.budget)]
+        out = [self.sweep, "--grid", *map(str, self.grid)]
+        out += [x for k, v in values if v not in (None, "") for x in (k, str(v))]
+        return out + [x for o in self.overrides for x in ("--override", o)]
+
+
+def add_sweep_arguments(p) -> None:
+    """``bench sweep``'s options, their defaults ``SweepBench``'s."""
+    d = SweepBench
+    p.add_argument("sweep", metavar="SWEEP", help="the sweep file (a path, or a shipped one's name: fmnist_demo)")
+    p.add_argument("--table", default=d.table, metavar="PATH", help="the learning-curve table, reused and "
+                   "extended (default runs/bench/sweep/<sweep name>/table.jsonl)")
+    p.add_argument("--grid", type=int, nargs="+", default=list(d.grid), metavar="N",
+                   help="grid values per searched range in the space's order, the last repeating "
+                   "(log-spaced for loguniform; choices take all their values) (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="training seeds per configuration (default %(default)s)")
+    p.add_argument("--search-seeds", type=int, default=d.search_seeds, help="replays per strategy, each on its "
+                   "own sampler seed (default %(default)s, at least 20)")
+    p.add_argument("--num-samples", type=int, default=None, help="trials per replayed sweep (default: the file's)")
+    p.add_argument("--budget", type=int, default=None, help="trial-epochs after which a replayed sweep starts no "
+                   "more trials (default: none)")
+    p.add_argument("--override", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="an override of the sweep file as on run.py sweep's command line (repeatable), "
+                   "e.g. --override data.path=/path/to/fashion-mnist")
+    add_record_argument(p)

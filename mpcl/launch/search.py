@@ -123,8 +123,13 @@ class StudySearch(OptunaSearch):
 def make_searcher(spec: SweepSpec, sweep_dir: Path, epochs: int, study: str | None = None) -> StudySearch:
     """The searcher of ``spec`` with its study in ``study`` (a database URL; default: SQLite in
     ``sweep_dir``); trials that stop before ``epochs`` are PRUNED."""
+    return study_searcher(spec, epochs, optuna.storages.RDBStorage(study or storage_url(sweep_dir)))
+
+
+def study_searcher(spec: SweepSpec, epochs: int, storage=None) -> StudySearch:
+    """The searcher of ``spec`` with its study in ``storage`` (an Optuna storage; None: in memory,
+    as ``bench sweep`` replays it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(study or storage_url(sweep_dir))
     return StudySearch(total_epochs=epochs, space=optuna_space(spec), metric=OBJECTIVE_KEY, mode=spec.mode,
                        sampler=optuna_sampler(spec), study_name=spec.name, storage=storage,
                        points_to_evaluate=spec.points or None)
