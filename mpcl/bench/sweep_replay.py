@@ -126,14 +126,16 @@ def _advance(trial: ReplayTrial, searcher, scheduler, max_t: int) -> tuple[bool,
 
 
 def replay(spec: SweepSpec, table: Table, name: str, search_seed: int, num_samples: int,
-           budget: int | None = None) -> Replay:
+           budget: int | None = None, epochs: int | None = None) -> Replay:
     """Strategy ``name`` searching the table with ``search_seed``: what a sweep of ``spec``
-    (``num_samples`` trials, ``max_concurrent`` at a time) would have spent and picked."""
+    (``num_samples`` trials, ``max_concurrent`` at a time) would have spent and picked.
+    ``epochs``: the trials' ``train.epochs`` (default: composed from ``spec``)."""
     from mpcl.launch.search import make_scheduler, study_searcher
 
     run_spec = strategy_spec(spec, STRATEGIES[name], search_seed)
-    searcher = study_searcher(run_spec, spec.epochs)
-    scheduler = make_scheduler(run_spec, spec.epochs)
+    epochs = epochs or spec.epochs
+    searcher = study_searcher(run_spec, epochs)
+    scheduler = make_scheduler(run_spec, epochs)
     rng, sign = random.Random(search_seed), 1 if spec.mode == "max" else -1
     out, live, started, best = Replay(name, search_seed), [], 0, -math.inf
     while True:
@@ -159,5 +161,6 @@ def replay(spec: SweepSpec, table: Table, name: str, search_seed: int, num_sampl
 
 def replay_all(spec: SweepSpec, table: Table, strategies: list[str], search_seeds: int, num_samples: int,
                budget: int | None = None) -> dict[str, list[Replay]]:
-    return {name: [replay(spec, table, name, seed, num_samples, budget) for seed in range(search_seeds)]
+    epochs = spec.epochs
+    return {name: [replay(spec, table, name, seed, num_samples, budget, epochs) for seed in range(search_seeds)]
             for name in strategies}

@@ -80,7 +80,8 @@ def safe_grace_period(table: Table, reduction_factor: float, mode: str, top: int
     configuration is stopped at a rung when its mean is worse than the rung's cutoff, the
     (1 - 1/rf) quantile of all the means there (linear interpolation, as Ray's ASHA). This is
     ASHA with full information: a real sweep's cutoffs come from the trials that reached the rung
-    before, in the order they ran. max_t (no rung below it) is always safe."""
+    before, in the order they ran. max_t (no rung below it) is always safe, and the only safe one
+    when there are fewer than ``top * rf`` configurations (a rung keeps fewer than ``top``)."""
     sign = 1 if mode == "max" else -1
     configs = _finished(table)
     best = sorted(configs, key=lambda c: -sign * table.final(c))[:top]
