@@ -117,6 +117,16 @@ def test_safe_grace_period_on_a_late_bloomer():
     assert safe_grace_period(curves_table(flat[:8]), 2, "max") == 4
 
 
+def test_a_trial_asha_stopped_is_never_the_pick(demo):
+    # A (60 at the end) completes first; B is below A at the rung of epoch 1 and stops there
+    # with 70, more than A's final value, though B would have ended best
+    table = curves_table([[[80, 60]], [[70, 99]]])
+    spec = replace(demo, points=[{TEMPERATURE: 0.05, WEIGHT: 0.5}, {TEMPERATURE: 0.15, WEIGHT: 0.5}],
+                   num_samples=2, max_concurrent=1)
+    run = replay(spec, table, "tpe+asha", 0, 2)
+    assert run.spent == 3 and run.picked == 0 and run.trace == [(2, 60.0), (3, 60.0)]
+
+
 def test_asha_stops_trials_in_the_replay(demo):
     table = noisy_table(demo)
     for seed in range(2):
