@@ -110,11 +110,12 @@ def test_bench_subcommands_have_their_own_options(capsys):
 
     parser = cli.build_parser()
     bench = next(a for a in parser.commands["bench"]._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert sorted(bench) == ["gpu-check", "loader", "step"]
+    assert sorted(bench) == ["gpu-check", "loader", "step", "sweep"]
     options = {name: {o for a in p._actions for o in a.option_strings} for name, p in bench.items()}
     assert "--epochs" in options["loader"] and "--epochs" not in options["step"]
     assert "--settings" in options["step"] and "--settings" not in options["loader"]
     assert {"--record", "--out", "--device"} <= options["gpu-check"] and "--skip" in options["gpu-check"]
+    assert {"--table", "--grid", "--seeds", "--search-seeds", "--record"} <= options["sweep"]
     assert all("--out-file" not in o for o in options.values())
     args = parser.parse_args(["bench", "loader"])
     assert (args.batch_size, args.dataset, args.record, args.out) == (512, "fashion_mnist", None, "runs/bench")
