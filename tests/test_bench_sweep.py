@@ -187,7 +187,10 @@ def test_a_real_table_is_resumed_and_reported(tmp_path, monkeypatch, capsys, fmn
 
     text = table.read_text()        # a kill in the middle of writing the last line
     table.write_text(text[:text.rstrip("\n").rfind("\n") + 20])
-    run_py(monkeypatch, *args)
+    record = tmp_path / "BENCHMARKS.md"
+    run_py(monkeypatch, *args, "--record", str(record))
     assert "3 run(s) there, 1 to train" in capsys.readouterr().out
+    section = record.read_text()
+    assert "<!-- bench:sweep:tiny:start -->" in section and "\ntpe+asha " in section and "optuna " in section
     again = read_table(table)
     assert again[:3] == runs[:3] and len(again) == 4 and table.read_text().count("\n") == 4

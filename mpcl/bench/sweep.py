@@ -4,7 +4,6 @@ every search strategy against it, and report (``mpcl.bench.sweep_table``, ``swee
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +39,6 @@ def bench_sweep(bench: SweepBench, command: str, say: Callable[[str], None] = pr
     start, end = section_markers(spec.name)
     section = render_section(spec.name, text, command, bench.search_seeds)
     Output(path.parent, Path(bench.record) if bench.record else None).write(
-        "sweep", section, start, end, json.loads(json.dumps(data)), say)
+        "sweep", section, start, end, data, say)
     say(f"wrote {page}")
     return summary

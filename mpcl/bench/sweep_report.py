@@ -214,12 +214,14 @@ def section_markers(name: str) -> tuple[str, str]:
 
 
 def render_section(name: str, text: str, command: str, search_seeds: int) -> str:
+    from mpcl.data.process import available_cpus
+
     start, end = section_markers(name)
     return "\n".join([
         start, f"## Sweep efficiency: {name}", "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- command: `{command}`",
-        f"- machine: {cpu_model()}",
+        f"- machine: {cpu_model()}, {available_cpus()} cores available",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in versions("ray", "optuna").items()),
         f"- {search_seeds} search seeds per strategy, replayed against the learning-curve table; true objective: "
         "the table mean over training seeds at max_t", "",
