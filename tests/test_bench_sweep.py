@@ -47,6 +47,16 @@ def outcome(replays: dict[str, list[Replay]]):
     return {name: [(r.spent, r.picked, r.trace) for r in runs] for name, runs in replays.items()}
 
 
+def test_the_grid_is_log_spaced_for_loguniform_and_a_finer_one_holds_the_coarser(demo):
+    configs = grid(demo, (3, 2))
+    assert [c[TEMPERATURE] for c in configs[::2]] == [0.05, 0.223607, 1.0]     # sqrt(0.05 * 1)
+    assert [c[WEIGHT] for c in configs[:2]] == [0.0, 1.0]
+    finer = grid(demo, (5, 3))
+    assert all(c in finer for c in configs) and len(finer) == 15
+    space = {"n": {"type": "int", "low": 1, "high": 3}, "c": {"type": "choice", "values": ["a", "b"]}}
+    assert grid(replace(demo, space=space), (5,)) == [{"n": n, "c": c} for n in (1, 2, 3) for c in "ab"]
+
+
 def test_replay_is_deterministic_for_a_search_seed(demo):
     table = noisy_table(demo)
     first = outcome(replay_all(demo, table, list(STRATEGIES), 3, 8))
