@@ -171,7 +171,7 @@ class Table:
         curves: list[dict[int, list[float]]] = []
         index: dict[str, int] = {}
         for r in runs:
-            k = key(r.params, 0)
+            k = json.dumps(r.params, sort_keys=True)
             if k not in index:
                 index[k] = len(configs)
                 configs.append(r.params)
