@@ -4,7 +4,10 @@ the confirmation stage's summary) and the Optuna study (``optuna.db`` unless ``-
 names another database).
 
 A row: ``trial_id``, ``state`` (complete | pruned | interrupted | failed), ``reason``,
-``params``, ``objective``, ``epochs_done``, ``run_dir``.
+``params``, ``objective``, ``epochs_done``, ``run_dir``. A sweep with several objectives adds
+``objectives`` (each metric's value; ``objective`` is the first's) and ``pareto`` (whether the
+trial is on the Pareto front); its summary adds ``objectives`` ([{metric, mode}]) and
+``pareto`` (the front's trial ids).
 """
 
 from __future__ import annotations
@@ -47,6 +50,30 @@ def sort_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (STATE_ORDER.get(r["state"], 4),
                                        sign * r["objective"] if r["objective"] is not None else math.inf,
                                        str(r["trial_id"])))
+
+
+def pareto_front(points: list[list[float]], modes: list[str]) -> list[int]:
+    """The indices of the non-dominated ``points``: no other point is at least as good in every
+    objective and better in one (``modes``: max | min per objective)."""
+    signed = [[v if mode == "max" else -v for v, mode in zip(p, modes)] for p in points]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [i for i, p in enumerate(signed) if not any(dominates(q, p) for q in signed)]
+
+
+def mark_pareto(summary: dict[str, Any]) -> None:
+    """Sets ``summary["pareto"]``, the trial ids of the complete rows on the Pareto front of
+    ``summary["objectives"]`` ([{metric, mode}]), and each row's ``pareto``."""
+    metrics = [o["metric"] for o in summary["objectives"]]
+    scored = [r for r in summary["trials"] if r["state"] == "complete"
+              and all(isinstance(r["objectives"].get(m), (int, float)) for m in metrics)]
+    front = pareto_front([[r["objectives"][m] for m in metrics] for r in scored],
+                         [o["mode"] for o in summary["objectives"]])
+    summary["pareto"] = [scored[i]["trial_id"] for i in front]
+    for r in summary["trials"]:
+        r["pareto"] = r["trial_id"] in summary["pareto"]
 
 
 def format_table(rows: list[dict[str, Any]], metric: str) -> str:

@@ -1,0 +1,180 @@
+"""Sweeps with several objectives: the Pareto front (against a brute-force reference), the
+refusals before Ray, what the searcher tells Optuna, the console, and a tiny two-objective
+sweep whose results, per-point configs and report hold its front."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
+
+TWO_OBJECTIVES = [{"metric": "val/knn_top1", "mode": "max"}, {"metric": "time/epoch_s", "mode": "min"}]
+
+
+def _front_by_brute_force(points, modes):
+    """Indices of the points that no other point beats: ``q`` beats ``p`` when it is no worse in
+    every objective and not equal to ``p`` in all of them."""
+    def no_worse(q, p, mode):
+        return q >= p if mode == "max" else q <= p
+
+    return [i for i, p in enumerate(points)
+            if not any(all(no_worse(q[k], p[k], m) for k, m in enumerate(modes)) and q != p for q in points)]
+
+
+def test_pareto_front_matches_brute_force_with_mixed_modes():
+    from mpcl.tracking.sweep_results import pareto_front
+
+    grid = [0.0, 1.0, 2.0]
+    points = [list(p) for p in itertools.product(grid, grid)][::2] + [[1.0, 1.0], [2.0, 0.5], [0.5, 2.0]]
+    for modes in (["max", "min"], ["min", "max"], ["max", "max"], ["min", "min"]):
+        assert pareto_front(points, modes) == _front_by_brute_force(points, modes), modes
+    three = [[3, 1, 2], [1, 3, 2], [2, 2, 2], [3, 1, 1], [1, 1, 1], [3, 3, 0], [3, 1, 2]]
+    assert pareto_front(three, ["max", "max", "min"]) == _front_by_brute_force(three, ["max", "max", "min"])
+    # by hand: max x, min y over (1, 2), (2, 3), (2, 2), (0, 0): (2, 2) and (0, 0)
+    assert pareto_front([[1, 2], [2, 3], [2, 2], [0, 0]], ["max", "min"]) == [2, 3]
+
+
+REFUSED = [  # (change to a valid two-objective sweep file, what the one line must say)
+    ({"scheduler": {"type": "asha"}}, "scheduler.type='asha': several objectives need scheduler {type: none}"),
+    ({"sampler": {"type": "cmaes"}}, "sampler.type='cmaes': CMA-ES optimizes one objective"),
+    ({"objective": [*TWO_OBJECTIVES, {"metric": "val/knn_top5", "mode": "max"}]},
+     "objective[2].metric='val/knn_top5': method simclr_attn does not report it"),
+    ({"objective": [TWO_OBJECTIVES[0], TWO_OBJECTIVES[0]]}, "objective[1].metric='val/knn_top1': listed twice"),
+    ({"objective": [TWO_OBJECTIVES[0], {"metric": "time/epoch_s", "mode": "least"}]}, "objective[1].mode='least'"),
+    ({"objective": []}, "objective=[]"),
+    ({"sampler": {"type": "tpe", "population_size": 8}}, "sampler.population_size=8: only for sampler.type nsga2"),
+    ({"sampler": {"type": "nsga2", "population_size": 1}}, "sampler.population_size=1: must be a whole number >= 2"),
+]
+
+
+@pytest.mark.parametrize("change,named", REFUSED)
+def test_what_cannot_serve_several_objectives_is_refused_before_ray(change, named, tmp_path, capsys):
+    import ray
+
+    from mpcl import cli
+
+    tree = {**yaml.safe_load(sweep_file(tmp_path, "/nowhere").read_text()), "objective": TWO_OBJECTIVES, **change}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
+    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
+
+
+def test_nsga2_with_two_objectives_is_accepted(tmp_path):
+    from mpcl.launch.sweep_spec import load_sweep
+
+    path = sweep_file(tmp_path, "/nowhere", objective=TWO_OBJECTIVES,
+                      sampler={"type": "nsga2", "seed": 1, "population_size": 4})
+    spec = load_sweep(path)
+    assert spec.objectives == [("val/knn_top1", "max"), ("time/epoch_s", "min")] and spec.multi_objective
+    assert spec.trial_overrides({})["train.eval_every"] == 1
+
+
+def test_searcher_tells_optuna_every_objective(tmp_path):
+    """Without Ray: a finished trial reaches the study COMPLETE with both values (no
+    intermediate values, which Optuna refuses for several objectives); one missing a value or
+    errored is FAIL."""
+    pytest.importorskip("ray.tune")
+    import optuna
+
+    from mpcl.launch.search import make_searcher
+    from mpcl.launch.sweep_spec import SweepSpec
+    from mpcl.launch.worker import objective_keys
+
+    spec = SweepSpec(name="unit", base=None, overrides={}, scheduler={"type": "none"},
+                     sampler={"type": "nsga2", "seed": 0, "population_size": 4},
+                     objectives=[("val/knn_top1", "max"), ("time/epoch_s", "min")],
+                     space={"method.temperature": {"type": "uniform", "low": 0.1, "high": 1.0}})
+    searcher = make_searcher(spec, tmp_path, epochs=2)
+    searcher.set_search_properties(None, None, {})
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)
+    acc, secs = objective_keys(2)
+    r = lambda e, v, s: {acc: v, secs: s, "epochs_done": e, "training_iteration": e}  # noqa: E731
+    searcher.on_trial_result("a", r(1, 50.0, 3.0))
+    searcher.on_trial_complete("a", r(2, 55.0, 2.5))
+    searcher.on_trial_complete("b", {secs: 2.0, "epochs_done": 2})      # no accuracy reported
+    searcher.on_trial_complete("c", r(1, 40.0, 2.0), error=True)
+    study = optuna.load_study(study_name="unit", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
+    t = {x.user_attrs["ray_trial_id"]: x for x in study.trials}
+    assert t["a"].state.name == "COMPLETE" and t["a"].values == [55.0, 2.5] and t["a"].intermediate_values == {}
+    assert t["b"].state.name == "FAIL" and t["c"].state.name == "FAIL"
+
+
+def test_console_shows_every_objective_and_the_front(tmp_path):
+    from mpcl.launch.console import SweepView
+    from mpcl.launch.worker import objective_keys
+
+    spec = SimpleNamespace(metric="val/knn_top1", mode="max", objectives=[("val/knn_top1", "max"),
+                                                                          ("time/epoch_s", "min")],
+                           num_samples=3, space={"method.temperature": {}})
+    stream = io.StringIO()
+    view = SweepView(spec, 1, tmp_path, stream=stream, live=False)
+    for tid, acc, secs in (("aaaa", 60.0, 2.0), ("bbbb", 50.0, 1.0), ("cccc", 40.0, 3.0)):
+        trial = SimpleNamespace(trial_id=tid, config={"method.temperature": 0.5}, error_file=None)
+        view.on_trial_start(0, [], trial)
+        view.on_trial_result(0, [], trial, dict(zip(objective_keys(2), (acc, secs)), epochs_done=1))
+        view.on_trial_complete(0, [], trial)
+    assert "trial aaaa complete: val/knn_top1=60 time/epoch_s=2\n" in stream.getvalue()
+    assert view._best_text() == "Pareto front: aaaa, bbbb"
+    table = io.StringIO()
+    from rich.console import Console
+
+    Console(file=table, width=200).print(view.table())
+    assert "time/epoch_s" in table.getvalue() and "40" in table.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_objective_sweep_writes_its_pareto_front(tmp_path, fmnist_path):
+    """4 tiny trials, accuracy up and epoch time down: results.json's front is the
+    non-dominated complete trials by their own values, each has its config file, and the
+    report names the front."""
+    path = sweep_file(tmp_path, fmnist_path, objective=TWO_OBJECTIVES, points=[], num_samples=4,
+                      sampler={"type": "nsga2", "seed": 0, "population_size": 2},
+                      space={"method.temperature": {"type": "loguniform", "low": 0.1, "high": 1.0}})
+    run = subprocess.run([sys.executable, "run.py", "sweep", str(path)], cwd=ROOT, env=sweep_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sweep_dir = tmp_path / "sweep"
+    summary = json.loads((sweep_dir / "results.json").read_text())
+    assert summary["objectives"] == TWO_OBJECTIVES
+    complete = [r for r in summary["trials"] if r["state"] == "complete"]
+    assert len(complete) == 4
+    values = {r["trial_id"]: (r["objectives"]["val/knn_top1"], r["objectives"]["time/epoch_s"]) for r in complete}
+    front = {t for t, (acc, secs) in values.items()
+             if not any(a >= acc and s <= secs and (a, s) != (acc, secs) for a, s in values.values())}
+    assert set(summary["pareto"]) == front and front
+    assert {r["trial_id"] for r in summary["trials"] if r["pareto"]} == front
+    for r in complete:
+        metrics = [json.loads(line) for line in (sweep_dir / "trials" / r["trial_id"] / "metrics.jsonl").open()]
+        last = [m for m in metrics if "val/knn_top1" in m][-1]
+        assert values[r["trial_id"]] == (last["val/knn_top1"], last["time/epoch_s"])
+    report = subprocess.run([sys.executable, "run.py", "report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (sweep_dir / "report" / "index.html").read_text()
+    assert f"Pareto front: {len(front)} trial(s)" in page and "pareto_front.png" in page
+    assert all(t in page for t in front)
+    configs = sorted((sweep_dir / "report" / "best_configs").glob("pareto_*.yaml"))
+    assert {c.stem.split("_", 2)[2] for c in configs} == front
+    for c in configs:
+        cfg = yaml.safe_load(c.read_text())
+        trial_id = c.stem.split("_", 2)[2]
+        ran = yaml.safe_load((sweep_dir / "trials" / trial_id / "config.yaml").read_text())
+        assert cfg["method"] == ran["method"] and cfg["out"] != ran["out"]
+    assert not (sweep_dir / "report" / "best_config.yaml").exists()
