@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import pickle
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -101,6 +102,7 @@ def test_searcher_tells_optuna_every_objective(tmp_path):
     searcher.set_search_properties(None, None, {})
     for tid in ("a", "b", "c"):
         searcher.suggest(tid)
+    pickle.loads(pickle.dumps(searcher))   # Tune pickles it with the experiment (--resume)
     acc, secs = objective_keys(2)
     r = lambda e, v, s: {acc: v, secs: s, "epochs_done": e, "training_iteration": e}  # noqa: E731
     searcher.on_trial_result("a", r(1, 50.0, 3.0))
@@ -168,7 +170,7 @@ def test_two_objective_sweep_writes_its_pareto_front(tmp_path, fmnist_path):
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     page = (sweep_dir / "report" / "index.html").read_text()
-    assert f"Pareto front: {len(front)} trial(s)" in page and "pareto_front.png" in page
+    assert f"Pareto front: {len(front)} trial(s)" in page and '<img alt="pareto_front"' in page
     assert all(t in page for t in front)
     configs = sorted((sweep_dir / "report" / "best_configs").glob("pareto_*.yaml"))
     assert {c.stem.split("_", 2)[2] for c in configs} == front
@@ -178,3 +180,32 @@ def test_two_objective_sweep_writes_its_pareto_front(tmp_path, fmnist_path):
         ran = yaml.safe_load((sweep_dir / "trials" / trial_id / "config.yaml").read_text())
         assert cfg["method"] == ran["method"] and cfg["out"] != ran["out"]
     assert not (sweep_dir / "report" / "best_config.yaml").exists()
+
+
+def test_confirm_reruns_the_pareto_points_with_each_objectives_spread(tmp_path):
+    """Without Ray: the Pareto trials (not the top_k) and the baseline are chosen; the summary
+    holds each objective's values by seed, their mean and sd; the report tables them."""
+    from mpcl.launch import confirm
+    from mpcl.launch.sweep_spec import load_sweep
+    from mpcl.report.comparison import confirm_section
+
+    path = sweep_file(tmp_path, "/nowhere", objective=TWO_OBJECTIVES, confirm={"top_k": 1, "seeds": 2})
+    spec = load_sweep(path)
+    row = lambda tid, t, pareto: {"trial_id": tid, "state": "complete", "objective": 1.0, "pareto": pareto,  # noqa: E731
+                                  "params": {"method.temperature": t, "optim.lr": 0.3}}
+    rows = [row("a", 0.9, True), row("b", 0.8, False), row("c", 0.7, True)]
+    chosen = confirm.candidates(spec, rows)
+    assert [label for label, _ in chosen] == ["baseline", "a", "c"]
+    runs = [SimpleNamespace(out=f"{label}/{seed}", train=SimpleNamespace(seed=seed))
+            for label, _ in chosen for seed in (1, 2)]
+    owners = [label for label, _ in chosen for _ in (1, 2)]
+    results = [{"metrics": {"val/knn_top1": 50.0 + i, "time/epoch_s": 2.0 * (i % 2 + 1)}} for i in range(6)]
+    summary = confirm._pareto_confirm(spec, chosen, runs, owners, results, [1, 2])
+    a = next(c for c in summary["configs"] if c["label"] == "a")
+    assert a["objectives"]["val/knn_top1"]["values"] == {1: 52.0, 2: 53.0}
+    assert a["objectives"]["val/knn_top1"]["summary"]["mean"] == 52.5
+    assert a["objectives"]["time/epoch_s"]["summary"]["mean"] == 3.0
+    assert a["objectives"]["time/epoch_s"]["summary"]["sd"] == pytest.approx(2 ** 0.5)
+    assert summary["winner"] is None and a["run_dirs"] == ["a/1", "a/2"]
+    page = "".join(confirm_section(summary))
+    assert "time/epoch_s mean ± sd" in page and "52.50 ± 0.71" in page and "3.00 ± 1.41" in page

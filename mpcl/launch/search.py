@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,25 @@ def optuna_sampler(spec: SweepSpec):
             raise LaunchError("sampler.type=cmaes needs the 'cmaes' package (pip install cmaes)") from None
         return optuna.samplers.CmaEsSampler(seed=seed)
     if s["type"] == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(s.get("population_size", 50)))
+        return PicklableNSGAIISampler(seed=seed, population_size=int(s.get("population_size", 50)))
     kwargs = {"seed": seed, "multivariate": bool(s.get("multivariate", True))}
     if "n_startup_trials" in s:
         kwargs["n_startup_trials"] = int(s["n_startup_trials"])
     with warnings.catch_warnings():  # multivariate is "experimental" in Optuna's words
         warnings.simplefilter("ignore")
         return optuna.samplers.TPESampler(**kwargs)
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, its thread lock made anew when unpickled: Tune pickles the searcher
+    with its sampler (the state ``--resume`` restores), and a lock does not pickle."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 class StudySearch(OptunaSearch):

@@ -77,15 +77,18 @@ def mark_pareto(summary: dict[str, Any]) -> None:
 
 
 def format_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The rows as a plain-text table (``run.py sweep`` prints it)."""
+    """The rows as a plain-text table (``run.py sweep`` prints it); rows of several objectives
+    show each one's value and ``*`` on the Pareto front."""
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "state", metric, "epochs", *keys, "reason"]
+    metrics = list(rows[0]["objectives"]) if rows and "objectives" in rows[0] else []
+    head = ["trial", "state", *(metrics + ["pareto"] if metrics else [metric]), "epochs", *keys, "reason"]
     body = []
     for r in rows:
-        obj = "" if r["objective"] is None else f"{r['objective']:.4g}"
+        values = [r["objectives"][m] for m in metrics] if metrics else [r["objective"]]
+        objs = ["" if v is None else f"{v:.4g}" for v in values] + (["*" if r["pareto"] else ""] if metrics else [])
         vals = [f"{r['params'].get(k):.4g}" if isinstance(r["params"].get(k), float) else str(r["params"].get(k, ""))
                 for k in keys]
-        body.append([str(r["trial_id"]), r["state"], obj, str(r["epochs_done"]), *vals, r["reason"][:60]])
+        body.append([str(r["trial_id"]), r["state"], *objs, str(r["epochs_done"]), *vals, r["reason"][:60]])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(b) for b in body)])
