@@ -209,3 +209,86 @@ def test_confirm_reruns_the_pareto_points_with_each_objectives_spread(tmp_path):
     assert summary["winner"] is None and a["run_dirs"] == ["a/1", "a/2"]
     page = "".join(confirm_section(summary))
     assert "time/epoch_s mean ± sd" in page and "52.50 ± 0.71" in page and "3.00 ± 1.41" in page
+
+
+def _results_of_three_objectives(sweep_dir):
+    """results.json of a finished sweep over three objectives: trials a and b on the front, c
+    beaten by a in all three, d failed; each trial with its config.yaml."""
+    objectives = [*TWO_OBJECTIVES, {"metric": "val/align", "mode": "min"}]
+    values = {"a": (60.0, 2.0, 0.5), "b": (50.0, 1.0, 0.6), "c": (55.0, 3.0, 0.7), "d": (None, None, None)}
+    rows = []
+    for tid, trio in values.items():
+        run_dir = sweep_dir / "trials" / tid
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"method": {"temperature": len(rows) / 10},
+                                                            "out": str(run_dir)}))
+        rows.append({"trial_id": tid, "state": "failed" if tid == "d" else "complete", "reason": "",
+                     "params": {"method.temperature": len(rows) / 10}, "objective": trio[0], "epochs_done": 2,
+                     "run_dir": str(run_dir), "objectives": dict(zip([o["metric"] for o in objectives], trio))})
+    summary = {"name": "three", "metric": "val/knn_top1", "mode": "max", "epochs": 2,
+               "objectives": objectives, "trials": rows}
+    from mpcl.tracking.sweep_results import mark_pareto, write_results
+
+    mark_pareto(summary)
+    write_results(sweep_dir, summary)
+    return summary
+
+
+def test_report_of_three_objectives_tables_the_front_and_saves_each_points_config(tmp_path):
+    from mpcl.report.sweep import sweep_report
+
+    summary = _results_of_three_objectives(tmp_path)
+    assert summary["pareto"] == ["a", "b"] and [r["pareto"] for r in summary["trials"]] == [True, True, False, False]
+    page = sweep_report(tmp_path, tmp_path / "report" / "index.html").read_text()
+    assert "Pareto front: 2 trial(s)" in page and '<img alt="pareto_front"' not in page   # a table: no plot
+    assert "<td>best_configs/pareto_0_a.yaml</td>" in page and "<td>best_configs/pareto_1_b.yaml</td>" in page
+    assert page.count("<td>★</td>") == 2 and "<th>val/align</th>" in page
+    configs = sorted(p.name for p in (tmp_path / "report" / "best_configs").iterdir())
+    assert configs == ["pareto_0_a.yaml", "pareto_1_b.yaml"]
+    saved = (tmp_path / "report" / "best_configs" / "pareto_1_b.yaml").read_text()
+    assert saved.startswith("# Pareto point 1 of sweep three: trial b, val/knn_top1 = 50, time/epoch_s = 1, "
+                            "val/align = 0.6\n")
+    assert yaml.safe_load(saved) == {"method": {"temperature": 0.1}, "out": "runs/three_pareto_1"}
+    assert not (tmp_path / "report" / "best_config.yaml").exists()
+
+
+def test_a_running_sweep_is_reported_from_its_study_with_the_front(tmp_path):
+    """No results.json yet: the rows and the front come from the study's values."""
+    import optuna
+
+    from mpcl.report.sweep import load_sweep_results
+    from mpcl.tracking.sweep_results import storage_url
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "live", "objective": TWO_OBJECTIVES}))
+    study = optuna.create_study(study_name="live", storage=storage_url(tmp_path), directions=["maximize", "minimize"])
+    for tid, values in (("a", [60.0, 2.0]), ("b", [50.0, 3.0]), ("c", None)):
+        trial = study.ask({"method.temperature": optuna.distributions.FloatDistribution(0.1, 1.0)})
+        trial.set_user_attr("ray_trial_id", tid)
+        if values:
+            study.tell(trial, values)
+    summary = load_sweep_results(tmp_path)
+    rows = {r["trial_id"]: r for r in summary["trials"]}
+    assert rows["a"]["objectives"] == {"val/knn_top1": 60.0, "time/epoch_s": 2.0} and rows["a"]["objective"] == 60.0
+    assert rows["c"]["state"] == "running" and rows["c"]["objectives"]["val/knn_top1"] is None
+    assert summary["pareto"] == ["a"] and rows["a"]["pareto"] and not rows["b"]["pareto"]
+
+
+def test_each_report_carries_every_objectives_last_measured_value():
+    """An epoch without evaluation carries the last evaluation's value under each key; one
+    objective keeps its single ``objective`` key."""
+    from mpcl.launch.worker import OBJECTIVE_KEY, RayReporter, objective_keys
+
+    def reporter(objective):
+        r = RayReporter.__new__(RayReporter)   # no Ray: only the objectives' bookkeeping
+        r.objectives, r.last_values = [objective] if isinstance(objective, str) else objective, {}
+        return r
+
+    several = reporter(["val/knn_top1", "time/epoch_s"])
+    acc, secs = objective_keys(2)
+    first = several._with_objectives({"val/knn_top1": 50.0, "time/epoch_s": 2.0})
+    second = several._with_objectives({"time/epoch_s": 1.5})         # no evaluation this epoch
+    assert (first[acc], first[secs]) == (50.0, 2.0) and (second[acc], second[secs]) == (50.0, 1.5)
+    one = reporter("val/knn_top1")
+    assert objective_keys(1) == [OBJECTIVE_KEY] and OBJECTIVE_KEY not in one._with_objectives({"train/loss": 1.0})
+    assert one._with_objectives({"val/knn_top1": 40.0})[OBJECTIVE_KEY] == 40.0
+    assert one._with_objectives({"train/loss": 1.0})[OBJECTIVE_KEY] == 40.0

@@ -111,7 +111,7 @@ class RayReporter:
             state = ckpt.load(self.out / "checkpoints" / "last.pt")
         if state is not None:
             self.last_values = {}
-            self._with_objectives(state.get("metrics", {}))
+            self._with_objectives(dict(state.get("metrics", {})))
             self.saved_epoch = state["epoch"]
         return state
 
