@@ -21,6 +21,9 @@ crashes is FAIL in the study and ``failed`` with its reason in the results. A sw
 by Ctrl-C leaves its running trials RUNNING in the study and ``interrupted`` in the results;
 ``--resume`` continues each from its last checkpoint, whose epoch is reported again so the
 study has every intermediate value even if the interruption came before Tune received it.
+
+With several objectives each is reported under its own key (``objective_0``, ...), every row
+of ``results.json`` keeps them all and the summary names the Pareto front.
 """
 
 from __future__ import annotations
