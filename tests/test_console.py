@@ -14,7 +14,7 @@ import pytest
 from mpcl.launch.console import RunView, SweepView
 from mpcl.launch.worker import EPOCHS_KEY, FAILED_FILE, LOG_DIR, OBJECTIVE_KEY
 
-SPEC = SimpleNamespace(metric="val/knn_top1", mode="max", num_samples=4,
+SPEC = SimpleNamespace(metric="val/knn_top1", mode="max", objectives=[("val/knn_top1", "max")], num_samples=4,
                        space={"method.temperature": {}, "method.attention_weight": {}})
 
 
@@ -106,7 +106,8 @@ def test_the_time_left_counts_the_epochs_still_to_train_at_the_pace_so_far(tmp_p
 
 
 def test_a_min_objective_ranks_the_smallest_first(tmp_path):
-    view = SweepView(SimpleNamespace(**{**vars(SPEC), "mode": "min"}), 3, tmp_path, stream=io.StringIO(), live=False)
+    spec = SimpleNamespace(**{**vars(SPEC), "mode": "min", "objectives": [("val/knn_top1", "min")]})
+    view = SweepView(spec, 3, tmp_path, stream=io.StringIO(), live=False)
     for trial_id, value in (("aaaa", 2.0), ("bbbb", 1.0)):
         view.on_trial_start(0, [], _trial(trial_id, 0.5))
         view.on_trial_result(0, [], _trial(trial_id, 0.5), _result(1, value))

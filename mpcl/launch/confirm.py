@@ -8,6 +8,10 @@ mean and sd over the seeds and its difference to the baseline with a 95 % interv
 seed; the winner is the best confirmed mean, and the verdict says whether it beats the
 baseline beyond the noise (the interval excludes 0).
 
+A sweep with several objectives confirms every Pareto point (not the ``top_k``) and the
+baseline: per configuration each objective's mean and sd over the seeds; no winner (the
+points trade one objective for another).
+
 Runs live in ``<sweep>/confirm/<label>/seed<k>/`` (label: the trial id, or ``baseline``); a
 rerun (``run.py sweep --resume``) keeps the finished ones.
 """
@@ -46,15 +50,18 @@ def _matches(params: dict[str, Any], point: dict[str, Any]) -> bool:
 
 
 def candidates(spec, rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, params) of the baseline, then the top_k complete trials (rows are best first);
-    a top trial that is the baseline's point is not trained twice."""
+    """(label, params) of the baseline, then the top_k complete trials (rows are best first),
+    or with several objectives every Pareto point; a chosen trial that is the baseline's point
+    is not trained twice."""
     point = spec.points[0]
     base_row = next((r for r in rows if _matches(r["params"], point)), None)
     baseline = dict(base_row["params"]) if base_row else {**spec.example_params(), **point}
     out = [(BASELINE, baseline)]
     complete = [r for r in rows if r["state"] == "complete" and r["objective"] is not None]
+    if spec.multi_objective:
+        complete = [r for r in complete if r.get("pareto")]
     for r in complete:
-        if len(out) > spec.confirm["top_k"]:
+        if len(out) > spec.confirm["top_k"] and not spec.multi_objective:
             break
         if not _matches(r["params"], point):
             out.append((str(r["trial_id"]), dict(r["params"])))
@@ -90,9 +97,12 @@ def run_confirm(spec, sweep_dir: Path, rows: list[dict[str, Any]], address: str 
         for s in seeds:
             runs.append(spec.config({**params, "train.seed": s}, out=str(sweep_dir / "confirm" / label / f"seed{s}")))
             owners.append(label)
-    print(f"confirm: {len(chosen) - 1} top configuration(s) and the baseline, seeds {seeds}, "
+    which = "Pareto" if spec.multi_objective else "top"
+    print(f"confirm: {len(chosen) - 1} {which} configuration(s) and the baseline, seeds {seeds}, "
           f"{spec.epochs} epochs each ({len(runs)} runs)", file=sys.stderr, flush=True)
     results = run_all(runs, use_ray=True, address=address, log_dir=sweep_dir)
+    if spec.multi_objective:
+        return _write_confirm(sweep_dir, _pareto_confirm(spec, chosen, runs, owners, results, seeds))
     values: dict[str, dict[int, float]] = {label: {} for label, _ in chosen}
     for cfg, label, result in zip(runs, owners, results):
         value = (result or {}).get("metrics", {}).get(spec.metric)
@@ -112,6 +122,30 @@ def run_confirm(spec, sweep_dir: Path, rows: list[dict[str, Any]], address: str 
                "baseline": BASELINE, "configs": configs,
                "winner": max(scored, key=lambda c: sign * c["summary"]["mean"])["label"] if scored else None}
     confirm["verdict"] = verdict(confirm, spec.mode) if confirm["winner"] else "no confirmation run finished"
+    return _write_confirm(sweep_dir, confirm)
+
+
+def _pareto_confirm(spec, chosen, runs, owners, results, seeds: list[int]) -> dict[str, Any]:
+    """The confirmation of several objectives: per configuration each one's values by seed,
+    and their mean and sd."""
+    configs = []
+    for label, params in chosen:
+        mine = [(cfg.train.seed, (result or {}).get("metrics", {}))
+                for cfg, owner, result in zip(runs, owners, results) if owner == label]
+        objectives = {}
+        for metric, _ in spec.objectives:
+            values = {seed: float(m[metric]) for seed, m in mine if isinstance(m.get(metric), (int, float))}
+            objectives[metric] = {"values": values, "summary": summarize(list(values.values())).as_dict()}
+        configs.append({"label": label, "params": params, "objectives": objectives,
+                        "run_dirs": [r.out for r, o in zip(runs, owners) if o == label]})
+    return {"metric": spec.metric, "objectives": [{"metric": m, "mode": mode} for m, mode in spec.objectives],
+            "seeds": len(seeds), "seed_values": seeds, "baseline": BASELINE, "configs": configs, "winner": None,
+            "verdict": f"{len(chosen) - 1} Pareto point(s) and the baseline on {len(seeds)} fresh seed(s): "
+                       "each objective's mean ± sd per configuration"}
+
+
+def _write_confirm(sweep_dir: Path, confirm: dict[str, Any]) -> dict[str, Any]:
+    """Adds ``confirm`` to ``results.json``; returns it."""
     print(f"confirm: {confirm['verdict']}", file=sys.stderr, flush=True)
     path = sweep_dir / RESULTS_FILE
     summary = json.loads(path.read_text()) if path.is_file() else {}

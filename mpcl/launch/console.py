@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mpcl.launch.worker import EPOCHS_KEY, LOG_DIR, OBJECTIVE_KEY, PROGRESS_FILE, failure_reason
+from mpcl.launch.worker import EPOCHS_KEY, LOG_DIR, PROGRESS_FILE, failure_reason, objective_keys
+from mpcl.tracking.sweep_results import pareto_front
 
 VERBOSE_ENV = "MPCL_VERBOSE"
 
@@ -166,7 +167,8 @@ class TrialRow:
         self.params = params
         self.state = "running"
         self.epochs = 0
-        self.objective: float | None = None
+        self.objective: float | None = None   # the first objective's last value
+        self.values: dict[str, float] = {}     # every objective's last value
         self.reason = ""
         self.started = time.monotonic()
 
@@ -184,6 +186,7 @@ class SweepView:
 
     def __init__(self, spec, epochs: int, sweep_dir: str | os.PathLike, stream=None, live: bool | None = None):
         self.metric, self.mode = spec.metric, spec.mode
+        self.objectives = list(spec.objectives)
         self.knobs = list(spec.space)
         self.total = spec.num_samples
         self.max_t = epochs
@@ -219,17 +222,19 @@ class SweepView:
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self.rows.setdefault(trial.trial_id, TrialRow(trial.trial_id, dict(trial.config or {})))
         epochs = int(result.get(EPOCHS_KEY, row.epochs) or 0)
-        value = result.get(OBJECTIVE_KEY)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            row.objective = float(value)
+        for (metric, _), key in zip(self.objectives, objective_keys(len(self.objectives))):
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                row.values[metric] = float(value)
+        row.objective = row.values.get(self.metric)
         if epochs > row.epochs:
             row.epochs = epochs
-            shown = "" if row.objective is None else f": {self.metric}={_value(row.objective)}"
+            shown = self._shown(row)
             self._say(f"trial {row.trial_id} epoch {epochs}/{self.max_t}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self.rows.setdefault(trial.trial_id, TrialRow(trial.trial_id, dict(trial.config or {})))
-        shown = "" if row.objective is None else f": {self.metric}={_value(row.objective)}"
+        shown = self._shown(row)
         if row.epochs < self.max_t:
             row.state = "pruned"
             self._say(f"trial {row.trial_id} pruned after {row.epochs}/{self.max_t} epochs{shown}")
@@ -261,9 +266,13 @@ class SweepView:
             return
         print(line, file=self.stream, flush=True)
 
+    def _shown(self, row: TrialRow) -> str:
+        return (": " + " ".join(f"{m}={_value(v)}" for m, v in row.values.items())) if row.values else ""
+
     def best(self) -> TrialRow | None:
+        """The best trial of one objective (several have a front, no best)."""
         done = [r for r in self.rows.values() if r.objective is not None and r.state != "failed"]
-        if not done:
+        if not done or len(self.objectives) > 1:
             return None
         return (max if self.mode == "max" else min)(done, key=lambda r: r.objective)
 
@@ -289,11 +298,12 @@ class SweepView:
 
         table = Table(title=self._status(), title_justify="left", caption=self._best_text(),
                       caption_justify="left", expand=False)
-        for name in ("trial", "state", "epochs", self.metric, *self.knobs):
+        metrics = [m for m, _ in self.objectives]
+        for name in ("trial", "state", "epochs", *metrics, *self.knobs):
             table.add_column(name, no_wrap=True, justify="right" if name not in ("trial", "state") else "left")
         for r in list(self.rows.values()):
             table.add_row(r.trial_id, r.state, f"{r.epochs}/{self.max_t}",
-                          "" if r.objective is None else _value(r.objective),
+                          *("" if r.values.get(m) is None else _value(r.values[m]) for m in metrics),
                           *(_value(r.params.get(k, "")) for k in self.knobs))
         return table
 
@@ -305,6 +315,11 @@ class SweepView:
                 f"{c['waiting']} waiting; {_duration(time.monotonic() - self.t0)} elapsed{tail}")
 
     def _best_text(self) -> str:
+        if len(self.objectives) > 1:
+            done = [r for r in self.rows.values() if r.state == "complete" and len(r.values) == len(self.objectives)]
+            front = pareto_front([[r.values[m] for m, _ in self.objectives] for r in done],
+                                 [mode for _, mode in self.objectives])
+            return f"Pareto front: {', '.join(done[i].trial_id for i in front) or 'none yet'}"
         best = self.best()
         if best is None:
             return "best: none yet"

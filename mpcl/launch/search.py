@@ -4,7 +4,9 @@ with the study in a database (SQLite beside the results by default), and ASHA's 
 The objective is measured every epoch and reported as ``objective`` with ``epochs_done``:
 ASHA's rungs and Optuna's intermediate values compare the same measurement at the same epoch.
 Trials that ASHA stops reach Optuna as PRUNED (their intermediate values kept), never as
-COMPLETE with a partial value; a trial that diverges or crashes is FAIL.
+COMPLETE with a partial value; a trial that diverges or crashes is FAIL. With several
+objectives each has its own key (``objective_0``, ...), Optuna gets them all when the trial
+ends (it keeps no intermediate values for several) and no scheduler stops trials.
 
 Importing this module imports Ray Tune and Optuna: the sweep driver imports it when it runs.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mpcl.launch import LaunchError
 from mpcl.launch.sweep_spec import SweepSpec
-from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY
+from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY, objective_keys
 from mpcl.tracking.sweep_results import storage_url
 
 
@@ -52,6 +55,8 @@ def optuna_sampler(spec: SweepSpec):
         except ImportError:
             raise LaunchError("sampler.type=cmaes needs the 'cmaes' package (pip install cmaes)") from None
         return optuna.samplers.CmaEsSampler(seed=seed)
+    if s["type"] == "nsga2":
+        return PicklableNSGAIISampler(seed=seed, population_size=int(s.get("population_size", 50)))
     kwargs = {"seed": seed, "multivariate": bool(s.get("multivariate", True))}
     if "n_startup_trials" in s:
         kwargs["n_startup_trials"] = int(s["n_startup_trials"])
@@ -60,13 +65,26 @@ def optuna_sampler(spec: SweepSpec):
         return optuna.samplers.TPESampler(**kwargs)
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, its thread lock made anew when unpickled: Tune pickles the searcher
+    with its sampler (the state ``--resume`` restores), and a lock does not pickle."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 class StudySearch(OptunaSearch):
     """Ray's ``OptunaSearch`` tells Optuna COMPLETE with the last value for any trial that
     ends without error, ASHA-stopped ones included, and COMPLETE for an errored trial that
     had reported. Here: error -> FAIL, stopped before ``total_epochs`` -> PRUNED (Optuna keeps its
     intermediate values), finished -> COMPLETE with the final objective. Intermediate
     values are keyed by epochs done, not by Tune's iteration count (which restarts when a
-    trial is restored)."""
+    trial is restored). Several objectives (``metric`` a list): COMPLETE with every final
+    value, FAIL when one is missing, no intermediate values."""
 
     def __init__(self, *, total_epochs: int, **kwargs):
         super().__init__(**kwargs)
@@ -81,6 +99,8 @@ class StudySearch(OptunaSearch):
 
     def on_trial_result(self, trial_id, result):
         ot = self._ot_trials.get(trial_id)
+        if isinstance(self.metric, list):   # Optuna refuses intermediate values for several objectives
+            return
         if ot is None or trial_id in self._completed_trials or self.metric not in result:
             return
         value, step = result[self.metric], int(result.get(EPOCHS_KEY, 0))
@@ -93,11 +113,13 @@ class StudySearch(OptunaSearch):
             return
         ot = self._ot_trials[trial_id]
         result = result or {}
-        value = result.get(self.metric)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [result.get(m) for m in metrics]
+        value = values if isinstance(self.metric, list) else values[0]
         done = int(result.get(EPOCHS_KEY, 0) or 0)
         if not error:  # the last epoch's value reaches the study as an intermediate too
             self.on_trial_result(trial_id, result)
-        if error or value is None or not math.isfinite(value):
+        if error or any(v is None or not math.isfinite(v) for v in values):
             state, value = TrialState.FAIL, None
         elif done < self.total_epochs:
             state, value = TrialState.PRUNED, None
@@ -130,7 +152,11 @@ def study_searcher(spec: SweepSpec, epochs: int, storage=None) -> StudySearch:
     """The searcher of ``spec`` with its study in ``storage`` (an Optuna storage; None: in memory,
     as ``bench sweep`` replays it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return StudySearch(total_epochs=epochs, space=optuna_space(spec), metric=OBJECTIVE_KEY, mode=spec.mode,
+    if spec.multi_objective:
+        metric, mode = objective_keys(len(spec.objectives)), [mode for _, mode in spec.objectives]
+    else:
+        metric, mode = OBJECTIVE_KEY, spec.mode
+    return StudySearch(total_epochs=epochs, space=optuna_space(spec), metric=metric, mode=mode,
                        sampler=optuna_sampler(spec), study_name=spec.name, storage=storage,
                        points_to_evaluate=spec.points or None)
 

@@ -21,6 +21,9 @@ crashes is FAIL in the study and ``failed`` with its reason in the results. A sw
 by Ctrl-C leaves its running trials RUNNING in the study and ``interrupted`` in the results;
 ``--resume`` continues each from its last checkpoint, whose epoch is reported again so the
 study has every intermediate value even if the interruption came before Tune received it.
+
+With several objectives each is reported under its own key (``objective_0``, ...), every row
+of ``results.json`` keeps them all and the summary names the Pareto front.
 """
 
 from __future__ import annotations
@@ -40,8 +43,16 @@ from mpcl.launch import LaunchError
 from mpcl.launch.confirm import run_confirm
 from mpcl.launch.storage import Mirror, is_uri, join, kind
 from mpcl.launch.sweep_spec import SweepSpec, load_sweep
-from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY, failure_reason
-from mpcl.tracking.sweep_results import RESULTS_FILE, STUDY_FILE, open_study, sort_rows, storage_url, write_results
+from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY, failure_reason, objective_keys
+from mpcl.tracking.sweep_results import (
+    RESULTS_FILE,
+    STUDY_FILE,
+    mark_pareto,
+    open_study,
+    sort_rows,
+    storage_url,
+    write_results,
+)
 
 
 def make_trainable(spec: SweepSpec, sweep_dir: str | Path, base: Config):
@@ -53,7 +64,7 @@ def make_trainable(spec: SweepSpec, sweep_dir: str | Path, base: Config):
 
     trials_dir = join(sweep_dir, "trials") if is_uri(sweep_dir) else str((Path(sweep_dir) / "trials").resolve())
     base_tree = flatten(to_dict(base))
-    metric = spec.metric
+    metric = [m for m, _ in spec.objectives] if spec.multi_objective else spec.metric
     quiet = not verbose()   # as the driver was asked: a trial's process may not share its environment
 
     def trial(params: dict[str, Any]) -> None:
@@ -243,6 +254,14 @@ def _told_trials(study_url: str, study_name: str) -> set[str]:
             if t.state.is_finished() and "ray_trial_id" in t.user_attrs}
 
 
+def _add_objectives(row: dict[str, Any], spec: SweepSpec, metrics: dict[str, Any]) -> None:
+    """A row of a sweep with several objectives: each one's last value, the first's as ``objective``."""
+    values = [metrics.get(key) for key in objective_keys(len(spec.objectives))]
+    row["objectives"] = {metric: v if isinstance(v, (int, float)) and math.isfinite(v) else None
+                         for (metric, _), v in zip(spec.objectives, values)}
+    row["objective"] = row["objectives"][spec.metric]
+
+
 def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list[dict[str, Any]]:
     rows = []
     # the grid's results come in the order of its trials (Tune's own Trial objects, private):
@@ -272,9 +291,14 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
         rows.append({"trial_id": trial_id, "state": state, "reason": reason, "params": params,
                      "objective": value if isinstance(value, (int, float)) and math.isfinite(value) else None,
                      "epochs_done": done, "run_dir": str(run_dir)})
+        if spec.multi_objective:
+            _add_objectives(rows[-1], spec, m)
     rows = sort_rows(rows, spec.mode)
     summary = {"name": spec.name, "metric": spec.metric, "mode": spec.mode, "epochs": epochs,
                "storage": spec.study or storage_url(files.local), "study_name": spec.name, "trials": rows}
+    if spec.multi_objective:
+        summary["objectives"] = [{"metric": metric, "mode": mode} for metric, mode in spec.objectives]
+        mark_pareto(summary)
     write_results(files.local, summary)
     files.push(RESULTS_FILE)
     return rows

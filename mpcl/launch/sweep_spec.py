@@ -10,12 +10,12 @@ A sweep file (``sweeps/*.yaml``)::
       method.temperature: {type: loguniform, low: 0.05, high: 1.0}
       method.attention_weight: {type: uniform, low: 0.0, high: 1.0}
     points: [{method.temperature: 0.5, method.attention_weight: 1.0}]   # optional: tried first
-    objective: {metric: val/knn_top1, mode: max}
+    objective: {metric: val/knn_top1, mode: max}   # or a list of them: a Pareto front
     num_samples: 8
     max_concurrent: 2
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # per trial (scale.*)
-    sampler: {type: tpe, seed: 0, multivariate: true}               # tpe | random | cmaes
+    sampler: {type: tpe, seed: 0, multivariate: true}   # tpe | random | cmaes | nsga2 (population_size)
     out: runs/sweeps/fmnist_demo
     confirm: {top_k: 3, seeds: 3}   # optional: the top 3 and points[0] again on 3 fresh seeds
 
@@ -37,7 +37,8 @@ from mpcl.launch import LaunchError
 from mpcl.launch.confirm import parse_confirm
 
 SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
-SAMPLERS = ("tpe", "random", "cmaes")
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
+SINGLE_OBJECTIVE_SAMPLERS = {"cmaes": "CMA-ES"}
 SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_samples", "max_concurrent",
               "scheduler", "resources", "sampler", "out", "description", "confirm"}
 COMMAND_LINE_KEYS = ("num_samples", "max_concurrent", "out")
@@ -61,13 +62,23 @@ class SweepSpec:
     confirm: dict[str, int] | None = None  # {top_k, seeds}: mpcl.launch.confirm
     source: dict[str, Any] = field(default_factory=dict)
     study: str = ""                  # the Optuna storage URL (set by run_sweep)
+    # (metric, mode) of every objective, in the file's order; metric and mode are the first's
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.objectives = self.objectives or [(self.metric, self.mode)]
+        self.metric, self.mode = self.objectives[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     # -- derived ---------------------------------------------------------------------------
     def trial_overrides(self, params: dict[str, Any], out: str | None = None) -> dict[str, Any]:
         o = dict(self.overrides)
         for k, v in self.resources.items():
             o[f"scale.{k}"] = v
-        if self.metric.startswith("val/"):
+        if any(metric.startswith("val/") for metric, _ in self.objectives):
             o["train.eval_every"] = 1
         o.update(params)
         if out is not None:
@@ -193,6 +204,40 @@ def _check_sampler(path, sampler: dict) -> None:
     if "n_startup_trials" in sampler:
         n = sampler["n_startup_trials"]
         _check(path, "sampler.n_startup_trials", n, _is_int(n) and n >= 0, "must be a whole number >= 0")
+    if "population_size" in sampler:
+        n = sampler["population_size"]
+        _check(path, "sampler.population_size", n, sampler["type"] == "nsga2", "only for sampler.type nsga2")
+        _check(path, "sampler.population_size", n, _is_int(n) and n >= 2, "must be a whole number >= 2")
+
+
+def _objectives(path, tree: dict) -> list[tuple[str, str]]:
+    """The sweep file's ``objective``: one mapping, or a list of them (several objectives)."""
+    value = tree.get("objective")
+    if not isinstance(value, list):
+        items, names = [_mapping(path, tree, "objective", {"metric", "mode"})], ["objective"]
+    elif not value:
+        raise _fail(path, "objective=[]: expected {metric, mode} or a non-empty list of them")
+    else:
+        items, names = value, [f"objective[{i}]" for i in range(len(value))]
+    objectives = []
+    for item, name in zip(items, names):
+        item = _mapping(path, {name: item}, name, {"metric", "mode"})
+        metric, mode = item.get("metric", "val/knn_top1"), item.get("mode", "max")
+        _check(path, f"{name}.mode", mode, mode in ("max", "min"), "allowed: max, min")
+        _check(path, f"{name}.metric", metric, isinstance(metric, str), "expected a metric name")
+        _check(path, f"{name}.metric", metric, metric not in [m for m, _ in objectives], "listed twice")
+        objectives.append((metric, mode))
+    return objectives
+
+
+def _check_multi_objective(path, scheduler: dict, sampler: dict) -> None:
+    """Several objectives: no trial is stopped early (a scheduler ranks trials on one metric),
+    and the sampler must search for a Pareto front."""
+    _check(path, "scheduler.type", scheduler["type"], scheduler["type"] == "none",
+           "several objectives need scheduler {type: none}: a scheduler stops trials ranked on one metric")
+    _check(path, "sampler.type", sampler["type"], sampler["type"] not in SINGLE_OBJECTIVE_SAMPLERS,
+           f"{SINGLE_OBJECTIVE_SAMPLERS.get(sampler['type'])} optimizes one objective; "
+           "for several use tpe or nsga2")
 
 
 def apply_overrides(path, tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -261,9 +306,12 @@ def _check_trial_configs(path: Path, spec: SweepSpec) -> None:
     except ConfigError as e:
         raise _fail(path, str(e)) from None
     reported = reported_metrics(cfg)
-    if spec.metric not in reported:
-        raise _fail(path, f"objective.metric={spec.metric!r}: method {cfg.method.name} does not report it; "
-                          f"it reports {', '.join(reported)}")
+    listed = isinstance(spec.source.get("objective"), list)
+    for i, (metric, _) in enumerate(spec.objectives):
+        if metric not in reported:
+            name = f"objective[{i}]" if listed else "objective"
+            raise _fail(path, f"{name}.metric={metric!r}: method {cfg.method.name} does not report it; "
+                              f"it reports {', '.join(reported)}")
 
 
 def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[str] | None = None) -> SweepSpec:
@@ -282,19 +330,19 @@ def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[
     _check(path, "points", points, isinstance(points, list), "expected a list of mappings")
     for i, point in enumerate(points):
         _check_point(path, i, point, space)
-    objective = _mapping(path, tree, "objective", {"metric", "mode"})
-    metric, mode = objective.get("metric", "val/knn_top1"), objective.get("mode", "max")
-    _check(path, "objective.mode", mode, mode in ("max", "min"), "allowed: max, min")
-    _check(path, "objective.metric", metric, isinstance(metric, str), "expected a metric name")
+    objectives = _objectives(path, tree)
     scheduler_keys = {"type", "grace_period", "reduction_factor", "max_t"}
     scheduler = {"type": "asha", **_mapping(path, tree, "scheduler", scheduler_keys)}
     _check_scheduler(path, scheduler)
     sampler = {"type": "tpe", "seed": 0, "multivariate": True,
-               **_mapping(path, tree, "sampler", {"type", "seed", "multivariate", "n_startup_trials"})}
+               **_mapping(path, tree, "sampler", {"type", "seed", "multivariate", "n_startup_trials",
+                                                  "population_size"})}
     _check_sampler(path, sampler)
+    if len(objectives) > 1:
+        _check_multi_objective(path, scheduler, sampler)
     spec = SweepSpec(
         name=tree.get("name") or path.stem, base=base, overrides=dict(overrides),
-        space=space, points=points, metric=metric, mode=mode, num_samples=tree.get("num_samples", 8),
+        space=space, points=points, objectives=objectives, num_samples=tree.get("num_samples", 8),
         max_concurrent=tree.get("max_concurrent", 1), scheduler=scheduler,
         resources=dict(resources), sampler=sampler,
         out=out or tree.get("out") or f"runs/sweeps/{path.stem}", source=tree,

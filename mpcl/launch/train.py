@@ -47,10 +47,11 @@ def run_config(cfg: Config, callbacks: list | None = None):
     )
 
 
-def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | None = None,
+def make_trainer(cfg: Config, objective: str | list[str] | None = None, callbacks: list | None = None,
                  quiet: bool | None = None):
     """A ``TorchTrainer`` for ``cfg``; ``objective`` (a metric name) adds an ``objective`` key
-    to every report (the last measured value) for Tune. ``quiet`` (default: not
+    to every report (the last measured value) for Tune; a list of names adds one key each
+    (``mpcl.launch.worker.objective_keys``). ``quiet`` (default: not
     ``--verbose``, as the driver sees it): the workers' output goes to ``out/logs/``."""
     from ray.train.torch import TorchTrainer
 
@@ -62,7 +63,7 @@ def make_trainer(cfg: Config, objective: str | None = None, callbacks: list | No
                         scaling_config=scaling_config(cfg), run_config=run_config(cfg, callbacks))
 
 
-def run_trainer(cfg: Config, objective: str | None = None, callbacks: list | None = None,
+def run_trainer(cfg: Config, objective: str | list[str] | None = None, callbacks: list | None = None,
                 quiet: bool | None = None):
     """Fit one ``TorchTrainer`` (``run.py train`` and every sweep trial). Raises
     ``DivergedError`` (NaN/inf loss) or ``LaunchError`` (a config or data error a worker

@@ -40,6 +40,12 @@ EPOCHS_KEY = "epochs_done"
 OBJECTIVE_KEY = "objective"
 
 
+def objective_keys(count: int) -> list[str]:
+    """The report keys of a trial's objectives: ``objective`` for one; ``objective_0``,
+    ``objective_1``, ... for several (in the sweep file's order)."""
+    return [OBJECTIVE_KEY] if count == 1 else [f"{OBJECTIVE_KEY}_{i}" for i in range(count)]
+
+
 def failure_reason(out: str | os.PathLike) -> str | None:
     failure = read_failure(out)
     return failure["reason"] if failure else None
@@ -73,7 +79,7 @@ def write_failure(out: str | os.PathLike, reason: str, kind: str) -> None:
 class RayReporter:
     """The engine's ``Reporter`` inside a Ray Train worker."""
 
-    def __init__(self, cfg: Config, objective: str | None = None):
+    def __init__(self, cfg: Config, objective: str | list[str] | None = None):
         import ray.train
 
         from mpcl.tracking import RunRecord
@@ -82,8 +88,8 @@ class RayReporter:
         self.run_dir = Mirror(cfg.out)   # out itself, or this node's copy of a URI's files
         self.out = self.run_dir.local
         self.rank = ray.train.get_context().get_world_rank()
-        self.objective = objective
-        self.last_objective: float | None = None
+        self.objectives = [objective] if isinstance(objective, str) else list(objective or [])
+        self.last_values: dict[str, float] = {}   # each objective's last measured value
         self.record = None
         self.saved_epoch: int | None = None   # the epoch of the run's latest checkpoint
         self.progress_at = 0.0
@@ -104,7 +110,8 @@ class RayReporter:
         elif (self.out / "checkpoints" / "last.pt").is_file():  # left by run.py train --no-ray
             state = ckpt.load(self.out / "checkpoints" / "last.pt")
         if state is not None:
-            self.last_objective = state.get("metrics", {}).get(self.objective) if self.objective else None
+            self.last_values = {}
+            self._with_objectives(dict(state.get("metrics", {})))
             self.saved_epoch = state["epoch"]
         return state
 
@@ -120,9 +127,7 @@ class RayReporter:
         if state is not None and state.get("metrics"):
             metrics = dict(state["metrics"])
             metrics[EPOCHS_KEY] = int(state["epoch"]) + 1
-            if self.objective and self.last_objective is not None:
-                metrics[OBJECTIVE_KEY] = self.last_objective
-            ray.train.report(metrics)
+            ray.train.report(self._with_objectives(metrics))
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.train
@@ -131,11 +136,7 @@ class RayReporter:
 
         metrics = dict(metrics)
         metrics[EPOCHS_KEY] = int(metrics["epoch"]) + 1
-        if self.objective:
-            if self.objective in metrics:
-                self.last_objective = float(metrics[self.objective])
-            if self.last_objective is not None:
-                metrics[OBJECTIVE_KEY] = self.last_objective
+        metrics = self._with_objectives(metrics)
         if self.record is not None:
             self.record.append(metrics)
         if state is not None:
@@ -145,6 +146,17 @@ class RayReporter:
             self.saved_epoch = state["epoch"]
         else:
             ray.train.report(metrics)
+
+    def _with_objectives(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` with each objective's last measured value under its key (an epoch
+        without evaluation carries the last evaluation's)."""
+        for metric in self.objectives:
+            if metric in metrics:
+                self.last_values[metric] = float(metrics[metric])
+        for metric, key in zip(self.objectives, objective_keys(len(self.objectives))):
+            if metric in self.last_values:
+                metrics[key] = self.last_values[metric]
+        return metrics
 
     def _report_checkpoint(self, metrics: dict[str, Any], folder: str, state: dict[str, Any]) -> None:
         """``ray.train.report`` with the checkpoint in ``folder``, which Ray Train copies into a

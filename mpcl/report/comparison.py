@@ -108,6 +108,8 @@ def reproduce_section(summary: dict[str, Any], out_dir: Path) -> list[str]:
 
 def confirm_section(confirm: dict[str, Any]) -> list[str]:
     """HTML of a sweep's confirmation stage (``results.json``'s ``confirm``)."""
+    if confirm.get("objectives"):
+        return _pareto_confirm_section(confirm)
     metric = confirm["metric"]
     rows = []
     for c in confirm["configs"]:
@@ -123,6 +125,19 @@ def confirm_section(confirm: dict[str, Any]) -> list[str]:
     if winner:
         body.append(f"<p><b>{html.escape(confirm['verdict'])}</b></p>")
     return body
+
+
+def _pareto_confirm_section(confirm: dict[str, Any]) -> list[str]:
+    """HTML of the confirmation of a sweep with several objectives: each one's mean ± sd."""
+    metrics = [o["metric"] for o in confirm["objectives"]]
+    rows = []
+    for c in confirm["configs"]:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["params"].items())
+        rows.append([c["label"], params, *(mean_sd(c["objectives"][m]["summary"]) for m in metrics)])
+    return [f"<h2>Confirmation: {confirm['seeds']} fresh seed(s), full budget</h2>",
+            "<p>Every Pareto point of the search and the baseline (the first <code>points</code> entry) "
+            "trained again; each objective's mean ± sd over the seeds.</p>",
+            html_table(["configuration", "parameters", *(f"{m} mean ± sd" for m in metrics)], rows)]
 
 
 def reproduce_report(out_dir: Path, out_file: Path) -> Path:
