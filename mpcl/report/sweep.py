@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from mpcl.report.comparison import confirm_section
+from mpcl.report.lineage import lineage_section
 from mpcl.report.page import COLORS, ReportError, curves, fmt, html_page, img_tag, pyplot, save_png
 from mpcl.tracking import read_metrics
 from mpcl.tracking.sweep_results import RESULTS_FILE, STUDY_FILE, confirmed_best, open_study, sort_rows, storage_url
@@ -162,6 +163,7 @@ def sweep_report(sweep_dir: Path, out_file: Path) -> Path:
     body.append(f"<h2>Trials</h2><table><tr>{head}</tr>{''.join(trs)}</table>")
     if summary.get("confirm"):
         body += confirm_section(summary["confirm"])
+    body += lineage_section(rows, out_dir)
     # best config
     best, best_yaml = best_config(summary, sweep_dir)
     body.append("<h2>Best configuration</h2>")
