@@ -176,7 +176,7 @@ def make_scheduler(spec: SweepSpec, epochs: int):
         return PopulationBasedTraining(
             time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,
             perturbation_interval=s["perturbation_interval"], quantile_fraction=s["quantile_fraction"],
-            resample_probability=s["resample_probability"], hyperparam_mutations=mutations,
+            resample_probability=s["resample_probability"], synch=s["synch"], hyperparam_mutations=mutations,
             custom_explore_fn=within_space(spec))
     from ray.tune.schedulers import ASHAScheduler
 

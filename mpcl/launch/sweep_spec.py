@@ -43,7 +43,7 @@ SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_
 COMMAND_LINE_KEYS = ("num_samples", "max_concurrent", "out")
 ASHA_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
 SCHEDULER_KEYS = {"asha": ASHA_KEYS, "none": ASHA_KEYS,   # none ignores asha's settings
-                  "pbt": {"type", "perturbation_interval", "quantile_fraction", "resample_probability"}}
+                  "pbt": {"type", "perturbation_interval", "quantile_fraction", "resample_probability", "synch"}}
 # What PBT may change between two epochs of a trial: knobs read afresh from the config when a
 # trial restarts from a checkpoint, that shape no tensor, no optimizer state and no batch.
 PBT_MUTABLE = ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.min_lr", "method.temperature",
@@ -207,6 +207,8 @@ def _check_pbt_settings(path, scheduler: dict) -> None:
     resample = scheduler.setdefault("resample_probability", 0.25)
     _check(path, "scheduler.resample_probability", resample, _is_number(resample) and 0 <= resample <= 1,
            "must be a number in [0, 1]")
+    synch = scheduler.setdefault("synch", False)
+    _check(path, "scheduler.synch", synch, isinstance(synch, bool), "must be true or false")
 
 
 def _check_pbt_sweep(path, tree: dict, space: dict, sampler: dict) -> None:
