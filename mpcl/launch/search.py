@@ -172,6 +172,8 @@ def make_scheduler(spec: SweepSpec, epochs: int):
         from ray.tune.schedulers import PopulationBasedTraining
 
         s, space = spec.scheduler, tune_space(spec)
+        # each exploit restarts the trial's TorchTrainer from a checkpoint: there is no actor to reuse
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
         mutations = {k: spec.space[k]["values"] if spec.space[k]["type"] == "choice" else space[k] for k in space}
         return PopulationBasedTraining(
             time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,

@@ -19,6 +19,7 @@ def _schedule_plot(rows: list[dict[str, Any]], knob: str, out_dir: Path, name: s
             ax.step([p[0] for p in points], [p[1] for p in points], where="mid", marker="o", ms=3,
                     label=str(r["trial_id"]))
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(knob)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
