@@ -135,7 +135,8 @@ def test_pbt_sweep_exploits_records_lineage_and_resumes(tmp_path, fmnist_path):
         assert t["schedule"][:at] == [{"epoch": row["epoch"], **{k: row[k] for k in SPACE}}
                                       for row in trials[clone["from"]]["schedule"][:at]]
         assert list((sweep_dir / "trials").glob(f"{t['trial_id']}.old-*"))   # its own run kept aside
-        assert t["schedule"][-1] == {"epoch": 2, **t["params"]}   # its new knobs in effect after the clone
+        if at < 2:   # its new knobs in effect in the epoch after the clone
+            assert t["schedule"][-1] == {"epoch": 2, **t["params"]}
     rep = subprocess.run([sys.executable, "run.py", "report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
                          capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr

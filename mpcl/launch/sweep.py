@@ -262,12 +262,15 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
     trials = grid._experiment_analysis.trials
     files = Mirror(sweep_dir)
     pbt = spec.scheduler["type"] == "pbt"
-    # no study under PBT: a trial that Tune terminated has ended
-    told = {t.trial_id for t in trials} if pbt else _told_trials(spec.study or storage_url(files.local), spec.name)
+    # no study under PBT, and PBT stops no trial early: one that ended before the last epoch was
+    # interrupted (Tune marks the trials it stops on Ctrl-C as terminated)
+    told = {t.trial_id for t, r in zip(trials, grid) if int((r.metrics or {}).get(EPOCHS_KEY, 0) or 0) >= epochs} \
+        if pbt else _told_trials(spec.study or storage_url(files.local), spec.name)
     for trial, result in zip(trials, grid):
         m = dict(result.metrics or {})
         trial_id = trial.trial_id
-        params = dict(result.config or trial.config or {})
+        # under PBT the trial's knobs now (its last result may be the donor's, with the donor's knobs)
+        params = dict((trial.config if pbt else result.config) or trial.config or {})
         done = int(m.get(EPOCHS_KEY, 0) or 0)
         run_dir = join(sweep_dir, "trials", str(trial_id))
         reason = ""
