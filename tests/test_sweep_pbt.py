@@ -199,3 +199,38 @@ def test_exploit_continues_the_donors_state_under_the_new_knobs(method, buffer, 
     assert torch.equal(dict(recipient.named_buffers())[buffer], saved)
     assert optimizer.param_groups[0]["lr"] == base_lr(cfg) != base_lr(donor_cfg)
     assert getattr(recipient.params, knob) == 0.7
+
+
+def test_pbt_results_hold_lineage_and_tell_interrupted_trials(tmp_path):
+    """Without Ray: PBT stops no trial early, so one that Tune terminated (Ctrl-C) before the
+    last epoch is interrupted; a row's knobs are the trial's now (its last result may be its
+    donor's), with its lineage.json; no Optuna study is opened or written."""
+    from types import SimpleNamespace
+
+    from mpcl.launch.pbt import LINEAGE_FILE
+    from mpcl.launch.sweep import collect_results
+    from mpcl.launch.sweep_spec import SweepSpec
+    from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY
+
+    spec = SweepSpec(name="unit", base=None, overrides={}, space={"method.temperature": SPACE["method.temperature"]},
+                     scheduler={"type": "pbt"})
+    lineage = {"clones": [{"from": "a", "epochs_done": 1}],
+               "schedule": [{"epoch": 1, "method.temperature": 0.5}, {"epoch": 2, "method.temperature": 0.6}]}
+    (tmp_path / "trials" / "b").mkdir(parents=True)
+    (tmp_path / "trials" / "b" / LINEAGE_FILE).write_text(json.dumps(lineage))
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", config={"method.temperature": v})
+              for t, v in (("a", 0.5), ("b", 0.6), ("c", 0.2))]
+    results = [SimpleNamespace(metrics={OBJECTIVE_KEY: 60.0 + e, EPOCHS_KEY: e}, error=None,
+                               config={"method.temperature": 0.5}) for e in (2, 2, 1)]
+
+    class Grid(list):  # a ResultGrid: its results, in the order of its (private) trials
+        _experiment_analysis = SimpleNamespace(trials=trials)
+
+    rows = {row["trial_id"]: row for row in collect_results(spec, tmp_path, Grid(results), epochs=2)}
+    assert {t: rows[t]["state"] for t in "abc"} == {"a": "complete", "b": "complete", "c": "interrupted"}
+    assert rows["b"]["params"] == {"method.temperature": 0.6}
+    assert (rows["b"]["clones"], rows["b"]["schedule"]) == (lineage["clones"], lineage["schedule"])
+    assert rows["a"]["clones"] == [] and rows["a"]["schedule"] == []
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["scheduler"] == "pbt" and summary["storage"] is None
+    assert not (tmp_path / "optuna.db").exists()
