@@ -165,18 +165,30 @@ def within_space(spec: SweepSpec):
     return clip
 
 
+def _population_based_training(total_epochs: int, **settings):
+    """Ray's PBT, except at a trial's last epoch: an exploit there would only make the trial a
+    copy of its donor under knobs it never trains with."""
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class LastEpochKept(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller, trial, result):
+            if int(result.get(EPOCHS_KEY, 0) or 0) >= total_epochs:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return LastEpochKept(**settings)
+
+
 def make_scheduler(spec: SweepSpec, epochs: int):
     if spec.scheduler.get("type", "asha") == "none":
         return None
     if spec.scheduler["type"] == "pbt":
-        from ray.tune.schedulers import PopulationBasedTraining
-
         s, space = spec.scheduler, tune_space(spec)
         # each exploit restarts the trial's TorchTrainer from a checkpoint: there is no actor to reuse
         warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
         mutations = {k: spec.space[k]["values"] if spec.space[k]["type"] == "choice" else space[k] for k in space}
-        return PopulationBasedTraining(
-            time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,
+        return _population_based_training(
+            epochs, time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,
             perturbation_interval=s["perturbation_interval"], quantile_fraction=s["quantile_fraction"],
             resample_probability=s["resample_probability"], synch=s["synch"], hyperparam_mutations=mutations,
             custom_explore_fn=within_space(spec))
