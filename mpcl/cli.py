@@ -102,7 +102,8 @@ def cmd_sweep(args) -> None:
                                       out=args.out, storage=args.storage, overrides=args.overrides)
     print(format_table(rows, spec.metric))
     print(f"sweep directory: {sweep_dir}")
-    print(f"optuna study:    optuna-dashboard {spec.study}")
+    if spec.scheduler["type"] != "pbt":   # PBT runs without Optuna
+        print(f"optuna study:    optuna-dashboard {spec.study}")
     print(f"report:          {program()} report {sweep_dir}")
 
 

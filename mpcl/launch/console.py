@@ -217,6 +217,7 @@ class SweepView:
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         row = self.rows.setdefault(trial.trial_id, TrialRow(trial.trial_id, dict(trial.config or {})))
         row.state = "running"
+        row.params = dict(trial.config or {})   # PBT's exploit restarts a trial with new knobs
         self._say(f"trial {row.trial_id} started: " + " ".join(f"{k}={_value(v)}" for k, v in row.params.items()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:

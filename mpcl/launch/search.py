@@ -161,9 +161,68 @@ def study_searcher(spec: SweepSpec, epochs: int, storage=None) -> StudySearch:
                        points_to_evaluate=spec.points or None)
 
 
+def tune_space(spec: SweepSpec) -> dict[str, Any]:
+    """The space as Tune's distributions: PBT's initial population and its resampling."""
+    from ray import tune
+
+    out = {}
+    for key, d in spec.space.items():
+        t = d["type"]
+        if t == "choice":
+            out[key] = tune.choice(d["values"])
+        elif t == "int":
+            out[key] = tune.randint(int(d["low"]), int(d["high"]) + 1)
+        else:
+            out[key] = (tune.loguniform if t == "loguniform" else tune.uniform)(float(d["low"]), float(d["high"]))
+    return out
+
+
+def population_searcher(spec: SweepSpec):
+    """Under PBT: Tune's random draws from the space (``points`` first), seeded by
+    ``sampler.seed``. Ray runs PBT with no other search algorithm, so there is no Optuna study."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=spec.points or None, random_state=spec.sampler.get("seed"))
+
+
+def within_space(spec: SweepSpec):
+    """PBT's explore multiplies a value by 0.8 or 1.2: the result is clipped back into the space."""
+    def clip(config: dict[str, Any]) -> dict[str, Any]:
+        for key, d in spec.space.items():
+            if d["type"] != "choice":
+                config[key] = type(config[key])(min(max(config[key], d["low"]), d["high"]))
+        return config
+
+    return clip
+
+
+def _population_based_training(total_epochs: int, **settings):
+    """Ray's PBT, except at a trial's last epoch: an exploit there would only make the trial a
+    copy of its donor under knobs it never trains with."""
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class LastEpochKept(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller, trial, result):
+            if int(result.get(EPOCHS_KEY, 0) or 0) >= total_epochs:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return LastEpochKept(**settings)
+
+
 def make_scheduler(spec: SweepSpec, epochs: int):
     if spec.scheduler.get("type", "asha") == "none":
         return None
+    if spec.scheduler["type"] == "pbt":
+        s, space = spec.scheduler, tune_space(spec)
+        # each exploit restarts the trial's TorchTrainer from a checkpoint: there is no actor to reuse
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+        mutations = {k: spec.space[k]["values"] if spec.space[k]["type"] == "choice" else space[k] for k in space}
+        return _population_based_training(
+            epochs, time_attr=EPOCHS_KEY, metric=OBJECTIVE_KEY, mode=spec.mode,
+            perturbation_interval=s["perturbation_interval"], quantile_fraction=s["quantile_fraction"],
+            resample_probability=s["resample_probability"], synch=s["synch"], hyperparam_mutations=mutations,
+            custom_explore_fn=within_space(spec))
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.scheduler

@@ -65,6 +65,7 @@ def make_trainable(spec: SweepSpec, sweep_dir: str | Path, base: Config):
     trials_dir = join(sweep_dir, "trials") if is_uri(sweep_dir) else str((Path(sweep_dir) / "trials").resolve())
     base_tree = flatten(to_dict(base))
     metric = [m for m, _ in spec.objectives] if spec.multi_objective else spec.metric
+    pbt = spec.scheduler["type"] == "pbt"
     quiet = not verbose()   # as the driver was asked: a trial's process may not share its environment
 
     def trial(params: dict[str, Any]) -> None:
@@ -78,6 +79,10 @@ def make_trainable(spec: SweepSpec, sweep_dir: str | Path, base: Config):
         cfg = load(None, {**base_tree, **params, "out": f"{trials_dir}/{trial_id}"})
         if not cfg.train.resume:
             start_over(cfg.out)
+        if pbt:   # its checkpoints reach Tune, for PBT's exploit
+            from mpcl.launch.pbt import run_pbt_trial
+
+            return run_pbt_trial(cfg, params, metric, quiet)
         run_trainer(cfg, objective=metric, callbacks=[TuneReportCallback()], quiet=quiet)
 
     return trial
@@ -102,6 +107,9 @@ def _check_before_ray(path, spec: SweepSpec, sweep_dir: str | Path, files: Mirro
     returns that config, its paths made absolute here (trials run elsewhere)."""
     from mpcl.launch.preflight import check_out, preflight
 
+    if spec.scheduler["type"] == "pbt" and files.remote:
+        raise LaunchError(f"{path}: scheduler: pbt moves trial directories on exploit, on a local or shared "
+                          f"file system; out={sweep_dir} is a URI")
     if spec.confirm and files.remote:
         raise LaunchError(f"{path}: confirm: the confirmation stage writes a local sweep directory; "
                           f"out={sweep_dir} is a URI (drop confirm, or use a shared file system)")
@@ -134,7 +142,7 @@ def _tuner(spec: SweepSpec, sweep_dir: str | Path, files: Mirror, example: Confi
     from ray import tune
 
     from mpcl.launch.console import sweep_view, verbose
-    from mpcl.launch.search import make_scheduler, make_searcher
+    from mpcl.launch.search import make_scheduler, make_searcher, population_searcher, tune_space
 
     # The trial function only waits on its TorchTrainer: it reserves no CPU (Ray refuses an
     # empty request, hence a token byte of memory); the trainer's workers take scale.*.
@@ -152,15 +160,19 @@ def _tuner(spec: SweepSpec, sweep_dir: str | Path, files: Mirror, example: Confi
         run_config = tuner._local_tuner._run_config
         run_config.verbose, run_config.callbacks = shown["verbose"], shown["callbacks"]
         return tuner
+    pbt = spec.scheduler["type"] == "pbt"   # Ray runs PBT with no search algorithm but its own draws
     return tune.Tuner(
-        trainable,
+        trainable, param_space=tune_space(spec) if pbt else None,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, files.local, epochs, spec.study),
+            search_alg=population_searcher(spec) if pbt else make_searcher(spec, files.local, epochs, spec.study),
             scheduler=make_scheduler(spec, epochs),
             num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
             reuse_actors=False),
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir),
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                  # PBT's trials report checkpoints: a donor's must outlive its exploit
+                                  # (PBT warns below 3)
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
                                   # Tune's state reaches a URI every 30 s (Ray's default: 300 s),
                                   # so a killed driver's --resume loses little
                                   sync_config=tune.SyncConfig(sync_period=30), **shown),
@@ -268,11 +280,16 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
     # the trial id is known even for a trial that never reported
     trials = grid._experiment_analysis.trials
     files = Mirror(sweep_dir)
-    told = _told_trials(spec.study or storage_url(files.local), spec.name)
+    pbt = spec.scheduler["type"] == "pbt"
+    # no study under PBT, and PBT stops no trial early: one that ended before the last epoch was
+    # interrupted (Tune marks the trials it stops on Ctrl-C as terminated)
+    told = {t.trial_id for t, r in zip(trials, grid) if int((r.metrics or {}).get(EPOCHS_KEY, 0) or 0) >= epochs} \
+        if pbt else _told_trials(spec.study or storage_url(files.local), spec.name)
     for trial, result in zip(trials, grid):
         m = dict(result.metrics or {})
         trial_id = trial.trial_id
-        params = dict(result.config or trial.config or {})
+        # under PBT the trial's knobs now (its last result may be the donor's, with the donor's knobs)
+        params = dict((trial.config if pbt else result.config) or trial.config or {})
         done = int(m.get(EPOCHS_KEY, 0) or 0)
         run_dir = join(sweep_dir, "trials", str(trial_id))
         reason = ""
@@ -293,9 +310,14 @@ def collect_results(spec: SweepSpec, sweep_dir: Path, grid, epochs: int) -> list
                      "epochs_done": done, "run_dir": str(run_dir)})
         if spec.multi_objective:
             _add_objectives(rows[-1], spec, m)
+        if pbt:   # which trials its state came from, and the knobs of each epoch
+            from mpcl.launch.pbt import read_lineage
+
+            rows[-1].update(read_lineage(run_dir))
     rows = sort_rows(rows, spec.mode)
     summary = {"name": spec.name, "metric": spec.metric, "mode": spec.mode, "epochs": epochs,
-               "storage": spec.study or storage_url(files.local), "study_name": spec.name, "trials": rows}
+               "storage": None if pbt else spec.study or storage_url(files.local), "study_name": spec.name,
+               "scheduler": spec.scheduler["type"], "trials": rows}
     if spec.multi_objective:
         summary["objectives"] = [{"metric": metric, "mode": mode} for metric, mode in spec.objectives]
         mark_pareto(summary)

@@ -13,7 +13,7 @@ A sweep file (``sweeps/*.yaml``)::
     objective: {metric: val/knn_top1, mode: max}   # or a list of them: a Pareto front
     num_samples: 8
     max_concurrent: 2
-    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: none}, or {type: pbt, ...}
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}  # per trial (scale.*)
     sampler: {type: tpe, seed: 0, multivariate: true}   # tpe | random | cmaes | nsga2 (population_size)
     out: runs/sweeps/fmnist_demo
@@ -42,6 +42,13 @@ SINGLE_OBJECTIVE_SAMPLERS = {"cmaes": "CMA-ES"}
 SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_samples", "max_concurrent",
               "scheduler", "resources", "sampler", "out", "description", "confirm"}
 COMMAND_LINE_KEYS = ("num_samples", "max_concurrent", "out")
+ASHA_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
+SCHEDULER_KEYS = {"asha": ASHA_KEYS, "none": ASHA_KEYS,   # none ignores asha's settings
+                  "pbt": {"type", "perturbation_interval", "quantile_fraction", "resample_probability", "synch"}}
+# What PBT may change between two epochs of a trial: knobs read afresh from the config when a
+# trial restarts from a checkpoint, that shape no tensor, no optimizer state and no batch.
+PBT_MUTABLE = ("optim.lr", "optim.momentum", "optim.weight_decay", "optim.min_lr", "method.temperature",
+               "method.attention_weight", "method.bank_mix")
 
 
 @dataclass
@@ -181,8 +188,14 @@ def _check_point(path, i: int, point: Any, space: dict) -> None:
 
 
 def _check_scheduler(path, scheduler: dict) -> None:
-    _check(path, "scheduler.type", scheduler.get("type"), scheduler.get("type") in ("asha", "none"),
-           "allowed: asha, none")
+    _check(path, "scheduler.type", scheduler.get("type"), scheduler.get("type") in SCHEDULER_KEYS,
+           f"allowed: {', '.join(SCHEDULER_KEYS)}")
+    unknown = set(scheduler) - SCHEDULER_KEYS[scheduler["type"]]
+    if unknown:
+        raise _fail(path, f"scheduler: {', '.join(sorted(unknown))} not a setting of type {scheduler['type']}; "
+                          f"allowed: {', '.join(sorted(SCHEDULER_KEYS[scheduler['type']]))}")
+    if scheduler["type"] == "pbt":
+        _check_pbt_settings(path, scheduler)
     for key in ("grace_period", "max_t"):
         if key in scheduler:
             _check(path, f"scheduler.{key}", scheduler[key], _is_int(scheduler[key]) and scheduler[key] >= 1,
@@ -193,6 +206,38 @@ def _check_scheduler(path, scheduler: dict) -> None:
     if scheduler.get("grace_period", 1) > scheduler.get("max_t", math.inf):
         raise _fail(path, f"scheduler.grace_period={scheduler['grace_period']}: must be <= "
                           f"scheduler.max_t={scheduler['max_t']}")
+
+
+def _check_pbt_settings(path, scheduler: dict) -> None:
+    interval = scheduler.setdefault("perturbation_interval", 1)
+    _check(path, "scheduler.perturbation_interval", interval, _is_int(interval) and interval >= 1,
+           "must be a whole number of epochs >= 1")
+    quantile = scheduler.setdefault("quantile_fraction", 0.25)
+    _check(path, "scheduler.quantile_fraction", quantile, _is_number(quantile) and 0 < quantile <= 0.5,
+           "must be a number in (0, 0.5]")
+    resample = scheduler.setdefault("resample_probability", 0.25)
+    _check(path, "scheduler.resample_probability", resample, _is_number(resample) and 0 <= resample <= 1,
+           "must be a number in [0, 1]")
+    synch = scheduler.setdefault("synch", False)
+    _check(path, "scheduler.synch", synch, isinstance(synch, bool), "must be true or false")
+
+
+def _check_pbt_sweep(path, tree: dict, space: dict, sampler: dict) -> None:
+    """PBT changes the searched knobs in the middle of a trial: only those in ``PBT_MUTABLE``.
+    Its population is drawn at random (Ray runs PBT without a search algorithm), and its trials
+    follow a knob schedule that the confirmation stage could not retrain."""
+    for key in space:
+        if key not in PBT_MUTABLE:
+            raise _fail(path, f"space.{key}: scheduler pbt cannot change it in the middle of a run (it would "
+                              f"change tensor shapes, optimizer state or the data); pbt may mutate only "
+                              f"{', '.join(PBT_MUTABLE)}")
+    _check(path, "sampler.type", sampler["type"], sampler["type"] == "random",
+           "scheduler pbt draws its population at random: sampler.type must be random")
+    population = tree.get("num_samples", 8)
+    _check(path, "num_samples", population, population >= 2, "scheduler pbt needs a population of at least 2")
+    if tree.get("confirm") is not None:
+        raise _fail(path, "confirm: not with scheduler pbt (a pbt trial follows a knob schedule that "
+                          "confirm, which retrains fixed knobs, cannot repeat)")
 
 
 def _check_sampler(path, sampler: dict) -> None:
@@ -331,15 +376,16 @@ def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[
     for i, point in enumerate(points):
         _check_point(path, i, point, space)
     objectives = _objectives(path, tree)
-    scheduler_keys = {"type", "grace_period", "reduction_factor", "max_t"}
-    scheduler = {"type": "asha", **_mapping(path, tree, "scheduler", scheduler_keys)}
+    scheduler = {"type": "asha", **_mapping(path, tree, "scheduler", set.union(*SCHEDULER_KEYS.values()))}
     _check_scheduler(path, scheduler)
-    sampler = {"type": "tpe", "seed": 0, "multivariate": True,
+    sampler = {"type": "random" if scheduler["type"] == "pbt" else "tpe", "seed": 0, "multivariate": True,
                **_mapping(path, tree, "sampler", {"type", "seed", "multivariate", "n_startup_trials",
                                                   "population_size"})}
     _check_sampler(path, sampler)
     if len(objectives) > 1:
         _check_multi_objective(path, scheduler, sampler)
+    if scheduler["type"] == "pbt":
+        _check_pbt_sweep(path, tree, space, sampler)
     spec = SweepSpec(
         name=tree.get("name") or path.stem, base=base, overrides=dict(overrides),
         space=space, points=points, objectives=objectives, num_samples=tree.get("num_samples", 8),

@@ -15,6 +15,7 @@ import yaml
 
 from mpcl.files import write_text_atomic
 from mpcl.report.comparison import confirm_section
+from mpcl.report.lineage import lineage_section
 from mpcl.report.page import COLORS, ReportError, curves, fmt, html_page, html_table, img_tag, pyplot, save_png
 from mpcl.tracking import read_metrics
 from mpcl.tracking.sweep_results import (
@@ -210,11 +211,13 @@ def sweep_report(sweep_dir: Path, out_file: Path) -> Path:
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "failed")}
     body = [f"<p>{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
             f"{counts['failed']} failed. Objective: {_objectives_text(summary)}. "
-            f"Directory: <code>{html.escape(str(sweep_dir))}</code>. Optuna study: "
-            f"<code>optuna-dashboard {html.escape(storage_url(sweep_dir))}</code></p>"]
+            f"Directory: <code>{html.escape(str(sweep_dir))}</code>. "
+            + ("No Optuna study (Ray runs PBT without a searcher).</p>" if summary.get("scheduler") == "pbt" else
+               f"Optuna study: <code>optuna-dashboard {html.escape(storage_url(sweep_dir))}</code></p>")]
     body.append(f"<h2>Trials</h2>{_trials_table(summary, params)}")
     if summary.get("confirm"):
         body += confirm_section(summary["confirm"])
+    body += lineage_section(rows, out_dir)
     if summary.get("objectives"):
         body += pareto_section(summary, out_dir)
     else:
