@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
+from tests.helpers.sweeps import assert_refused_before_ray, ROOT, sweep_env, sweep_file
 
 FAULTS = Path(__file__).resolve().parent / "faults"   # sitecustomize: MPCL_TEST_FAULT names the fault
 HELD_FILE, RELEASE_FILE = "HELD", "RELEASE"   # written and awaited by the hook
@@ -217,22 +217,11 @@ BAD_SWEEPS = [  # (change to a valid sweep file, the key the one-line error name
 
 @pytest.mark.parametrize("change,named", BAD_SWEEPS)
 def test_bad_sweep_fails_before_ray_naming_the_key(change, named, tmp_path, capsys):
-    import ray
-
-    from mpcl import cli
-
     tree = yaml.safe_load(sweep_file(tmp_path, "/nowhere").read_text())
     tree.update(change)
     if tree["base"] is None:
         del tree["base"]
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", str(path)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
-    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
+    assert_refused_before_ray(tree, tmp_path, capsys, named)
 
 
 def test_objective_is_checked_against_the_methods_metrics(tmp_path):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.helpers.sweeps import ROOT, sweep_env, sweep_file
+from tests.helpers.sweeps import assert_refused_before_ray, ROOT, sweep_env, sweep_file
 
 TWO_OBJECTIVES = [{"metric": "val/knn_top1", "mode": "max"}, {"metric": "time/epoch_s", "mode": "min"}]
 
@@ -58,19 +58,8 @@ REFUSED = [  # (change to a valid two-objective sweep file, what the one line mu
 
 @pytest.mark.parametrize("change,named", REFUSED)
 def test_what_cannot_serve_several_objectives_is_refused_before_ray(change, named, tmp_path, capsys):
-    import ray
-
-    from mpcl import cli
-
     tree = {**yaml.safe_load(sweep_file(tmp_path, "/nowhere").read_text()), "objective": TWO_OBJECTIVES, **change}
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", str(path)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
-    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
+    assert_refused_before_ray(tree, tmp_path, capsys, named)
 
 
 def test_nsga2_with_two_objectives_is_accepted(tmp_path):

@@ -38,3 +38,21 @@ def sweep_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def assert_refused_before_ray(tree: dict, tmp_path: Path, capsys, named: str) -> None:
+    """``run.py sweep`` on the sweep file ``tree`` exits 2 with one line naming ``named`` and the
+    file, before Ray starts and before the sweep directory exists."""
+    import pytest
+    import ray
+
+    from mpcl import cli
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and str(path) in err, err
+    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
