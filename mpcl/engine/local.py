@@ -14,11 +14,11 @@ from mpcl.files import LOCK_FILE
 from mpcl.tracking import RunRecord, summary_line
 
 
-def start_over(out: str | Path) -> Path | None:
-    """``train.resume=false``: what a run directory holds is moved into
-    ``<out>.old-<YYYYmmdd-HHMMSS>`` (nothing written is lost) so the run starts in an empty
-    one. The lock file stays: the writer holding it keeps holding ``out``. Returns where the
-    old run went, or None when there was none."""
+def start_over(out: str | Path, why: str = "train.resume=false") -> Path | None:
+    """What a run directory holds is moved into ``<out>.old-<YYYYmmdd-HHMMSS>`` (nothing
+    written is lost) so the run starts in an empty one: for ``train.resume=false``, or for
+    another reason that the message names (``why``). The lock file stays: the writer holding
+    it keeps holding ``out``. Returns where the old run went, or None when there was none."""
     out = Path(out)
     entries = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
     if not entries:
@@ -32,7 +32,7 @@ def start_over(out: str | Path) -> Path | None:
     aside.mkdir()
     for entry in entries:
         entry.rename(aside / entry.name)
-    print(f"train.resume=false: the previous run in {out} was moved to {aside}", file=sys.stderr)
+    print(f"{why}: the previous run in {out} was moved to {aside}", file=sys.stderr)
     return aside
 
 

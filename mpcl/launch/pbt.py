@@ -73,7 +73,7 @@ def start_from_donor(cfg: Config) -> str | None:
     if donor.name == out.name:   # its own checkpoint (a resumed sweep): Ray Train resumes it
         return None
     epochs = int(state["epoch"]) + 1
-    start_over(out)
+    start_over(out, why=f"pbt exploit (continues {donor.name} after {epochs} epoch(s))")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     ckpt.save_atomic(state, out / "checkpoints" / "last.pt")
     if (donor / "metrics.jsonl").is_file():   # the run record drops the lines after the checkpoint
@@ -86,10 +86,10 @@ def start_from_donor(cfg: Config) -> str | None:
     return donor.name
 
 
-def _record_epoch(run_dir: Path, epochs_done: int, params: dict[str, Any]) -> None:
-    """The knobs in effect in epoch ``epochs_done``, unless recorded already: a restarted run
-    first reports its checkpoint's epoch again, trained with the knobs of then."""
-    lineage = read_lineage(run_dir)
+def _record_epoch(run_dir: Path, lineage: dict[str, list], epochs_done: int, params: dict[str, Any]) -> None:
+    """The knobs in effect in epoch ``epochs_done`` join ``lineage`` (and its file), unless
+    recorded already: a restarted run first reports its checkpoint's epoch again, trained
+    with the knobs of then."""
     if any(row["epoch"] == epochs_done for row in lineage["schedule"]):
         return
     lineage["schedule"] = sorted(lineage["schedule"] + [{"epoch": epochs_done, **params}], key=lambda r: r["epoch"])
@@ -105,6 +105,7 @@ def run_pbt_trial(cfg: Config, params: dict[str, Any], objective: str, quiet: bo
     from mpcl.launch.train import run_trainer
 
     start_from_donor(cfg)
+    lineage = read_lineage(cfg.out)
     reports = Queue(1, actor_options={"num_cpus": 0})
     failure: list[BaseException] = []
 
@@ -121,7 +122,7 @@ def run_pbt_trial(cfg: Config, params: dict[str, Any], objective: str, quiet: bo
     while (item := reports.get()) is not None:
         metrics, checkpoint = item
         if EPOCHS_KEY in metrics:
-            _record_epoch(Path(cfg.out), int(metrics[EPOCHS_KEY]), params)
+            _record_epoch(Path(cfg.out), lineage, int(metrics[EPOCHS_KEY]), params)
         tune.report(metrics, checkpoint=checkpoint)
     trainer.join()
     if failure:
