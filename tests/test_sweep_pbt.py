@@ -61,7 +61,8 @@ def test_pbt_scheduler_mutates_the_space_within_its_bounds(tmp_path):
     from ray.tune.search.sample import Float
 
     from mpcl.launch.search import make_scheduler, population_searcher
-    from mpcl.launch.sweep_spec import PBT_MUTABLE, load_sweep
+    from mpcl.launch.sweep_rules import PBT_MUTABLE
+    from mpcl.launch.sweep_spec import load_sweep
     from mpcl.launch.worker import EPOCHS_KEY, OBJECTIVE_KEY
 
     assert {"optim.lr", "method.temperature", "method.attention_weight", "method.bank_mix"} <= set(PBT_MUTABLE)
