@@ -50,7 +50,7 @@ demo: setup
 	$(PY) run.py demo
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25   # the 25 slowest tests: where the suite's time goes
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray"
