@@ -168,6 +168,40 @@ def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "t").exists()
 
 
+def test_a_table_of_other_fixed_settings_is_refused_and_the_scheduler_is_not_one(tmp_path, monkeypatch, capsys):
+    """A table records its runs' fixed settings on first use; replaying it under another
+    scheduler or sampler setting is allowed, under another training setting refused (one line,
+    exit 2, naming the key and both values), and the table and its record stay as they were."""
+    from mpcl.bench.sweep_table import check_settings, settings_path
+
+    table = tmp_path / "table.jsonl"
+    check_settings(load_sweep("fmnist_demo"), table)
+    recorded = settings_path(table).read_text()
+    assert '"data.subset": 3072' in recorded and "method.temperature" not in recorded and '"out"' not in recorded
+    check_settings(load_sweep("fmnist_demo", overrides=["scheduler.grace_period=2", "sampler.n_startup_trials=4",
+                                                        "tracking.wandb=auto"]), table)
+    table.write_text('{"params": {}, "seed": 0, "objective": [1.0]}\n')
+    with pytest.raises(SystemExit) as e:
+        run_py(monkeypatch, "bench", "sweep", "fmnist_demo", "--table", str(table), "--override", "data.subset=1024",
+               "--override", f"data.path={tmp_path / 'none'}")   # not a setting; training without the check fails
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err, err
+    assert f"{table}: its runs trained with data.subset=3072, this sweep's with data.subset=1024" in err
+    assert settings_path(table).read_text() == recorded
+    assert table.read_text() == '{"params": {}, "seed": 0, "objective": [1.0]}\n'
+
+
+def test_a_sweeps_scheduler_and_sampler_settings_on_the_command_line():
+    from mpcl.launch import LaunchError
+
+    spec = load_sweep("fmnist_demo", overrides=["scheduler.grace_period=2", "sampler.n_startup_trials=4"])
+    assert spec.scheduler == {**load_sweep("fmnist_demo").scheduler, "grace_period": 2}
+    assert spec.sampler["n_startup_trials"] == 4 and spec.sampler["type"] == "tpe"
+    assert "scheduler.grace_period" not in spec.overrides
+    with pytest.raises(LaunchError, match=r"yaml: scheduler: unknown key\(s\) grace_perod; allowed: grace_period"):
+        load_sweep("fmnist_demo", overrides=["scheduler.grace_perod=2"])
+
+
 @pytest.mark.slow
 def test_a_real_table_is_resumed_and_reported(tmp_path, monkeypatch, capsys, fmnist_path):
     from tests.helpers.runs import tiny_sweep_overrides

@@ -11,7 +11,7 @@ from mpcl.bench.options import SweepBench
 from mpcl.bench.record import Output
 from mpcl.bench.sweep_replay import STRATEGIES, replay_all
 from mpcl.bench.sweep_report import format_summary, render_section, section_markers, summarize, write_page
-from mpcl.bench.sweep_table import Table, build_table, grid, horizon
+from mpcl.bench.sweep_table import Table, build_table, check_settings, grid, horizon
 from mpcl.launch.sweep_spec import load_sweep
 
 TABLE_DIR = "runs/bench/sweep"
@@ -25,6 +25,7 @@ def bench_sweep(bench: SweepBench, command: str, say: Callable[[str], None] = pr
     configs = grid(spec, bench.grid)
     path = Path(bench.table or f"{TABLE_DIR}/{spec.name}/table.jsonl")
     max_t = horizon(spec)
+    check_settings(spec, path)
     table = Table.of(build_table(spec, configs, bench.seeds, path, say), max_t)
     replays = replay_all(spec, table, list(STRATEGIES), bench.search_seeds, bench.num_samples or spec.num_samples,
                          bench.budget)

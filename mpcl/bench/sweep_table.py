@@ -24,9 +24,13 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from mpcl.files import write_text_atomic
 from mpcl.launch.sweep_spec import SweepSpec
 
 MAX_RANGES = 3   # a grid over more searched ranges grows past what a table can train
+# Trial config keys that change no run's objective: left out of a table's settings
+UNRECORDED = ("out", "train.seed", "train.progress", "train.log_every", "train.checkpoint_every", "train.resume",
+              "scale.num_to_keep", "scale.max_failures", "data.path")
 
 
 class TableError(ValueError):
@@ -135,6 +139,42 @@ def train_run(spec: SweepSpec, params: dict[str, Any], seed: int, scratch: Path)
     values = [r.get(spec.metric) for r in read_metrics(scratch)]
     values = [float(v) if isinstance(v, (int, float)) else math.nan for v in values]
     return values + [math.nan] * (cfg.train.epochs - len(values))
+
+
+def settings_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.settings.json")
+
+
+def table_settings(spec: SweepSpec) -> dict[str, Any]:
+    """What every run of a table trains with besides its configuration and seed: the trial
+    config, flattened, less the searched keys and those that change no objective."""
+    from mpcl.config.schema import flatten, to_dict
+
+    flat = flatten(to_dict(spec.config(spec.example_params(), out="table")))
+    settings = {k: v for k, v in flat.items()
+                if k not in spec.space and k not in UNRECORDED and not k.startswith("tracking.")}
+    return json.loads(json.dumps(settings))   # as the file holds them (tuples as lists)
+
+
+def check_settings(spec: SweepSpec, path: Path) -> None:
+    """The table at ``path`` holds runs of this sweep's fixed settings: a table of other
+    settings is refused in one line (its runs would answer another question); a table without
+    a record of its settings gets this sweep's."""
+    settings, file = table_settings(spec), settings_path(path)
+    if not file.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(file, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        return
+    try:
+        recorded = json.loads(file.read_text())
+    except ValueError:
+        raise TableError(f"{file}: not a table's settings (JSON); remove it to record this sweep's") from None
+    changed = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
+    if changed:
+        k = changed[0]
+        raise TableError(f"{path}: its runs trained with {k}={recorded.get(k)!r}, this sweep's with "
+                         f"{k}={settings.get(k)!r} ({len(changed)} setting(s) differ, listed in {file.name}); "
+                         f"--table PATH starts another table")
 
 
 def build_table(spec: SweepSpec, configs: list[dict[str, Any]], seeds: int, path: Path,

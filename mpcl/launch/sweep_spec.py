@@ -53,6 +53,7 @@ from mpcl.launch.sweep_rules import (
 SWEEP_KEYS = {"name", "base", "overrides", "space", "points", "objective", "num_samples", "max_concurrent",
               "scheduler", "resources", "sampler", "out", "description", "confirm"}
 COMMAND_LINE_KEYS = ("num_samples", "max_concurrent", "out")
+COMMAND_LINE_SECTIONS = ("scheduler", "sampler")   # scheduler.grace_period=2: one setting of the file's
 
 
 @dataclass
@@ -119,19 +120,24 @@ class SweepSpec:
 
 def apply_overrides(path, tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``run.py sweep FILE key=value ...``: ``num_samples`` / ``max_concurrent`` / ``out``
-    replace the file's; ``section.key=value`` joins its ``overrides`` (every trial)."""
+    replace the file's; ``scheduler.X`` / ``sampler.X`` replace one setting of the file's
+    scheduler or sampler; any other ``section.key=value`` joins its ``overrides`` (every trial)."""
     tree = {**tree, "overrides": dict(mapping(path, tree, "overrides"))}
     for text in overrides:
         try:
             key, value = parse_override(text)
         except ConfigError as e:
             raise fail(path, str(e)) from None
+        section, _, setting = key.partition(".")
         if key in COMMAND_LINE_KEYS:
             tree[key] = value
+        elif section in COMMAND_LINE_SECTIONS and setting:
+            tree[section] = {**mapping(path, tree, section), setting: value}
         elif "." in key:
             tree["overrides"][key] = value
         else:
-            raise fail(path, f"{text}: on the command line: {', '.join(COMMAND_LINE_KEYS)} or section.key=value")
+            raise fail(path, f"{text}: on the command line: {', '.join(COMMAND_LINE_KEYS)}, "
+                             f"scheduler.X, sampler.X or section.key=value")
     return tree
 
 
