@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,9 @@ def _submit(args: list[str], env: dict, log: Path, interrupt_when=None, timeout:
         job = subprocess.Popen(["bash", str(SCRIPT), *args], cwd=tempfile.gettempdir(), env=env,
                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     seen: dict[int, tuple] = {}      # pid -> (process, its command line)
+    # Ray's node processes all name the job's Ray temp dir; a raylet that `ray start` leaves
+    # behind is re-parented at once, so it can be gone from the job's tree before a poll
+    temp_dir = re.search(r"--temp-dir=(\S+)", env["MPCL_RAY_HEAD_ARGS"]).group(1)
     deadline = time.time() + timeout
     try:
         while job.poll() is None and time.time() < deadline:
@@ -77,6 +81,12 @@ def _submit(args: list[str], env: dict, log: Path, interrupt_when=None, timeout:
                         seen[p.pid] = (p, " ".join(p.cmdline()))
             except psutil.Error:
                 pass
+            for p in psutil.process_iter():
+                try:
+                    if p.pid not in seen and temp_dir in (cmd := " ".join(p.cmdline())):
+                        seen[p.pid] = (p, cmd)
+                except psutil.Error:
+                    pass
             if interrupt_when is not None and interrupt_when():
                 job.send_signal(signal.SIGTERM)
                 interrupt_when = None
