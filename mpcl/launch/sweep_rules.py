@@ -45,7 +45,7 @@ def mapping(path, tree: dict, key: str, allowed: set[str] | None = None) -> dict
     unknown = set(value) - allowed if allowed is not None else set()
     if unknown:
         raise fail(path, f"{key}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                          f"allowed: {', '.join(sorted(allowed))}")
+                         f"allowed: {', '.join(sorted(allowed))}")
     return value
 
 
@@ -76,7 +76,7 @@ def check_space(path, space: Any) -> None:
             raise fail(path, f"space.{key}: int needs whole 'low' and 'high' (got {lo}, {hi})")
         if not lo < hi or (d["type"] == "loguniform" and lo <= 0):
             raise fail(path, f"space.{key}: need 0 < low < high for loguniform, low < high otherwise "
-                              f"(got {lo}, {hi})")
+                             f"(got {lo}, {hi})")
         d["low"], d["high"] = lo, hi
 
 
@@ -91,43 +91,43 @@ def check_point(path, i: int, point: Any, space: dict) -> None:
             check(path, where, v, v in d["values"], f"not one of space.{key}.values {d['values']}")
         elif d["type"] == "int":
             check(path, where, v, is_int(v) and d["low"] <= v <= d["high"],
-                   f"must be a whole number in space.{key} [{d['low']:g}, {d['high']:g}]")
+                  f"must be a whole number in space.{key} [{d['low']:g}, {d['high']:g}]")
         else:
             check(path, where, v, is_number(v) and d["low"] <= v <= d["high"],
-                   f"must be a number in space.{key} [{d['low']:g}, {d['high']:g}]")
+                  f"must be a number in space.{key} [{d['low']:g}, {d['high']:g}]")
 
 
 def check_scheduler(path, scheduler: dict) -> None:
     check(path, "scheduler.type", scheduler.get("type"), scheduler.get("type") in SCHEDULER_KEYS,
-           f"allowed: {', '.join(SCHEDULER_KEYS)}")
+          f"allowed: {', '.join(SCHEDULER_KEYS)}")
     unknown = set(scheduler) - SCHEDULER_KEYS[scheduler["type"]]
     if unknown:
         raise fail(path, f"scheduler: {', '.join(sorted(unknown))} not a setting of type {scheduler['type']}; "
-                          f"allowed: {', '.join(sorted(SCHEDULER_KEYS[scheduler['type']]))}")
+                         f"allowed: {', '.join(sorted(SCHEDULER_KEYS[scheduler['type']]))}")
     if scheduler["type"] == "pbt":
         check_pbt_settings(path, scheduler)
     for key in ("grace_period", "max_t"):
         if key in scheduler:
             check(path, f"scheduler.{key}", scheduler[key], is_int(scheduler[key]) and scheduler[key] >= 1,
-                   "must be a whole number >= 1")
+                  "must be a whole number >= 1")
     if "reduction_factor" in scheduler:
         rf = scheduler["reduction_factor"]
         check(path, "scheduler.reduction_factor", rf, is_number(rf) and rf > 1, "must be a number > 1")
     if scheduler.get("grace_period", 1) > scheduler.get("max_t", math.inf):
         raise fail(path, f"scheduler.grace_period={scheduler['grace_period']}: must be <= "
-                          f"scheduler.max_t={scheduler['max_t']}")
+                         f"scheduler.max_t={scheduler['max_t']}")
 
 
 def check_pbt_settings(path, scheduler: dict) -> None:
     interval = scheduler.setdefault("perturbation_interval", 1)
     check(path, "scheduler.perturbation_interval", interval, is_int(interval) and interval >= 1,
-           "must be a whole number of epochs >= 1")
+          "must be a whole number of epochs >= 1")
     quantile = scheduler.setdefault("quantile_fraction", 0.25)
     check(path, "scheduler.quantile_fraction", quantile, is_number(quantile) and 0 < quantile <= 0.5,
-           "must be a number in (0, 0.5]")
+          "must be a number in (0, 0.5]")
     resample = scheduler.setdefault("resample_probability", 0.25)
     check(path, "scheduler.resample_probability", resample, is_number(resample) and 0 <= resample <= 1,
-           "must be a number in [0, 1]")
+          "must be a number in [0, 1]")
     synch = scheduler.setdefault("synch", False)
     check(path, "scheduler.synch", synch, isinstance(synch, bool), "must be true or false")
 
@@ -139,15 +139,15 @@ def check_pbt_sweep(path, tree: dict, space: dict, sampler: dict) -> None:
     for key in space:
         if key not in PBT_MUTABLE:
             raise fail(path, f"space.{key}: scheduler pbt cannot change it in the middle of a run (it would "
-                              f"change tensor shapes, optimizer state or the data); pbt may mutate only "
-                              f"{', '.join(PBT_MUTABLE)}")
+                             f"change tensor shapes, optimizer state or the data); pbt may mutate only "
+                             f"{', '.join(PBT_MUTABLE)}")
     check(path, "sampler.type", sampler["type"], sampler["type"] == "random",
-           "scheduler pbt draws its population at random: sampler.type must be random")
+          "scheduler pbt draws its population at random: sampler.type must be random")
     population = tree.get("num_samples", 8)
     check(path, "num_samples", population, population >= 2, "scheduler pbt needs a population of at least 2")
     if tree.get("confirm") is not None:
         raise fail(path, "confirm: not with scheduler pbt (a pbt trial follows a knob schedule that "
-                          "confirm, which retrains fixed knobs, cannot repeat)")
+                         "confirm, which retrains fixed knobs, cannot repeat)")
 
 
 def check_sampler(path, sampler: dict) -> None:
@@ -155,7 +155,7 @@ def check_sampler(path, sampler: dict) -> None:
     seed = sampler.get("seed")
     check(path, "sampler.seed", seed, seed is None or is_int(seed), "must be a whole number or null")
     check(path, "sampler.multivariate", sampler["multivariate"], isinstance(sampler["multivariate"], bool),
-           "must be true or false")
+          "must be true or false")
     if "n_startup_trials" in sampler:
         n = sampler["n_startup_trials"]
         check(path, "sampler.n_startup_trials", n, is_int(n) and n >= 0, "must be a whole number >= 0")
@@ -189,7 +189,7 @@ def check_multi_objective(path, scheduler: dict, sampler: dict) -> None:
     """Several objectives: no trial is stopped early (a scheduler ranks trials on one metric),
     and the sampler must search for a Pareto front."""
     check(path, "scheduler.type", scheduler["type"], scheduler["type"] == "none",
-           "several objectives need scheduler {type: none}: a scheduler stops trials ranked on one metric")
+          "several objectives need scheduler {type: none}: a scheduler stops trials ranked on one metric")
     check(path, "sampler.type", sampler["type"], sampler["type"] not in SINGLE_OBJECTIVE_SAMPLERS,
-           f"{SINGLE_OBJECTIVE_SAMPLERS.get(sampler['type'])} optimizes one objective; "
+          f"{SINGLE_OBJECTIVE_SAMPLERS.get(sampler['type'])} optimizes one objective; "
            "for several use tpe or nsga2")

@@ -149,7 +149,7 @@ def _read_tree(path: Path, overrides: list[str] | None) -> dict[str, Any]:
     unknown = set(tree) - SWEEP_KEYS
     if unknown:
         raise fail(path, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                          f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
+                         f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
     for key in ("name", "out", "description"):
         if key in tree:
             check(path, key, tree[key], isinstance(tree[key], str) and tree[key] != "", "expected a non-empty string")
@@ -164,7 +164,7 @@ def _base_path(path: Path, base: Any) -> str:
     shipped preset of that name (``configs/fmnist_simclr_attn.yaml`` or ``fmnist_simclr_attn``)."""
     if base is None:
         raise fail(path, "base: missing (the config preset every trial starts from, e.g. "
-                          "base: configs/fmnist_simclr_attn.yaml)")
+                         "base: configs/fmnist_simclr_attn.yaml)")
     check(path, "base", base, isinstance(base, str) and base != "", "expected the path of a config preset")
     beside = path.parent / base
     try:
@@ -194,7 +194,7 @@ def _check_trial_configs(path: Path, spec: SweepSpec) -> None:
         if metric not in reported:
             name = f"objective[{i}]" if listed else "objective"
             raise fail(path, f"{name}.metric={metric!r}: method {cfg.method.name} does not report it; "
-                              f"it reports {', '.join(reported)}")
+                             f"it reports {', '.join(reported)}")
 
 
 def load_sweep(path: str | os.PathLike, out: str | None = None, overrides: list[str] | None = None) -> SweepSpec:
